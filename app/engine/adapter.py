@@ -1,0 +1,126 @@
+"""One table that tells, for each architecture, where the parts fvsteer touches live.
+
+Steering adds to the output of a decoder block; extraction reads the input of the attention
+out-projection per head; decoding runs the final norm and the LM head. Everything else in the
+project goes through :class:`ModelAdapter`, never through architecture-specific attribute names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ArchitectureLayout:
+    """Where one family keeps its blocks, attention out-projection, final norm and LM head."""
+
+    blocks: Callable[[nn.Module], nn.ModuleList]
+    out_proj: Callable[[nn.Module], nn.Module]
+    final_norm: Callable[[nn.Module], nn.Module]
+    lm_head: Callable[[nn.Module], nn.Module]
+
+
+_LLAMA_LIKE = ArchitectureLayout(
+    blocks=lambda m: m.model.layers,
+    out_proj=lambda block: block.self_attn.o_proj,
+    final_norm=lambda m: m.model.norm,
+    lm_head=lambda m: m.lm_head,
+)
+
+ARCHITECTURES: dict[str, ArchitectureLayout] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gpt2": ArchitectureLayout(
+        blocks=lambda m: m.transformer.h,
+        out_proj=lambda block: block.attn.c_proj,
+        final_norm=lambda m: m.transformer.ln_f,
+        lm_head=lambda m: m.lm_head,
+    ),
+    "gpt_neox": ArchitectureLayout(
+        blocks=lambda m: m.gpt_neox.layers,
+        out_proj=lambda block: block.attention.dense,
+        final_norm=lambda m: m.gpt_neox.final_layer_norm,
+        lm_head=lambda m: m.embed_out,
+    ),
+    "gptj": ArchitectureLayout(
+        blocks=lambda m: m.transformer.h,
+        out_proj=lambda block: block.attn.out_proj,
+        final_norm=lambda m: m.transformer.ln_f,
+        lm_head=lambda m: m.lm_head,
+    ),
+}
+
+
+class UnsupportedArchitecture(ValueError):
+    """The model's ``config.model_type`` has no row in :data:`ARCHITECTURES`."""
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """The parts of one loaded causal LM that fvsteer uses, with its shape facts."""
+
+    model: PreTrainedModel
+    model_type: str
+    blocks: nn.ModuleList
+    final_norm: nn.Module
+    lm_head: nn.Module
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    d_model: int
+    adds_bos: bool
+
+    def out_proj(self, layer: int) -> nn.Module:
+        """The attention out-projection of block ``layer`` (its input holds the per-head outputs)."""
+        return ARCHITECTURES[self.model_type].out_proj(self.blocks[layer])
+
+
+def _config_value(config: object, *names: str) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    raise UnsupportedArchitecture(f"config has none of {names}")
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether encoding text puts the BOS token first (prompts of models that don't get BOS text prepended)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return len(ids) > 0 and ids[0] == bos
+
+
+def adapt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelAdapter:
+    """Build the adapter of ``model``; raises :class:`UnsupportedArchitecture` for families not in the table."""
+    config = model.config
+    model_type = str(config.model_type)
+    layout = ARCHITECTURES.get(model_type)
+    if layout is None:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise UnsupportedArchitecture(f"architecture {model_type!r} is not supported; supported: {supported}")
+    d_model = _config_value(config, "hidden_size", "n_embd", "d_model")
+    n_heads = _config_value(config, "num_attention_heads", "n_head")
+    head_dim = getattr(config, "head_dim", None) or d_model // n_heads
+    blocks = layout.blocks(model)
+    return ModelAdapter(
+        model=model,
+        model_type=model_type,
+        blocks=blocks,
+        final_norm=layout.final_norm(model),
+        lm_head=layout.lm_head(model),
+        n_layers=len(blocks),
+        n_heads=n_heads,
+        head_dim=int(head_dim),
+        d_model=d_model,
+        adds_bos=tokenizer_adds_bos(tokenizer),
+    )

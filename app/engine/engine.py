@@ -1,0 +1,285 @@
+"""The batching loop: one thread owns the model and decodes every live request together.
+
+New requests are prefilled as a group and joined to the running batch between decode steps
+(continuous batching); finished rows leave at once. Each row keeps its own steering vectors,
+sampling generator, stop strings and deadline, so what a request gets never depends on what else
+shares its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from app.engine.adapter import ModelAdapter
+from app.engine.kv_batch import concat_batches, select_rows
+from app.engine.loading import LoadedModel
+from app.engine.requests import FinishReason, GenerationRequest, GenerationResult
+from app.engine.sampling import make_generator, next_token
+from app.engine.steering import BatchSteering, stack_row_vectors, steered
+from app.errors import InvalidInput, NotReady, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Row:
+    request: GenerationRequest
+    generator: torch.Generator | None
+    length: int
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    batch_sizes: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters the metrics endpoint and the tests read; updated only by the engine thread."""
+
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    tokens_generated: int = 0
+    requests_finished: int = 0
+    queue_depth: int = 0
+    active_rows: int = 0
+
+
+class Engine:
+    """Owns the model; :meth:`submit` is thread-safe and returns at once, results arrive on futures."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        adapter: ModelAdapter,
+        *,
+        max_batch: int,
+        max_queue: int,
+        max_prompt_tokens: int,
+    ) -> None:
+        self.loaded = loaded
+        self.adapter = adapter
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.max_prompt_tokens = max_prompt_tokens
+        self.stats = EngineStats()
+        self._tokenizer_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: deque[GenerationRequest] = deque()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: Tensor | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._eos = self._eos_ids()
+        self._max_positions = getattr(adapter.model.config, "max_position_embeddings", None) or getattr(
+            adapter.model.config, "n_positions", None
+        )
+
+    # ----------------------------------------------------------------- public API
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fvsteer-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """Tokenize a prompt, refusing one over the prompt limit or the model's context."""
+        with self._tokenizer_lock:
+            ids: list[int] = self.loaded.tokenizer(prompt).input_ids
+        if not ids:
+            raise InvalidInput("prompt encodes to no tokens", param="prompt")
+        if len(ids) > self.max_prompt_tokens:
+            raise InvalidInput(
+                f"prompt has {len(ids)} tokens; the limit is {self.max_prompt_tokens}", param="prompt"
+            )
+        if self._max_positions is not None and len(ids) + max_new_tokens > self._max_positions:
+            raise InvalidInput(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                f"context of {self._max_positions} tokens",
+                param="max_new_tokens",
+            )
+        return ids
+
+    def submit(self, requests: list[GenerationRequest]) -> None:
+        """Queue requests together (they are admitted in the same step, e.g. a steered row and its baseline)."""
+        with self._cond:
+            if self._stopping:
+                raise NotReady("the engine is shutting down")
+            if len(self._pending) + len(requests) > self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are waiting; the queue limit is {self.max_queue}")
+            self._pending.extend(requests)
+            self.stats.queue_depth = len(self._pending)
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._pending and not self._rows and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping and not self._rows and not self._pending:
+                        return
+                    room = self.max_batch - len(self._rows)
+                    admitted = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+                    self.stats.queue_depth = len(self._pending)
+                try:
+                    admitted = [req for req in admitted if not self._drop_if_cancelled(req)]
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode_step()
+                except Exception as exc:  # a failed forward fails its rows, never the server
+                    log.exception("engine step failed; failing %d rows", len(self._rows) + len(admitted))
+                    for req in [row.request for row in self._rows] + admitted:
+                        if not req.future.done():
+                            req.future.set_exception(exc)
+                    self._rows, self._cache, self._mask = [], None, None
+                self.stats.active_rows = len(self._rows)
+
+    def _drop_if_cancelled(self, request: GenerationRequest) -> bool:
+        if request.cancelled:
+            request.future.set_result(GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
+        return request.cancelled
+
+    def _prefill(self, requests: list[GenerationRequest]) -> None:
+        device = self.loaded.device
+        width = max(len(req.prompt_ids) for req in requests)
+        pad = int(self.loaded.tokenizer.pad_token_id or 0)
+        ids = torch.full((len(requests), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for index, req in enumerate(requests):
+            ids[index, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
+            mask[index, width - len(req.prompt_ids) :] = 1
+        positions = torch.zeros((len(requests), width), dtype=torch.bool)
+        positions[:, -1] = True
+        for index, req in enumerate(requests):
+            if req.all_positions:
+                positions[index] = mask[index].bool()
+        steering = self._steering([req.steering for req in requests], positions)
+        cache = DynamicCache()
+        logits = self._forward(ids.to(device), mask.to(device), cache, steering)
+        new_rows = [
+            _Row(req, None if req.params.temperature <= 0 else make_generator(req.params.seed), len(req.prompt_ids))
+            for req in requests
+        ]
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask = cache, mask.to(device)
+        else:
+            self._cache, self._mask = concat_batches(self._cache, self._mask, cache, mask.to(device))
+        self._rows.extend(new_rows)
+        self._advance(new_rows, logits, len(requests))
+
+    def _decode_step(self) -> None:
+        assert self._cache is not None and self._mask is not None
+        device = self.loaded.device
+        ids = torch.tensor([[row.tokens[-1]] for row in self._rows], dtype=torch.long, device=device)
+        self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=device)], 1)
+        positions = torch.ones((len(self._rows), 1), dtype=torch.bool)
+        steering = self._steering([row.request.steering for row in self._rows], positions)
+        position_ids = torch.tensor([[row.length] for row in self._rows], dtype=torch.long, device=device)
+        logits = self._forward(ids, self._mask, self._cache, steering, position_ids)
+        for row in self._rows:
+            row.length += 1
+        self._advance(self._rows, logits, len(self._rows))
+
+    def _steering(self, rows: list[dict[int, Tensor] | None], positions: Tensor) -> BatchSteering | None:
+        vectors = stack_row_vectors(rows, self.adapter.d_model, torch.float32)
+        return BatchSteering(vectors, positions) if vectors else None
+
+    def _forward(
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        cache: DynamicCache,
+        steering: BatchSteering | None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        if position_ids is None:
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        with steered(self.adapter, steering):
+            out = self.adapter.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1, :]
+
+    def _advance(self, rows: list[_Row], logits: Tensor, batch_size: int) -> None:
+        """Append one sampled token to each of ``rows`` (whose logits are the last ``len(rows)`` of the batch)."""
+        self.stats.batch_sizes[batch_size] += 1
+        offset = logits.shape[0] - len(rows)
+        now = time.monotonic()
+        for index, row in enumerate(rows):
+            params = row.request.params
+            token = next_token(logits[offset + index], params.temperature, params.top_p, row.generator)
+            row.tokens.append(token)
+            row.batch_sizes.append(batch_size)
+            self.stats.tokens_generated += 1
+            row.finish = self._finish_reason(row, token, now)
+        self._retire()
+
+    def _finish_reason(self, row: _Row, token: int, now: float) -> FinishReason | None:
+        request = row.request
+        if request.cancelled:
+            return "cancelled"
+        if token in self._eos:
+            row.text = self._decode(row.tokens[:-1])
+            return "stop"
+        row.text = self._decode(row.tokens)
+        cut = min((i for i in (row.text.find(s) for s in request.params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            row.text = row.text[:cut]
+            return "stop"
+        if len(row.tokens) >= request.params.max_new_tokens:
+            return "length"
+        if request.deadline is not None and now >= request.deadline:
+            return "timeout"
+        return None
+
+    def _retire(self) -> None:
+        keep = [i for i, row in enumerate(self._rows) if row.finish is None]
+        if len(keep) == len(self._rows):
+            return
+        for row in self._rows:
+            if row.finish is not None:
+                result = GenerationResult(
+                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes)
+                )
+                self.stats.requests_finished += 1
+                if not row.request.future.done():
+                    row.request.future.set_result(result)
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        assert self._cache is not None and self._mask is not None
+        self._cache, self._mask = select_rows(self._cache, self._mask, keep)
+        self._rows = [self._rows[i] for i in keep]
+
+    def _decode(self, tokens: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self.loaded.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.loaded.tokenizer.eos_token_id, getattr(self.adapter.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, list):
+                ids.update(int(i) for i in source)
+        return ids

@@ -1,0 +1,35 @@
+"""Choosing the next token of one row: greedy, or temperature/top-p with the row's own generator.
+
+Each sampled row owns a seeded ``torch.Generator``, so a request with a seed draws the same tokens
+whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def next_token(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    """Pick a token id from one row's ``[vocab]`` logits."""
+    logits = logits.float()
+    if temperature <= 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    choice = torch.multinomial(probs.cpu(), 1, generator=generator)
+    return int(choice)
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (or from the OS when no seed is given)."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator

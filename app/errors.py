@@ -1,0 +1,74 @@
+"""The one error table of fvsteer: every failure a user can cause maps to a status and a type here.
+
+Library code (engine, registry, fv) raises these; the API turns them into the envelope
+``{"error": {"type", "message", "param"}}`` without knowing where they came from.
+"""
+
+from __future__ import annotations
+
+
+class FvsteerError(Exception):
+    """Base of all user-facing errors; ``status`` is the HTTP status the API answers with."""
+
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def envelope(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"type": self.type, "message": self.message, "param": self.param}}
+
+
+class InvalidInput(FvsteerError):
+    status = 422
+    type = "invalid_request"
+
+
+class Unauthorized(FvsteerError):
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(FvsteerError):
+    status = 403
+    type = "forbidden"
+
+
+class NotFound(FvsteerError):
+    status = 404
+    type = "not_found"
+
+
+class Conflict(FvsteerError):
+    status = 409
+    type = "conflict"
+
+
+class PayloadTooLarge(FvsteerError):
+    status = 413
+    type = "payload_too_large"
+
+
+class QueueFull(FvsteerError):
+    status = 429
+    type = "queue_full"
+
+
+class NotReady(FvsteerError):
+    status = 503
+    type = "not_ready"
+
+
+class GatewayTimeout(FvsteerError):
+    status = 504
+    type = "timeout"
+
+
+class SteeringFailed(FvsteerError):
+    """Steering was asked for and could not be applied: the request fails rather than run unsteered."""
+
+    status = 500
+    type = "steering_failed"

@@ -1,0 +1,43 @@
+"""Runtime configuration: every knob is an ``FVSTEER_*`` environment variable (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """One settings object, read once at start, passed down explicitly (no globals)."""
+
+    model_config = SettingsConfigDict(env_prefix="FVSTEER_", extra="ignore")
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="HF model id, local directory, or .gguf file; the default is the embedded SmolLM2-135M-Instruct.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' = bfloat16 on CUDA, float32 on CPU."
+    )
+    vectors_dir: Path = Field(Path("vectors"), description="Registry root; vectors live in <dir>/<model-slug>/.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "fvsteer", description="Where dequantized safetensors copies of models are kept."
+    )
+    redis_url: str | None = Field(None, description="Redis for head-mean caching; unset = in-process cache.")
+    admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset = admin routes 403.")
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="Bind port.")
+    max_batch: int = Field(16, ge=1, le=512, description="Most rows decoded together in one batch.")
+    max_queue: int = Field(256, ge=1, description="Most requests waiting for a batch slot.")
+    max_new_tokens: int = Field(512, ge=1, description="Upper limit of a request's max_new_tokens.")
+    max_prompt_tokens: int = Field(2048, ge=1, description="Upper limit of a prompt's length in tokens.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(16_000_000, ge=1024, description="Largest vector upload.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request deadline for a completion.")
+    hf_offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 so nothing is fetched from a hub.")
+    log_level: str = Field("INFO", description="Python logging level.")
