@@ -7,8 +7,9 @@ project goes through :class:`ModelAdapter`, never through architecture-specific 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -16,19 +17,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 @dataclass(frozen=True)
 class ArchitectureLayout:
-    """Where one family keeps its blocks, attention out-projection, final norm and LM head."""
+    """Where one family keeps its blocks, attention out-projection and final norm (the LM head is
+    ``get_output_embeddings()`` everywhere)."""
 
-    blocks: Callable[[nn.Module], nn.ModuleList]
-    out_proj: Callable[[nn.Module], nn.Module]
-    final_norm: Callable[[nn.Module], nn.Module]
-    lm_head: Callable[[nn.Module], nn.Module]
+    blocks: Callable[[Any], nn.ModuleList]
+    out_proj: Callable[[Any], nn.Module]
+    final_norm: Callable[[Any], nn.Module]
 
 
 _LLAMA_LIKE = ArchitectureLayout(
     blocks=lambda m: m.model.layers,
     out_proj=lambda block: block.self_attn.o_proj,
     final_norm=lambda m: m.model.norm,
-    lm_head=lambda m: m.lm_head,
 )
 
 ARCHITECTURES: dict[str, ArchitectureLayout] = {
@@ -42,19 +42,16 @@ ARCHITECTURES: dict[str, ArchitectureLayout] = {
         blocks=lambda m: m.transformer.h,
         out_proj=lambda block: block.attn.c_proj,
         final_norm=lambda m: m.transformer.ln_f,
-        lm_head=lambda m: m.lm_head,
     ),
     "gpt_neox": ArchitectureLayout(
         blocks=lambda m: m.gpt_neox.layers,
         out_proj=lambda block: block.attention.dense,
         final_norm=lambda m: m.gpt_neox.final_layer_norm,
-        lm_head=lambda m: m.embed_out,
     ),
     "gptj": ArchitectureLayout(
         blocks=lambda m: m.transformer.h,
         out_proj=lambda block: block.attn.out_proj,
         final_norm=lambda m: m.transformer.ln_f,
-        lm_head=lambda m: m.lm_head,
     ),
 }
 
@@ -117,7 +114,7 @@ def adapt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelAd
         model_type=model_type,
         blocks=blocks,
         final_norm=layout.final_norm(model),
-        lm_head=layout.lm_head(model),
+        lm_head=model.get_output_embeddings(),  # type: ignore[no-untyped-call]
         n_layers=len(blocks),
         n_heads=n_heads,
         head_dim=int(head_dim),

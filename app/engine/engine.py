@@ -114,6 +114,8 @@ class Engine:
 
     def submit(self, requests: list[GenerationRequest]) -> None:
         """Queue requests together (they are admitted in the same step, e.g. a steered row and its baseline)."""
+        for request in requests:
+            self._check_steering(request)
         with self._cond:
             if self._stopping:
                 raise NotReady("the engine is shutting down")
@@ -122,6 +124,18 @@ class Engine:
             self._pending.extend(requests)
             self.stats.queue_depth = len(self._pending)
             self._cond.notify_all()
+
+    def _check_steering(self, request: GenerationRequest) -> None:
+        """Refuse steering the model cannot take before it joins a batch: applying it would fail every row there."""
+        n_layers, d_model = self.adapter.n_layers, self.adapter.d_model
+        for layer, vector in (request.steering or {}).items():
+            if not 0 <= layer < n_layers:
+                raise InvalidInput(f"steering layer {layer} is outside the model's 0..{n_layers - 1}", param="layer")
+            if tuple(vector.shape) != (d_model,):
+                raise InvalidInput(
+                    f"steering vector for layer {layer} has shape {tuple(vector.shape)}; the model needs ({d_model},)",
+                    param="relations",
+                )
 
     # ----------------------------------------------------------------- the loop
     def _run(self) -> None:
@@ -142,8 +156,10 @@ class Engine:
                     if self._rows:
                         self._decode_step()
                 except Exception as exc:  # a failed forward fails its rows, never the server
-                    log.exception("engine step failed; failing %d rows", len(self._rows) + len(admitted))
-                    for req in [row.request for row in self._rows] + admitted:
+                    # Admitted requests may already be rows: fail each request once, and count it once.
+                    failed = {id(req): req for req in [row.request for row in self._rows] + admitted}
+                    log.exception("engine step failed; failing %d rows", len(failed))
+                    for req in failed.values():
                         if not req.future.done():
                             req.future.set_exception(exc)
                     self._rows, self._cache, self._mask = [], None, None
@@ -218,7 +234,8 @@ class Engine:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out.logits[:, -1, :]
+        logits: Tensor = out.logits[:, -1, :]
+        return logits
 
     def _advance(self, rows: list[_Row], logits: Tensor, batch_size: int) -> None:
         """Append one sampled token to each of ``rows`` (whose logits are the last ``len(rows)`` of the batch)."""
@@ -277,7 +294,8 @@ class Engine:
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
-        for source in (self.loaded.tokenizer.eos_token_id, getattr(self.adapter.model.generation_config, "eos_token_id", None)):
+        generation_eos = getattr(self.adapter.model.generation_config, "eos_token_id", None)
+        for source in (self.loaded.tokenizer.eos_token_id, generation_eos):
             if isinstance(source, int):
                 ids.add(source)
             elif isinstance(source, list):

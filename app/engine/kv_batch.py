@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def _pad_left(tensor: Tensor, length: int, dim: int) -> Tensor:
@@ -29,8 +30,10 @@ def concat_batches(
     mask = torch.cat([_pad_left(mask_a, length, 1), _pad_left(mask_b, length, 1)], dim=0)
     merged = DynamicCache()
     for layer_a, layer_b in zip(cache_a.layers, cache_b.layers, strict=True):
-        keys = torch.cat([_pad_left(layer_a.keys, length, 2), _pad_left(layer_b.keys, length, 2)], dim=0)
-        values = torch.cat([_pad_left(layer_a.values, length, 2), _pad_left(layer_b.values, length, 2)], dim=0)
+        keys_a, values_a = _kv(layer_a)
+        keys_b, values_b = _kv(layer_b)
+        keys = torch.cat([_pad_left(keys_a, length, 2), _pad_left(keys_b, length, 2)], dim=0)
+        values = torch.cat([_pad_left(values_a, length, 2), _pad_left(values_b, length, 2)], dim=0)
         merged.layers.append(_layer_from(keys, values))
     return merged, mask
 
@@ -44,13 +47,20 @@ def select_rows(cache: DynamicCache, mask: Tensor, keep: list[int]) -> tuple[Dyn
     mask = mask[:, start:]
     selected = DynamicCache()
     for layer in cache.layers:
-        keys = layer.keys.index_select(0, index.to(layer.keys.device))[:, :, start:]
-        values = layer.values.index_select(0, index.to(layer.values.device))[:, :, start:]
+        keys, values = _kv(layer)
+        keys = keys.index_select(0, index.to(keys.device))[:, :, start:]
+        values = values.index_select(0, index.to(values.device))[:, :, start:]
         selected.layers.append(_layer_from(keys, values))
     return selected, mask
 
 
-def _layer_from(keys: Tensor, values: Tensor) -> object:
-    cache = DynamicCache()
-    cache.update(keys, values, 0)
-    return cache.layers[0]
+def _kv(layer: object) -> tuple[Tensor, Tensor]:
+    if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+        raise TypeError(f"continuous batching needs filled dynamic cache layers, not {type(layer).__name__}")
+    return layer.keys, layer.values
+
+
+def _layer_from(keys: Tensor, values: Tensor) -> DynamicLayer:
+    layer = DynamicLayer()  # type: ignore[no-untyped-call]
+    layer.update(keys, values)
+    return layer

@@ -112,7 +112,7 @@ def dequantize_gguf(gguf: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # A GGUF-loaded model keeps a quantizer record although its weights are plain floats;
     # save_pretrained refuses to write it until the record is gone (DESIGN.md §10).
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +139,8 @@ def load_model(model: str, device: str, dtype: str, cache_dir: Path) -> LoadedMo
     target_dtype = resolve_dtype(dtype, target_device)
     tokenizer = AutoTokenizer.from_pretrained(location)
     loaded = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype)
-    loaded.to(target_device)
-    loaded.eval()
+    loaded.to(target_device)  # type: ignore[arg-type]
+    loaded.eval()  # type: ignore[no-untyped-call]
     loaded.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -162,6 +162,6 @@ def model_fingerprint(model: PreTrainedModel) -> str:
         "layers": getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None),
     }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
-    embedding = model.get_input_embeddings().weight.detach()[:256]
+    embedding = model.get_input_embeddings().weight.detach()[:256]  # type: ignore[operator]
     digest.update(embedding.to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""The HTTP layer: schemas, validation, auth, the error envelope. It never touches torch modules."""

@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, error envelope, body limits, and the model loading in the background."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
+from app.api.routes import admin, completions, health, vectors
+from app.runtime import Runtime
+from app.settings import Settings
+
+UPLOAD_PATHS = ("/admin/vectors",)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app; the model starts loading when the app starts (``/readyz`` is 503 until it is warm)."""
+    runtime = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(
+        title="fvsteer",
+        version="1",
+        summary="Steer language models with function vectors.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for module in (health, completions, vectors, admin):
+        app.include_router(module.router)
+
+    def limit_for(path: str) -> int:
+        return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
+
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    return app

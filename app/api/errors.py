@@ -1,0 +1,86 @@
+"""Every error leaves the server as one envelope: ``{"error": {"type", "message", "param"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.schemas import ErrorEnvelope
+from app.errors import FvsteerError
+
+log = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in {
+        413: "Body too large",
+        422: "Invalid input",
+        503: "Model not loaded yet",
+    }.items()
+}
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    401: {"model": ErrorEnvelope, "description": "Missing or wrong bearer token"},
+    403: {"model": ErrorEnvelope, "description": "Admin routes disabled (no token configured)"},
+}
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def envelope(status: int, type_: str, message: str, param: str | None = None, **headers: str) -> JSONResponse:
+    body = {"error": {"type": type_, "message": message, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _param(location: Any) -> str | None:
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or None
+
+
+async def _fvsteer_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FvsteerError)
+    headers: dict[str, str] = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.status == 429:
+        headers["Retry-After"] = "1"
+    if exc.status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return envelope(exc.status, exc.type, exc.message, exc.param, **headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    param = _param(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return envelope(422, "invalid_request", f"body is not valid JSON: {first.get('msg')}", "body")
+    if first.get("type") == "extra_forbidden":
+        return envelope(422, "invalid_request", f"unknown field {param!r}", param)
+    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problems)"
+    return envelope(422, "invalid_request", message, param)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+    return envelope(exc.status_code, type_, str(exc.detail), None, **(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return envelope(500, "internal_error", "internal error; see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(FvsteerError, _fvsteer_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""Function vectors on disk: safetensors files with fvsteer metadata, one folder per model."""

@@ -1,0 +1,136 @@
+"""Reading, checking and writing one vector file (DESIGN.md §4).
+
+The header of an untrusted file is parsed and checked by hand before any tensor is read: a file
+that is not safetensors, holds no ``vector``, has the wrong shape or dtype, or non-finite values is
+refused with a message that says which. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
+
+from app.errors import InvalidInput
+
+FORMAT = "fvsteer/1"
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+JSON_FIELDS = ("heads", "metrics")
+INT_FIELDS = ("d_model", "layer", "n_pairs")
+FLOAT_FIELDS = ("norm",)
+MAX_HEADER_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """A vector and its string metadata, as in the file."""
+
+    vector: torch.Tensor
+    metadata: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def layer(self) -> int:
+        return int(self.metadata["layer"])
+
+    def summary(self) -> dict[str, Any]:
+        """The public view: what a user needs to pick a vector."""
+        full = self.describe()
+        return {key: full[key] for key in ("name", "relation", "layer", "norm", "method", "model")}
+
+    def describe(self) -> dict[str, Any]:
+        """The full metadata with JSON and numeric fields decoded (the admin view)."""
+        out: dict[str, Any] = dict(self.metadata)
+        for key in JSON_FIELDS:
+            out[key] = json.loads(self.metadata.get(key) or ("[]" if key == "heads" else "{}"))
+        for key in INT_FIELDS:
+            out[key] = int(self.metadata.get(key) or 0)
+        for key in FLOAT_FIELDS:
+            out[key] = float(self.metadata.get(key) or 0.0)
+        return out
+
+
+def parse_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors blob, or a 422 saying why the blob is not one."""
+    if len(data) < 8:
+        raise InvalidInput("file is not a safetensors file (too short)", param="file")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length == 0 or length > MAX_HEADER_BYTES or 8 + length > len(data):
+        raise InvalidInput("file is not a safetensors file (bad header length)", param="file")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput("file is not a safetensors file (header is not JSON)", param="file") from exc
+    if not isinstance(header, dict):
+        raise InvalidInput("file is not a safetensors file (header is not an object)", param="file")
+    return header
+
+
+def vector_from_bytes(data: bytes, d_model: int) -> torch.Tensor:
+    """Validate an uploaded safetensors blob and return its ``vector`` as float32 ``[d_model]``."""
+    header = parse_header(data)
+    entry = header.get("vector")
+    if not isinstance(entry, dict):
+        tensors = sorted(key for key in header if key != "__metadata__")
+        raise InvalidInput(f"file holds no tensor named 'vector' (it holds {tensors[:5]})", param="file")
+    if entry.get("dtype") not in FLOAT_DTYPES:
+        raise InvalidInput(
+            f"tensor 'vector' has dtype {entry.get('dtype')}; expected one of {sorted(FLOAT_DTYPES)}", param="file"
+        )
+    if entry.get("shape") != [d_model]:
+        raise InvalidInput(
+            f"tensor 'vector' has shape {entry.get('shape')}; the loaded model needs [{d_model}]", param="file"
+        )
+    try:
+        vector = load_safetensors_bytes(data)["vector"]
+    except Exception as exc:  # the library's own parse errors: malformed offsets, truncated data
+        raise InvalidInput(f"file is not a valid safetensors file: {exc}", param="file") from exc
+    vector = vector.to(torch.float32)
+    if not torch.isfinite(vector).all():
+        raise InvalidInput("tensor 'vector' holds NaN or infinite values", param="file")
+    return vector
+
+
+def read_vector_file(path: Path) -> StoredVector:
+    """Read a vector file written by :func:`write_vector_file` (raises ``ValueError`` on anything else)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        if "vector" not in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+            raise ValueError("no tensor named 'vector'")
+        vector = handle.get_tensor("vector").to(torch.float32)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    if vector.dim() != 1 or not torch.isfinite(vector).all():
+        raise ValueError("tensor 'vector' is not a finite 1-D tensor")
+    return StoredVector(vector, metadata)
+
+
+def write_vector_file(path: Path, vector: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({"vector": vector.detach().to("cpu", torch.float32).contiguous()}, staging, metadata=metadata)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def vector_norm(vector: torch.Tensor) -> float:
+    norm = float(vector.norm())
+    return norm if math.isfinite(norm) else float("nan")

@@ -1,0 +1,107 @@
+"""Everything the server holds once the model is up, built off the event loop so /healthz answers at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from app.completions import CompletionService
+from app.engine.adapter import adapt
+from app.engine.engine import Engine
+from app.engine.loading import load_model, model_fingerprint, model_slug
+from app.engine.requests import GenerationRequest, SamplingParams
+from app.errors import NotReady
+from app.registry.registry import ModelIdentity, VectorRegistry
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+State = Literal["loading", "ready", "failed"]
+
+
+@dataclass
+class Services:
+    engine: Engine
+    registry: VectorRegistry
+    completions: CompletionService
+
+
+class Runtime:
+    """Loads the model in a background thread; :meth:`services` raises 503 until it is loaded and warm."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state: State = "loading"
+        self.error: str | None = None
+        self.model_name: str | None = None
+        self._services: Services | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._load, name="fvsteer-load", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._services is not None:
+            self._services.engine.stop()
+
+    def wait_ready(self, timeout: float) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state == "ready"
+
+    def services(self) -> Services:
+        if self._services is None:
+            detail = f"model failed to load: {self.error}" if self.state == "failed" else "the model is loading"
+            raise NotReady(detail)
+        return self._services
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        settings = self.settings
+        if settings.hf_offline:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            loaded = load_model(settings.model, settings.device, settings.dtype, settings.cache_dir)
+            adapter = adapt(loaded.model, loaded.tokenizer)
+            identity = ModelIdentity(
+                name=loaded.name,
+                slug=model_slug(loaded.name),
+                fingerprint=model_fingerprint(loaded.model),
+                d_model=adapter.d_model,
+                n_layers=adapter.n_layers,
+            )
+            registry = VectorRegistry(settings.vectors_dir, identity)
+            registry.load()
+            engine = Engine(
+                loaded,
+                adapter,
+                max_batch=settings.max_batch,
+                max_queue=settings.max_queue,
+                max_prompt_tokens=settings.max_prompt_tokens,
+            )
+            engine.start()
+            self._warm_up(engine)
+            completions = CompletionService(
+                engine, registry, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
+            )
+        except Exception as exc:
+            log.exception("model %s failed to load", settings.model)
+            self.error = str(exc)
+            self.state = "failed"
+            return
+        self.model_name = loaded.name
+        self._services = Services(engine, registry, completions)
+        self.state = "ready"
+        log.info("ready in %.1f s: %s, %d vectors", time.monotonic() - started, loaded.name, len(registry.list()))
+
+    @staticmethod
+    def _warm_up(engine: Engine) -> None:
+        """One tiny generation so the first user request doesn't pay for lazy initialisation."""
+        request = GenerationRequest(engine.encode("Hello", 2), SamplingParams(max_new_tokens=2))
+        engine.submit([request])
+        request.future.result(timeout=300)
