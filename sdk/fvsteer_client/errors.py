@@ -1,0 +1,179 @@
+"""Typed exceptions, one per HTTP status of the fvsteer error envelope.
+
+Callers branch on the class (``except NotFoundError``) rather than on status codes or message text;
+every API error keeps the raw envelope so nothing the server said is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+
+class FvsteerClientError(Exception):
+    """Base of everything this package raises, so one ``except`` can catch all client failures."""
+
+
+class APIConnectionError(FvsteerClientError):
+    """The server could not be reached or the connection broke before a response arrived."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The client-side timeout ran out; distinct from a server 504, which is a ``GatewayTimeoutError``."""
+
+
+class APIError(FvsteerClientError):
+    """The server answered with a non-2xx status (or a 2xx body this client cannot read)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        type: str,
+        param: str | None = None,
+        envelope: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {type}: {message}")
+        self.message = message
+        self.status_code = status_code
+        self.type = type
+        self.param = param
+        self.envelope: dict[str, Any] = envelope if envelope is not None else {}
+
+
+class AuthenticationError(APIError):
+    """401: no admin token, or a wrong one."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the server refuses the route (e.g. no admin token is configured on it)."""
+
+
+class NotFoundError(APIError):
+    """404: unknown vector, job or route."""
+
+
+class ConflictError(APIError):
+    """409: a vector of that name already exists."""
+
+
+class PayloadTooLargeError(APIError):
+    """413: the request body or upload is over the server's limit."""
+
+
+class InvalidRequestError(APIError):
+    """400/422: the request was understood but its input is invalid; ``param`` names the field."""
+
+
+class RateLimitError(APIError):
+    """429: the server's queue is full; ``retry_after`` is the suggested wait in seconds, when sent."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(APIError):
+    """503: the model is still loading (or the server is otherwise not ready)."""
+
+
+class GatewayTimeoutError(APIError):
+    """504: the server gave up waiting for the completion."""
+
+
+class InternalServerError(APIError):
+    """Any other 5xx: a server bug, or steering that could not be applied."""
+
+
+class APIResponseValidationError(APIError):
+    """A 2xx response whose body does not have the shape this client expects (version skew or a proxy)."""
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+    504: GatewayTimeoutError,
+}
+
+_DEFAULT_TYPE: dict[int, str] = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "invalid_request",
+    429: "queue_full",
+    503: "not_ready",
+    504: "timeout",
+}
+
+
+def _error_class(status: int) -> type[APIError]:
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return InternalServerError if status >= 500 else APIError
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Retry-After may be delta-seconds or an HTTP date; both become seconds to wait."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_envelope(response: httpx.Response) -> dict[str, Any] | None:
+    """The envelope when the body is one, else None (proxies and crashes answer with other bodies)."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body
+    return None
+
+
+def error_from_response(response: httpx.Response) -> APIError:
+    """Build the typed exception for a non-2xx response, whatever its body looks like."""
+    status = response.status_code
+    envelope = _read_envelope(response)
+    if envelope is not None:
+        error = envelope["error"]
+        message = str(error.get("message") or response.reason_phrase or "error")
+        type_ = str(error.get("type") or _DEFAULT_TYPE.get(status, "http_error"))
+        param = error.get("param")
+        param = None if param is None else str(param)
+    else:
+        text = response.text.strip()
+        message = text[:2000] if text else (response.reason_phrase or f"HTTP {status}")
+        type_ = _DEFAULT_TYPE.get(status, "internal_error" if status >= 500 else "http_error")
+        param = None
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "type": type_,
+        "param": param,
+        "envelope": envelope if envelope is not None else {},
+    }
+    cls = _error_class(status)
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after=_parse_retry_after(response.headers.get("Retry-After")), **kwargs)
+    return cls(message, **kwargs)
