@@ -128,7 +128,7 @@ def test_messages_name_the_limit(live_server: LiveServer) -> None:
 
 @pytest.mark.parametrize("weight", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_weights_are_refused(live_server: LiveServer, steer_vector: str, weight: str) -> None:
-    raw = '{"prompt": "x", "relations": {"%s": %s}}' % (steer_vector, weight)
+    raw = f'{{"prompt": "x", "relations": {{"{steer_vector}": {weight}}}}}'
     response = httpx.post(f"{live_server.url}/complete", content=raw, headers={"content-type": "application/json"})
     assert_envelope(response, 422, f"relations.{steer_vector}")
 
