@@ -14,10 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from tests.tiny_models import ARCH_CONFIGS, save_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Servers under test run as subprocesses with their own threads; one intra-op thread here keeps the
+# tiny in-process models fast on 2 cores instead of contending with them.
+torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)

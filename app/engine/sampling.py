@@ -15,7 +15,9 @@ def next_token(logits: Tensor, temperature: float, top_p: float, generator: torc
     logits = logits.float()
     if temperature <= 0.0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    # Shift before dividing: a tiny temperature (1e-40 passes validation) would otherwise overflow to inf and
+    # give NaN probabilities, which makes multinomial raise and fails every row of the batch.
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs

@@ -1,0 +1,510 @@
+"""The batching engine on tiny random models: exactness, continuous batching, limits and failures."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from app.engine.adapter import adapt
+from app.engine.engine import Engine
+from app.engine.loading import LoadedModel
+from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
+from app.errors import InvalidInput, NotReady, QueueFull
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+# Tiny models run faster on one thread, and much faster when other processes share the cores.
+
+EOS = 2
+WAIT_S = 30.0
+PROMPTS = ["Q: hot\nA:", "big ->", "The quick brown fox", "a"]
+# Longer than the sliding window (64) of the tiny mistral and gemma2.
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog; " * 2
+
+
+@functools.cache
+def _shared_model(arch: str) -> PreTrainedModel:
+    return tiny_model(arch)
+
+
+class MakeEngine(Protocol):
+    def __call__(
+        self,
+        arch: str = ...,
+        *,
+        model: PreTrainedModel | None = ...,
+        max_batch: int = ...,
+        max_queue: int = ...,
+        max_prompt_tokens: int = ...,
+        start: bool = ...,
+    ) -> Engine: ...
+
+
+@pytest.fixture
+def make_engine() -> Iterator[MakeEngine]:
+    engines: list[Engine] = []
+
+    def make(
+        arch: str = "llama",
+        *,
+        model: PreTrainedModel | None = None,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        max_prompt_tokens: int = 128,
+        start: bool = True,
+    ) -> Engine:
+        model = model if model is not None else _shared_model(arch)
+        tokenizer = tiny_tokenizer()
+        loaded = LoadedModel(model, tokenizer, arch, torch.device("cpu"), torch.float32)
+        engine = Engine(
+            loaded, adapt(model, tokenizer), max_batch=max_batch, max_queue=max_queue,
+            max_prompt_tokens=max_prompt_tokens,
+        )
+        engines.append(engine)
+        if start:
+            engine.start()
+        return engine
+
+    yield make
+    for engine in engines:
+        if engine._thread is None:  # never started: drop what is queued so stop() has nothing to drain
+            engine._pending.clear()
+        engine.stop()
+        assert engine._thread is None or not engine._thread.is_alive(), "the engine thread must end on stop()"
+
+
+@pytest.fixture
+def fresh_llama() -> Iterator[PreTrainedModel]:
+    """A model of its own for tests that hook into it; every hook is gone afterwards."""
+    model = tiny_model("llama")
+    yield model
+    for module in model.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+
+
+def _request(
+    engine: Engine,
+    prompt: str,
+    *,
+    max_new_tokens: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: tuple[str, ...] = (),
+    steering: dict[int, Tensor] | None = None,
+    all_positions: bool = False,
+    deadline: float | None = None,
+) -> GenerationRequest:
+    params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop)
+    return GenerationRequest(
+        engine.encode(prompt, max_new_tokens), params, steering=steering, all_positions=all_positions,
+        deadline=deadline,
+    )
+
+
+def _run(engine: Engine, prompt: str, **kwargs: Any) -> GenerationResult:
+    request = _request(engine, prompt, **kwargs)
+    engine.submit([request])
+    return request.future.result(timeout=WAIT_S)
+
+
+def _same(a: GenerationResult, b: GenerationResult) -> bool:
+    return (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
+
+
+def _eventually(condition: Callable[[], bool]) -> bool:
+    """Stats are written by the engine thread after a step's futures resolve: give it a moment."""
+    end = time.monotonic() + 5.0
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _vector(seed: int, d_model: int = 32, norm: float = 8.0) -> Tensor:
+    vector = torch.randn(d_model, generator=torch.Generator().manual_seed(seed))
+    return vector * (norm / vector.norm())
+
+
+def _edit_logits(model: PreTrainedModel, edit: Callable[[Tensor], None]) -> torch.utils.hooks.RemovableHandle:
+    def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        output = output.clone()
+        edit(output)
+        return output
+
+    return model.get_output_embeddings().register_forward_hook(hook)
+
+
+def _suppress_eos(model: PreTrainedModel) -> torch.utils.hooks.RemovableHandle:
+    def edit(logits: Tensor) -> None:
+        logits[..., EOS] = -1e4
+
+    return _edit_logits(model, edit)
+
+
+class Gate:
+    """Holds the engine thread inside its ``at``-th forward until the test releases it."""
+
+    def __init__(self, model: PreTrainedModel, at: int) -> None:
+        self.at = at
+        self.calls = 0
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.handle = model.get_output_embeddings().register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.calls += 1
+        if self.calls == self.at:
+            self.reached.set()
+            assert self.release.wait(WAIT_S), "the test never released the gate"
+
+    def wait(self) -> None:
+        assert self.reached.wait(WAIT_S), "the engine never reached the gate"
+
+    def open(self) -> None:
+        self.release.set()
+        self.handle.remove()
+
+
+# ------------------------------------------------------------------------------------------ exactness
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2", "gpt2", "gpt_neox", "gptj"])
+def test_unsteered_greedy_equals_hf_generate(make_engine: MakeEngine, arch: str) -> None:
+    engine = make_engine(arch)
+    model = _shared_model(arch)
+    prompts = [*PROMPTS[:3], LONG_PROMPT]
+    requests = [_request(engine, prompt, max_new_tokens=8) for prompt in prompts]
+    engine.submit(requests)
+    for prompt, request in zip(prompts, requests, strict=True):
+        result = request.future.result(timeout=WAIT_S)
+        ids = torch.tensor([request.prompt_ids])
+        with torch.no_grad():
+            generated = model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8, pad_token_id=0,
+            )
+        expected = generated[0, ids.shape[1]:].tolist()
+        assert result.token_ids == expected, prompt
+        assert result.finish_reason == ("stop" if expected[-1] == EOS else "length")
+        assert result.prompt_tokens == len(request.prompt_ids)
+        assert result.completion_tokens == len(expected)
+        assert result.text == tiny_tokenizer().decode(
+            [t for t in expected if t != EOS], skip_special_tokens=True
+        )
+
+
+def test_requests_join_a_running_batch_and_get_what_they_get_alone(
+    make_engine: MakeEngine, fresh_llama: PreTrainedModel
+) -> None:
+    _suppress_eos(fresh_llama)
+    engine = make_engine(model=fresh_llama)
+    gate = Gate(fresh_llama, at=3)  # the first request's second decode step
+    first = _request(engine, PROMPTS[0], max_new_tokens=12)
+    engine.submit([first])
+    gate.wait()
+    joiners = [_request(engine, PROMPTS[1], max_new_tokens=4), _request(engine, PROMPTS[2], max_new_tokens=4,
+                                                                         steering={1: _vector(1)})]
+    for joiner in joiners:
+        engine.submit([joiner])
+    gate.open()
+    results = [req.future.result(timeout=WAIT_S) for req in (first, *joiners)]
+
+    assert results[0].batch_sizes[:3] == (1, 1, 1)
+    assert max(results[0].batch_sizes) == 3, "the joiners decoded in the first request's batch"
+    assert results[0].batch_sizes[-1] == 1, "finished rows leave the batch"
+    for joined in results[1:]:
+        assert max(joined.batch_sizes) > 1
+    assert engine.stats.batch_sizes[3] > 0
+
+    alone = [
+        _run(engine, PROMPTS[0], max_new_tokens=12),
+        _run(engine, PROMPTS[1], max_new_tokens=4),
+        _run(engine, PROMPTS[2], max_new_tokens=4, steering={1: _vector(1)}),
+    ]
+    for together, by_itself in zip(results, alone, strict=True):
+        assert set(by_itself.batch_sizes) == {1}
+        assert _same(together, by_itself)
+    assert [r.finish_reason for r in results] == ["length"] * 3
+
+
+def test_sixteen_concurrent_requests_with_sixteen_vectors(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama", max_batch=16, start=False)
+    # (prompt, {layer: vector}, all_positions): different prompts, layers, norms and position policies.
+    specs: list[tuple[str, dict[int, Tensor], bool]] = [
+        (PROMPTS[i % len(PROMPTS)], {i % 4: _vector(100 + i, norm=4.0 + i)}, i % 5 == 0) for i in range(16)
+    ]
+    requests = [
+        _request(engine, prompt, steering=steering, all_positions=every, max_new_tokens=6)
+        for prompt, steering, every in specs
+    ]
+    barrier = threading.Barrier(len(requests))
+
+    def submit(request: GenerationRequest) -> None:
+        barrier.wait()
+        engine.submit([request])
+
+    threads = [threading.Thread(target=submit, args=(request,)) for request in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine.start()
+    together = [request.future.result(timeout=WAIT_S) for request in requests]
+    assert all(result.batch_sizes[0] == 16 for result in together), "all sixteen were prefilled as one batch"
+
+    changed = 0
+    for (prompt, steering, every), result in zip(specs, together, strict=True):
+        alone = _run(engine, prompt, steering=steering, all_positions=every, max_new_tokens=6)
+        assert _same(result, alone)
+        changed += result.token_ids != _run(engine, prompt, max_new_tokens=6).token_ids
+    assert changed >= 8, f"steering should change most continuations; it changed {changed} of 16"
+
+
+# ------------------------------------------------------------------------------------------ finishing
+
+
+def test_stop_strings_cut_the_text(make_engine: MakeEngine, fresh_llama: PreTrainedModel) -> None:
+    _suppress_eos(fresh_llama)
+    engine = make_engine(model=fresh_llama)
+    full = _run(engine, PROMPTS[0], max_new_tokens=12)
+    assert full.finish_reason == "length" and len(full.text) >= 8
+    stop = full.text[4:6]
+    cut = full.text.find(stop)
+    result = _run(engine, PROMPTS[0], max_new_tokens=12, stop=(stop,))
+    assert result.finish_reason == "stop"
+    assert result.text == full.text[:cut]
+    assert stop not in result.text
+    assert len(result.token_ids) < 12
+    # Of several stop strings the earliest occurrence wins.
+    late, early = full.text[6:8], full.text[1:3]
+    expected = min(full.text.find(late), full.text.find(early))
+    several = _run(engine, PROMPTS[0], max_new_tokens=12, stop=(late, early))
+    assert several.finish_reason == "stop" and several.text == full.text[:expected]
+    # A stop string that never shows up changes nothing.
+    absent = _run(engine, PROMPTS[0], max_new_tokens=12, stop=("\x00never",))
+    assert _same(absent, full)
+
+
+def test_max_new_tokens_gives_length(make_engine: MakeEngine, fresh_llama: PreTrainedModel) -> None:
+    _suppress_eos(fresh_llama)
+    engine = make_engine(model=fresh_llama)
+    for limit in (1, 5):
+        result = _run(engine, PROMPTS[1], max_new_tokens=limit)
+        assert result.finish_reason == "length"
+        assert result.completion_tokens == limit
+        assert EOS not in result.token_ids
+
+
+def test_eos_stops_and_is_not_in_the_text(make_engine: MakeEngine, fresh_llama: PreTrainedModel) -> None:
+    engine = make_engine(model=fresh_llama)
+    _suppress_eos(fresh_llama)
+    free = _run(engine, PROMPTS[0], max_new_tokens=6)
+    calls = {"n": 0}
+
+    def force_eos_on_third(logits: Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            logits[..., EOS] = 1e4
+
+    _edit_logits(fresh_llama, force_eos_on_third)
+    result = _run(engine, PROMPTS[0], max_new_tokens=6)
+    assert result.finish_reason == "stop"
+    assert result.token_ids == [*free.token_ids[:2], EOS]
+    assert result.text == tiny_tokenizer().decode(free.token_ids[:2])
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama", start=False)
+    sampled: dict[str, Any] = dict(max_new_tokens=10, temperature=1.0, top_p=0.9)
+    batch = [
+        _request(engine, PROMPTS[1], max_new_tokens=10),
+        _request(engine, PROMPTS[0], seed=1234, **sampled),
+        _request(engine, PROMPTS[2], seed=99, steering={2: _vector(5)}, **sampled),
+        _request(engine, PROMPTS[0], seed=5678, **sampled),
+    ]
+    engine.submit(batch)
+    engine.start()
+    together = [request.future.result(timeout=WAIT_S) for request in batch]
+    alone = _run(engine, PROMPTS[0], seed=1234, **sampled)
+    again = _run(engine, PROMPTS[0], seed=1234, **sampled)
+    greedy = _run(engine, PROMPTS[0], max_new_tokens=10)
+    assert _same(alone, again)
+    assert _same(together[1], alone)
+    assert _same(together[0], _run(engine, PROMPTS[1], max_new_tokens=10))
+    assert together[3].token_ids != together[1].token_ids, "another seed draws other tokens"
+    assert alone.token_ids != greedy.token_ids, "temperature 1 is not greedy"
+    assert max(together[1].batch_sizes) == 4
+
+
+def test_a_vanishing_temperature_acts_greedy_and_fails_nothing(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama")
+    greedy = _run(engine, PROMPTS[0], max_new_tokens=6)
+    tiny = _run(engine, PROMPTS[0], max_new_tokens=6, temperature=1e-40, seed=3)
+    assert _same(tiny, greedy)
+
+
+# ------------------------------------------------------------------------------------------ cancel, deadline
+
+
+def test_a_request_cancelled_before_admission_never_runs(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama", start=False)
+    cancelled = _request(engine, PROMPTS[0])
+    kept = _request(engine, PROMPTS[1], max_new_tokens=4)
+    cancelled.cancel()
+    engine.submit([cancelled, kept])
+    engine.start()
+    result = cancelled.future.result(timeout=WAIT_S)
+    assert result.finish_reason == "cancelled"
+    assert result.token_ids == [] and result.text == ""
+    assert kept.future.result(timeout=WAIT_S).finish_reason in ("length", "stop")
+
+
+def test_a_request_cancelled_while_decoding_leaves_its_batch(
+    make_engine: MakeEngine, fresh_llama: PreTrainedModel
+) -> None:
+    _suppress_eos(fresh_llama)
+    engine = make_engine(model=fresh_llama)
+    gate = Gate(fresh_llama, at=3)
+    doomed = _request(engine, PROMPTS[0], max_new_tokens=50)
+    other = _request(engine, PROMPTS[1], max_new_tokens=6)
+    engine.submit([doomed, other])
+    gate.wait()
+    doomed.cancel()
+    gate.open()
+    result = doomed.future.result(timeout=WAIT_S)
+    assert result.finish_reason == "cancelled"
+    assert len(result.token_ids) == 3
+    survivor = other.future.result(timeout=WAIT_S)
+    assert survivor.finish_reason == "length"
+    assert _same(survivor, _run(engine, PROMPTS[1], max_new_tokens=6))
+
+
+def test_a_past_deadline_times_out(make_engine: MakeEngine, fresh_llama: PreTrainedModel) -> None:
+    _suppress_eos(fresh_llama)
+    engine = make_engine(model=fresh_llama)
+    result = _run(engine, PROMPTS[0], max_new_tokens=20, deadline=time.monotonic() - 1.0)
+    assert result.finish_reason == "timeout"
+    assert len(result.token_ids) < 20
+
+
+def test_a_deadline_passing_mid_generation_times_out_with_partial_text(
+    make_engine: MakeEngine, fresh_llama: PreTrainedModel
+) -> None:
+    _suppress_eos(fresh_llama)
+    engine = make_engine(model=fresh_llama)
+    full = _run(engine, PROMPTS[0], max_new_tokens=20)
+    gate = Gate(fresh_llama, at=3)
+    deadline = time.monotonic() + 5.0
+    request = _request(engine, PROMPTS[0], max_new_tokens=20, deadline=deadline)
+    engine.submit([request])
+    gate.wait()
+    request.deadline = time.monotonic() - 0.001  # the deadline passes while the third token is computed
+    gate.open()
+    result = request.future.result(timeout=WAIT_S)
+    assert result.finish_reason == "timeout"
+    assert result.token_ids == full.token_ids[:3]
+    assert result.text == tiny_tokenizer().decode(full.token_ids[:3])
+
+
+# ------------------------------------------------------------------------------------------ limits
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_encode_refuses_prompts_over_the_limits(make_engine: MakeEngine, arch: str) -> None:
+    engine = make_engine(arch, max_prompt_tokens=10, start=False)
+    assert len(engine.encode("x" * 10, 246)) == 10  # exactly the prompt limit and the 256-token context
+    with pytest.raises(InvalidInput) as too_long:
+        engine.encode("x" * 11, 4)
+    assert too_long.value.param == "prompt"
+    assert "11 tokens" in too_long.value.message and "limit is 10" in too_long.value.message
+    assert too_long.value.status == 422
+    with pytest.raises(InvalidInput) as over_context:
+        engine.encode("x" * 10, 247)
+    assert over_context.value.param == "max_new_tokens"
+    assert "256" in over_context.value.message and "247" in over_context.value.message
+    with pytest.raises(InvalidInput):
+        engine.encode("", 4)
+
+
+def test_submit_over_the_queue_limit_raises_queue_full(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama", max_queue=3, start=False)
+    queued = [_request(engine, PROMPTS[0], max_new_tokens=2) for _ in range(2)]
+    engine.submit(queued)
+    with pytest.raises(QueueFull) as full:
+        engine.submit([_request(engine, PROMPTS[0]), _request(engine, PROMPTS[0])])
+    assert "limit is 3" in full.value.message and full.value.status == 429
+    assert len(engine._pending) == 2, "a refused group is not queued in part"
+    queued.append(_request(engine, PROMPTS[1], max_new_tokens=2))
+    engine.submit(queued[-1:])
+    with pytest.raises(QueueFull):
+        engine.submit([_request(engine, PROMPTS[0])])
+    engine.start()
+    assert all(req.future.result(timeout=WAIT_S).completion_tokens >= 1 for req in queued)
+
+
+def test_submit_after_stop_is_refused(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama")
+    engine.stop()
+    with pytest.raises(NotReady):
+        engine.submit([_request(engine, PROMPTS[0])])
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+
+def test_a_failing_forward_fails_its_batch_and_the_engine_keeps_serving(
+    make_engine: MakeEngine, fresh_llama: PreTrainedModel
+) -> None:
+    engine = make_engine(model=fresh_llama)
+    healthy = _run(engine, PROMPTS[2], max_new_tokens=6)
+    fault = {"at": 0, "calls": 0}
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        fault["calls"] += 1
+        if fault["calls"] == fault["at"]:
+            raise RuntimeError("injected fault")
+
+    handle = adapt(fresh_llama, tiny_tokenizer()).blocks[0].register_forward_hook(hook)
+    try:
+        # Fails in the prefill ...
+        fault.update(at=1, calls=0)
+        batch = [_request(engine, PROMPTS[0]), _request(engine, PROMPTS[1], steering={1: _vector(2)})]
+        engine.submit(batch)
+        for request in batch:
+            with pytest.raises(RuntimeError, match="injected fault"):
+                request.future.result(timeout=WAIT_S)
+        # ... and in the middle of decoding, failing every row of the running batch.
+        fault.update(at=3, calls=0)
+        batch = [_request(engine, PROMPTS[0], max_new_tokens=10), _request(engine, PROMPTS[3], max_new_tokens=10)]
+        engine.submit(batch)
+        for request in batch:
+            with pytest.raises(RuntimeError, match="injected fault"):
+                request.future.result(timeout=WAIT_S)
+        fault.update(at=0)
+        assert _same(_run(engine, PROMPTS[2], max_new_tokens=6), healthy)
+        assert _eventually(lambda: engine.stats.active_rows == 0 and not engine._rows)
+    finally:
+        handle.remove()
+
+
+def test_steering_at_a_layer_the_model_lacks_fails_only_that_request(make_engine: MakeEngine) -> None:
+    engine = make_engine("llama", start=False)
+    good = _request(engine, PROMPTS[0], max_new_tokens=4)
+    engine.submit([good])
+    for layer, vector in [(4, _vector(1)), (-1, _vector(1)), (1, torch.zeros(7))]:
+        with pytest.raises(InvalidInput):
+            engine.submit([_request(engine, PROMPTS[1], steering={layer: vector})])
+    engine.start()
+    assert good.future.result(timeout=WAIT_S).completion_tokens == 4
