@@ -12,7 +12,10 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -27,6 +30,8 @@ from app.engine.steering import BatchSteering, stack_row_vectors, steered
 from app.errors import InvalidInput, NotReady, QueueFull
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Engine:
         self._tokenizer_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending: deque[GenerationRequest] = deque()
+        self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: Tensor | None = None
@@ -142,13 +148,16 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._pending and not self._rows and not self._stopping:
+                    while not self._pending and not self._rows and not self._tasks and not self._stopping:
                         self._cond.wait()
-                    if self._stopping and not self._rows and not self._pending:
+                    if self._stopping and not self._rows and not self._pending and not self._tasks:
                         return
                     room = self.max_batch - len(self._rows)
                     admitted = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
                     self.stats.queue_depth = len(self._pending)
+                    task = self._tasks.popleft() if self._tasks else None
+                if task is not None:
+                    self._run_task(*task)
                 try:
                     admitted = [req for req in admitted if not self._drop_if_cancelled(req)]
                     if admitted:
@@ -164,6 +173,31 @@ class Engine:
                             req.future.set_exception(exc)
                     self._rows, self._cache, self._mask = [], None, None
                 self.stats.active_rows = len(self._rows)
+
+    def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run ``fn`` on the engine thread between decode steps and return its result.
+
+        Jobs (extraction, evaluation) send each model forward through here, so they share the one model
+        with live completions without a lock: a long job adds at most one forward of latency per step.
+        """
+        if threading.current_thread() is self._thread:
+            return fn()
+        future: Future[T] = Future()
+        with self._cond:
+            if self._stopping:
+                raise NotReady("the engine is shutting down")
+            self._tasks.append((fn, future))
+            self._cond.notify_all()
+        return future.result(timeout)
+
+    @staticmethod
+    def _run_task(fn: Callable[[], Any], future: Future[Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the caller, never fatal to the engine
+            future.set_exception(exc)
 
     def _drop_if_cancelled(self, request: GenerationRequest) -> bool:
         if request.cancelled:

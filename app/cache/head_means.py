@@ -1,0 +1,191 @@
+"""The head-mean cache: one entry per (model, template, dataset, shots, N, seed), one field per head.
+
+Redis layout: a hash per key, field ``"<layer>.<head>"`` → float32 bytes, plus a ``meta`` field (JSON).
+A Redis that is down, slow or holding a corrupt value is never fatal: the cache reports a miss, logs
+once, marks itself ``degraded`` and the caller recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "fvsteer:head-means:v1:"
+
+
+@dataclass(frozen=True)
+class HeadMeanKey:
+    fingerprint: str
+    template: str
+    dataset_sha256: str
+    shots: int
+    n_prompts: int
+    seed: int
+
+    def digest(self) -> str:
+        text = json.dumps(self.__dict__, sort_keys=True)
+        return KEY_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    fields_read: int = 0
+
+
+class HeadMeanCache(Protocol):
+    stats: CacheStats
+
+    def get(self, key: HeadMeanKey, shape: tuple[int, int, int]) -> Tensor | None: ...
+
+    def put(self, key: HeadMeanKey, means: Tensor) -> None: ...
+
+    def status(self) -> str: ...
+
+
+class MemoryHeadMeanCache:
+    """In-process LRU, used when ``FVSTEER_REDIS_URL`` is unset."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self.stats = CacheStats()
+        self._entries: OrderedDict[str, Tensor] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: HeadMeanKey, shape: tuple[int, int, int]) -> Tensor | None:
+        with self._lock:
+            means = self._entries.get(key.digest())
+            if means is None or tuple(means.shape) != shape:
+                self.stats.misses += 1
+                return None
+            self._entries.move_to_end(key.digest())
+            self.stats.hits += 1
+            self.stats.fields_read += shape[0] * shape[1]
+            return means.clone()
+
+    def put(self, key: HeadMeanKey, means: Tensor) -> None:
+        with self._lock:
+            self._entries[key.digest()] = means.detach().to("cpu", torch.float32).clone()
+            self._entries.move_to_end(key.digest())
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def status(self) -> str:
+        return "memory"
+
+
+@dataclass
+class RedisHeadMeanCache:
+    """Redis-backed cache; every failure degrades to a miss (never a wrong answer, never a crash)."""
+
+    url: str
+    ttl_s: int | None = None
+    socket_timeout_s: float = 2.0
+    stats: CacheStats = field(default_factory=CacheStats)
+    degraded: bool = False
+    _warned: bool = False
+
+    def __post_init__(self) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(
+            self.url, socket_timeout=self.socket_timeout_s, socket_connect_timeout=self.socket_timeout_s
+        )
+
+    def _failed(self, action: str, exc: Exception) -> None:
+        self.stats.errors += 1
+        self.degraded = True
+        if not self._warned:
+            log.warning("head-mean cache degraded: Redis %s failed (%s); computing without it", action, exc)
+            self._warned = True
+
+    def _recovered(self) -> None:
+        if self.degraded:
+            log.info("head-mean cache: Redis reachable again")
+        self.degraded = False
+        self._warned = False
+
+    def get(self, key: HeadMeanKey, shape: tuple[int, int, int]) -> Tensor | None:
+        try:
+            raw = self._client.hgetall(key.digest())
+        except Exception as exc:  # redis errors, timeouts, refused connections
+            self._failed("read", exc)
+            self.stats.misses += 1
+            return None
+        self._recovered()
+        means = self._decode(raw, shape) if raw else None
+        if means is None:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        self.stats.fields_read += shape[0] * shape[1]
+        return means
+
+    def _decode(self, raw: Any, shape: tuple[int, int, int]) -> Tensor | None:
+        layers, heads, head_dim = shape
+        means = np.empty(shape, dtype=np.float32)
+        try:
+            meta = json.loads(raw[b"meta"])
+            if meta.get("shape") != list(shape):
+                raise ValueError(f"cached shape {meta.get('shape')} != {list(shape)}")
+            for layer in range(layers):
+                for head in range(heads):
+                    values = np.frombuffer(raw[f"{layer}.{head}".encode()], dtype=np.float32)
+                    if values.shape != (head_dim,) or not np.isfinite(values).all():
+                        raise ValueError(f"field {layer}.{head} is corrupt")
+                    means[layer, head] = values
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            log.warning("head-mean cache entry is corrupt (%s); recomputing", exc)
+            self.stats.errors += 1
+            return None
+        return torch.from_numpy(means)
+
+    def put(self, key: HeadMeanKey, means: Tensor) -> None:
+        array = means.detach().to("cpu", torch.float32).numpy()
+        mapping: dict[str, bytes] = {"meta": json.dumps({"shape": list(array.shape)}).encode()}
+        for layer in range(array.shape[0]):
+            for head in range(array.shape[1]):
+                mapping[f"{layer}.{head}"] = array[layer, head].tobytes()
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(key.digest())
+            pipe.hset(key.digest(), mapping=mapping)  # type: ignore[arg-type]
+            if self.ttl_s:
+                pipe.expire(key.digest(), self.ttl_s)
+            pipe.execute()
+        except Exception as exc:
+            self._failed("write", exc)
+            return
+        self._recovered()
+
+    def status(self) -> str:
+        return "degraded" if self.degraded else "redis"
+
+    def ping(self) -> bool:
+        """Probe Redis (for readiness); updates ``degraded``."""
+        try:
+            self._client.ping()
+        except Exception as exc:
+            self._failed("ping", exc)
+            return False
+        self._recovered()
+        return True
+
+
+def make_head_mean_cache(redis_url: str | None, ttl_s: int | None = None) -> MemoryHeadMeanCache | RedisHeadMeanCache:
+    if not redis_url:
+        return MemoryHeadMeanCache()
+    return RedisHeadMeanCache(redis_url, ttl_s=ttl_s)

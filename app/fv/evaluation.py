@@ -1,0 +1,138 @@
+"""First-token accuracy of prompts with and without a vector, the layer sweep, and the five-way evaluation
+of Todd et al. (zero-shot, zero-shot + FV, 10-shot, shuffled 10-shot, shuffled 10-shot + FV)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from app.engine.adapter import ModelAdapter
+from app.engine.steering import BatchSteering, steered
+from app.fv.forward import Runner, encode_left_padded, last_token_logits, model_device, run_here
+from app.fv.pairs import Pair
+from app.fv.prompts import PromptItem, Template, icl_prompts, zero_shot_prompts
+
+TOP_K = (1, 3)
+
+
+def ranks_of_answers(
+    adapter: ModelAdapter,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[PromptItem],
+    vector: tuple[int, Tensor] | None = None,
+    *,
+    batch_size: int = 16,
+    run: Runner[Tensor] = run_here,
+) -> Tensor:
+    """Rank (0 = top-1) of each item's answer token in the last-position logits, optionally steered by
+    ``vector = (layer, v)`` added at the last prompt token (the FV policy)."""
+    device = model_device(adapter)
+    ranks: list[Tensor] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+
+        def forward(chunk: list[PromptItem] = chunk) -> Tensor:
+            ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
+            steering = None
+            if vector is not None:
+                positions = torch.zeros(ids.shape, dtype=torch.bool)
+                positions[:, -1] = True
+                steering = BatchSteering({vector[0]: vector[1].reshape(1, -1).expand(len(chunk), -1)}, positions)
+            with torch.inference_mode(), steered(adapter, steering):
+                logits = last_token_logits(adapter, ids, mask)
+            answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
+            target = logits.gather(1, answers[:, None])
+            return (logits > target).sum(dim=1).cpu()
+
+        ranks.append(run(forward))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(ranks: Tensor, k: int = 1) -> float:
+    return float((ranks < k).float().mean()) if ranks.numel() else 0.0
+
+
+def layer_sweep(
+    adapter: ModelAdapter,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[PromptItem],
+    vector: Tensor,
+    layers: list[int],
+    *,
+    run: Runner[Tensor] = run_here,
+    on_layer: Callable[[int, int], None] | None = None,
+) -> dict[int, float]:
+    """Zero-shot top-1 accuracy on ``items`` with ``vector`` added at each of ``layers``."""
+    scores: dict[int, float] = {}
+    for index, layer in enumerate(layers):
+        scores[layer] = accuracy(ranks_of_answers(adapter, tokenizer, items, (layer, vector), run=run))
+        if on_layer is not None:
+            on_layer(index + 1, len(layers))
+    return scores
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Top-1 and top-3 accuracy of the five conditions.
+
+    ``icl`` is clean 10-shot accuracy over all ``n + n_dropped`` test items; the four others are measured on
+    the ``n`` items clean 10-shot prompting gets right (Todd et al.'s filter), so a vector is judged on what
+    the model can do.
+    """
+
+    zero_shot: dict[str, float]
+    zero_shot_fv: dict[str, float]
+    icl: dict[str, float]
+    icl_shuffled: dict[str, float]
+    icl_shuffled_fv: dict[str, float]
+    n: int
+    n_dropped: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"zero_shot": self.zero_shot, "zero_shot_fv": self.zero_shot_fv, "icl": self.icl,
+                "icl_shuffled": self.icl_shuffled, "icl_shuffled_fv": self.icl_shuffled_fv,
+                "n": self.n, "n_dropped": self.n_dropped}
+
+
+def _scores(ranks: Tensor) -> dict[str, float]:
+    return {f"top{k}": accuracy(ranks, k) for k in TOP_K}
+
+
+def evaluate(
+    adapter: ModelAdapter,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    prefix: str,
+    demo_pool: list[Pair],
+    test: list[Pair],
+    vector: tuple[int, Tensor],
+    *,
+    seed: int = 0,
+    shots: int = 10,
+    run: Runner[Tensor] = run_here,
+) -> Evaluation:
+    """Todd et al.'s evaluation; items the model misses with clean ``shots``-shot prompts are left out and counted.
+
+    Demonstrations for a test item come from ``demo_pool`` minus the item itself.
+    """
+    rng = random.Random(seed)
+    clean = icl_prompts(tokenizer, template, prefix, demo_pool, test, rng, shots)
+    clean_ranks = ranks_of_answers(adapter, tokenizer, clean, run=run)
+    kept = [index for index, rank in enumerate(clean_ranks.tolist()) if rank == 0]
+    kept_pairs = [test[index] for index in kept]
+    shuffled = icl_prompts(tokenizer, template, prefix, demo_pool, kept_pairs, rng, shots, shuffle_labels=True)
+    zero = zero_shot_prompts(tokenizer, template, prefix, kept_pairs)
+    return Evaluation(
+        zero_shot=_scores(ranks_of_answers(adapter, tokenizer, zero, run=run)),
+        zero_shot_fv=_scores(ranks_of_answers(adapter, tokenizer, zero, vector, run=run)),
+        icl=_scores(clean_ranks),
+        icl_shuffled=_scores(ranks_of_answers(adapter, tokenizer, shuffled, run=run)),
+        icl_shuffled_fv=_scores(ranks_of_answers(adapter, tokenizer, shuffled, vector, run=run)),
+        n=len(kept),
+        n_dropped=len(test) - len(kept),
+    )

@@ -1,0 +1,167 @@
+"""The causal-mediation extraction pipeline: prompts → head means (cached) → AIE → top-k heads → FV → layer.
+
+Every model forward goes through ``run`` so a job can execute them on the engine's thread between
+decode steps; ``report`` receives (phase, fraction) progress and may raise to cancel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from app.cache.head_means import HeadMeanCache, HeadMeanKey
+from app.engine.adapter import ModelAdapter
+from app.errors import InvalidInput
+from app.fv.activations import mean_head_outputs
+from app.fv.evaluation import accuracy, layer_sweep, ranks_of_answers
+from app.fv.forward import Runner, run_here
+from app.fv.mediation import ScoredPrompt, aie_fast, top_heads
+from app.fv.pairs import Pair, dataset_sha256, split_pairs
+from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts, zero_shot_prompts
+from app.fv.vector import function_vector
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+# Weights of each phase in the job's overall progress fraction.
+PHASES = {"means": 0.25, "scoring": 0.6, "layer_sweep": 0.15}
+
+
+@dataclass(frozen=True)
+class ExtractionSpec:
+    pairs: list[Pair]
+    n_prompts: int = 100
+    n_trials: int = 25
+    n_heads: int = 10
+    layer: int | Literal["auto"] = "auto"
+    seed: int = 0
+    shots: int = DEFAULT_SHOTS
+    template: Template = field(default_factory=Template)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """The loaded model as the FV science needs it."""
+
+    adapter: ModelAdapter
+    tokenizer: PreTrainedTokenizerBase
+    fingerprint: str
+    name: str
+
+
+@dataclass
+class ExtractionResult:
+    vector: Tensor
+    layer: int
+    heads: list[tuple[int, int, float]]
+    aie: Tensor
+    sweep: dict[int, float]
+    metrics: dict[str, Any]
+    dataset_sha256: str
+    phase_seconds: dict[str, float]
+    cache_hit: bool
+
+    def metadata(self, name: str, relation: str, spec: ExtractionSpec) -> dict[str, str]:
+        return {
+            "name": name,
+            "relation": relation,
+            "layer": str(self.layer),
+            "method": "cma",
+            "heads": json.dumps([[layer, head, round(aie, 6)] for layer, head, aie in self.heads]),
+            "dataset_sha256": self.dataset_sha256,
+            "n_pairs": str(len(spec.pairs)),
+            "template": spec.template.describe(),
+            "metrics": json.dumps(self.metrics),
+        }
+
+
+def check_spec(spec: ExtractionSpec, adapter: ModelAdapter) -> None:
+    """Refuse parameters the model cannot satisfy, naming the limit."""
+    total_heads = adapter.n_layers * adapter.n_heads
+    if not 1 <= spec.n_heads <= total_heads:
+        raise InvalidInput(f"n_heads is {spec.n_heads}; the model has {total_heads} heads", param="n_heads")
+    if spec.layer != "auto" and not 0 <= spec.layer < adapter.n_layers:
+        raise InvalidInput(f"layer {spec.layer} is outside the model's 0..{adapter.n_layers - 1}", param="layer")
+
+
+def extract(
+    model: ModelHandle,
+    spec: ExtractionSpec,
+    cache: HeadMeanCache,
+    *,
+    run: Runner[Any] = run_here,
+    report: Progress = lambda phase, fraction: None,
+) -> ExtractionResult:
+    adapter, tokenizer = model.adapter, model.tokenizer
+    check_spec(spec, adapter)
+    split = split_pairs(spec.pairs, spec.seed)
+    shots = min(spec.shots, len(split.train) - 1)
+    prefix = bos_prefix(tokenizer, adapter.adds_bos)
+    rng = random.Random(spec.seed)
+    digest = dataset_sha256(spec.pairs)
+    timings: dict[str, float] = {}
+    done = 0.0
+
+    def progress(phase: str) -> Callable[[int, int], None]:
+        return lambda step, total: report(phase, done + PHASES[phase] * step / total)
+
+    # Phase 1: mean head outputs over N clean prompts (the cached part).
+    started = time.monotonic()
+    report("means", 0.0)
+    key = HeadMeanKey(model.fingerprint, spec.template.describe(), digest, shots, spec.n_prompts, spec.seed)
+    shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
+    means = cache.get(key, shape)
+    cache_hit = means is not None
+    if means is None:
+        queries = [rng.choice(split.train) for _ in range(spec.n_prompts)]
+        clean = icl_prompts(tokenizer, spec.template, prefix, split.train, queries, rng, shots)
+        means = mean_head_outputs(adapter, tokenizer, [item.text for item in clean], run=run,
+                                  on_batch=progress("means"))
+        cache.put(key, means)
+    timings["means"] = time.monotonic() - started
+    done += PHASES["means"]
+
+    # Phase 2: AIE of every head on corrupted prompts.
+    started = time.monotonic()
+    trial_rng = random.Random(spec.seed + 1)
+    trial_queries = [trial_rng.choice(split.train) for _ in range(spec.n_trials)]
+    corrupted = icl_prompts(tokenizer, spec.template, prefix, split.train, trial_queries, trial_rng, shots,
+                            shuffle_labels=True)
+    scored = [ScoredPrompt(tokenizer(item.text).input_ids, item.answer_token) for item in corrupted]
+    aie = aie_fast(adapter, scored, means, run=run, on_prompt=progress("scoring"))
+    heads = top_heads(aie, spec.n_heads)
+    vector = function_vector(adapter, means, heads)
+    timings["scoring"] = time.monotonic() - started
+    done += PHASES["scoring"]
+
+    # Phase 3: the layer, swept on validation pairs unless given.
+    started = time.monotonic()
+    valid = zero_shot_prompts(tokenizer, spec.template, prefix, split.valid)
+    layers = list(range(adapter.n_layers)) if spec.layer == "auto" else [spec.layer]
+    sweep = layer_sweep(adapter, tokenizer, valid, vector, layers, run=run, on_layer=progress("layer_sweep"))
+    best = max(layers, key=lambda layer: (sweep[layer], -layer))
+    baseline = accuracy(ranks_of_answers(adapter, tokenizer, valid, run=run))
+    timings["layer_sweep"] = time.monotonic() - started
+    report("done", 1.0)
+    metrics = {
+        "valid_zero_shot_top1": baseline,
+        "valid_zero_shot_fv_top1": sweep[best],
+        "n_valid": len(valid),
+        "layer_sweep": {str(layer): score for layer, score in sweep.items()},
+        "n_prompts": spec.n_prompts,
+        "n_trials": spec.n_trials,
+        "shots": shots,
+        "seed": spec.seed,
+    }
+    log.info("extracted FV: layer %d, heads %s, valid top-1 %.2f → %.2f (cache %s)", best,
+             [(layer, head) for layer, head, _ in heads], baseline, sweep[best], "hit" if cache_hit else "miss")
+    return ExtractionResult(vector, best, heads, aie, sweep, metrics, digest, timings, cache_hit)

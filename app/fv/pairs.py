@@ -1,0 +1,115 @@
+"""Word-pair datasets: the shipped relations, user files (JSON or two-column CSV), validation, splits.
+
+A dataset is identified by the SHA-256 of its canonical JSON, which keys the head-mean cache and is
+recorded in every vector's provenance.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.errors import InvalidInput, NotFound
+
+RELATIONS_DIR = Path(__file__).parent / "relations"
+MIN_PAIRS = 12
+MAX_PAIRS = 10_000
+MAX_TEXT_CHARS = 200
+SPLIT_FRACTIONS = (0.70, 0.09)  # train, valid; the rest (21 %) is test, as in Todd et al.
+
+
+@dataclass(frozen=True)
+class Pair:
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[Pair]
+    valid: list[Pair]
+    test: list[Pair]
+
+
+def shipped_relations() -> list[str]:
+    """Names of the relation datasets that ship with fvsteer."""
+    return sorted(path.stem for path in RELATIONS_DIR.glob("*.json"))
+
+
+def relation_pairs(name: str, param: str = "relation") -> list[Pair]:
+    """The pairs of a shipped relation (404 naming the known ones when unknown)."""
+    path = RELATIONS_DIR / f"{name}.json"
+    if name not in shipped_relations():
+        known = ", ".join(shipped_relations())
+        raise NotFound(f"no relation named {name[:80]!r}; shipped relations: {known}", param=param)
+    return validate_pairs(json.loads(path.read_text(encoding="utf-8")), param=param)
+
+
+def read_pairs_file(path: Path) -> list[Pair]:
+    """Pairs from a JSON list of ``{"input", "output"}`` objects or a two-column CSV (header optional)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        return parse_csv_pairs(text)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path.name} is neither JSON pairs nor a .csv file: {exc}", param="pairs") from exc
+    return validate_pairs(raw)
+
+
+def parse_csv_pairs(text: str) -> list[Pair]:
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if rows and [cell.strip().lower() for cell in rows[0]] == ["input", "output"]:
+        rows = rows[1:]
+    bad = next((index for index, row in enumerate(rows) if len(row) != 2), None)
+    if bad is not None:
+        raise InvalidInput(f"CSV row {bad + 1} has {len(rows[bad])} columns; pairs need exactly 2", param="pairs")
+    return validate_pairs([{"input": row[0], "output": row[1]} for row in rows])
+
+
+def validate_pairs(raw: Any, param: str = "pairs") -> list[Pair]:
+    """Check shape, emptiness, duplicates and count; messages name the offending item and the limit."""
+    if not isinstance(raw, list):
+        raise InvalidInput("pairs must be a list of {\"input\", \"output\"} objects", param=param)
+    pairs: list[Pair] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        where = f"{param}[{index}]"
+        if not isinstance(item, dict) or set(item) != {"input", "output"}:
+            raise InvalidInput(f"{where} must be an object with exactly 'input' and 'output'", param=where)
+        x, y = item["input"], item["output"]
+        if not isinstance(x, str) or not isinstance(y, str) or not x.strip() or not y.strip():
+            raise InvalidInput(f"{where} has an empty or non-string input or output", param=where)
+        x, y = x.strip(), y.strip()
+        if len(x) > MAX_TEXT_CHARS or len(y) > MAX_TEXT_CHARS:
+            raise InvalidInput(f"{where} is longer than {MAX_TEXT_CHARS} characters", param=where)
+        if x in seen:
+            raise InvalidInput(f"{where} repeats the input {x!r}", param=where)
+        seen.add(x)
+        pairs.append(Pair(x, y))
+    if len(pairs) < MIN_PAIRS:
+        raise InvalidInput(f"{len(pairs)} pairs given; at least {MIN_PAIRS} are needed", param=param)
+    if len(pairs) > MAX_PAIRS:
+        raise InvalidInput(f"{len(pairs)} pairs given; the limit is {MAX_PAIRS}", param=param)
+    return pairs
+
+
+def dataset_sha256(pairs: list[Pair]) -> str:
+    canonical = json.dumps([[pair.input, pair.output] for pair in pairs], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def split_pairs(pairs: list[Pair], seed: int) -> Split:
+    """Seeded 70/9/21 split; every part gets at least one pair."""
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    n = len(shuffled)
+    n_valid = max(1, round(n * SPLIT_FRACTIONS[1]))
+    n_train = min(max(1, round(n * SPLIT_FRACTIONS[0])), n - n_valid - 1)
+    return Split(shuffled[:n_train], shuffled[n_train : n_train + n_valid], shuffled[n_train + n_valid :])

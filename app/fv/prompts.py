@@ -1,0 +1,96 @@
+"""Todd et al.'s in-context prompts (FV_METHOD.md §1), with configurable prefixes and separators.
+
+A demonstration is ``"Q: x\\nA: y\\n\\n"``, the query ``"Q: x\\nA:"``; the answer token is the first token
+of ``" " + y``. Models whose tokenizer adds no BOS get its BOS (or EOS) text prepended, as in the
+reference code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from app.fv.pairs import Pair
+
+DEFAULT_SHOTS = 10
+
+
+@dataclass(frozen=True)
+class Template:
+    input_prefix: str = "Q:"
+    output_prefix: str = "A:"
+    pair_separator: str = "\n"
+    example_separator: str = "\n\n"
+
+    def demonstration(self, pair: Pair) -> str:
+        return f"{self.input_prefix} {pair.input}{self.pair_separator}{self.output_prefix} {pair.output}" + (
+            self.example_separator
+        )
+
+    def query(self, text: str) -> str:
+        return f"{self.input_prefix} {text}{self.pair_separator}{self.output_prefix}"
+
+    def prompt(self, demonstrations: list[Pair], query: str, prefix: str = "") -> str:
+        return prefix + "".join(self.demonstration(pair) for pair in demonstrations) + self.query(query)
+
+    def describe(self) -> str:
+        """Canonical JSON: part of cache keys and vector metadata."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt and the first token of the answer it should produce."""
+
+    text: str
+    answer_token: int
+    pair: Pair
+
+
+def bos_prefix(tokenizer: PreTrainedTokenizerBase, adds_bos: bool) -> str:
+    if adds_bos:
+        return ""
+    return str(tokenizer.bos_token or tokenizer.eos_token or "")
+
+
+def answer_token(tokenizer: PreTrainedTokenizerBase, output: str) -> int:
+    """First token of ``" " + output`` (how the answer follows ``"A:"``)."""
+    ids: list[int] = tokenizer(" " + output, add_special_tokens=False).input_ids
+    return ids[0]
+
+
+def icl_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    prefix: str,
+    demo_pool: list[Pair],
+    queries: list[Pair],
+    rng: random.Random,
+    shots: int = DEFAULT_SHOTS,
+    shuffle_labels: bool = False,
+) -> list[PromptItem]:
+    """One ``shots``-shot prompt per query, demonstrations drawn without replacement (never the query itself).
+
+    ``shuffle_labels`` permutes the demonstrations' outputs among themselves (the corrupted prompts of
+    causal mediation); the query and its answer stay untouched.
+    """
+    items = []
+    for query in queries:
+        pool = [pair for pair in demo_pool if pair.input != query.input]
+        demos = rng.sample(pool, min(shots, len(pool)))
+        if shuffle_labels:
+            outputs = [pair.output for pair in demos]
+            rng.shuffle(outputs)
+            demos = [Pair(pair.input, output) for pair, output in zip(demos, outputs, strict=True)]
+        items.append(PromptItem(template.prompt(demos, query.input, prefix), answer_token(tokenizer, query.output),
+                                query))
+    return items
+
+
+def zero_shot_prompts(
+    tokenizer: PreTrainedTokenizerBase, template: Template, prefix: str, queries: list[Pair]
+) -> list[PromptItem]:
+    return [PromptItem(prefix + template.query(q.input), answer_token(tokenizer, q.output), q) for q in queries]
