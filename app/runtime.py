@@ -9,14 +9,18 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache, make_head_mean_cache
 from app.completions import CompletionService
 from app.engine.adapter import adapt
 from app.engine.engine import Engine
 from app.engine.loading import load_model, model_fingerprint, model_slug
 from app.engine.requests import GenerationRequest, SamplingParams
 from app.errors import NotReady
+from app.fv.extraction import ModelHandle
+from app.jobs.manager import JobManager
 from app.registry.registry import ModelIdentity, VectorRegistry
 from app.settings import Settings
+from app.vector_service import VectorService
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,9 @@ class Services:
     engine: Engine
     registry: VectorRegistry
     completions: CompletionService
+    vectors: VectorService
+    cache: MemoryHeadMeanCache | RedisHeadMeanCache
+    jobs: JobManager
 
 
 class Runtime:
@@ -47,7 +54,17 @@ class Runtime:
 
     def stop(self) -> None:
         if self._services is not None:
+            self._services.jobs.stop()
             self._services.engine.stop()
+
+    def cache_status(self) -> str:
+        """``memory``, ``redis``, or ``degraded`` (Redis configured but not answering)."""
+        if self._services is None:
+            return "unknown"
+        cache = self._services.cache
+        if isinstance(cache, RedisHeadMeanCache):
+            cache.ping()
+        return cache.status()
 
     def wait_ready(self, timeout: float) -> bool:
         if self._thread is not None:
@@ -89,13 +106,18 @@ class Runtime:
             completions = CompletionService(
                 engine, registry, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
             )
+            cache = make_head_mean_cache(settings.redis_url, settings.redis_ttl_s)
+            jobs = JobManager(settings.jobs_dir or settings.cache_dir / "jobs")
+            jobs.start()
+            handle = ModelHandle(adapter, loaded.tokenizer, identity.fingerprint, loaded.name)
+            vectors = VectorService(handle, engine, registry, cache, jobs)
         except Exception as exc:
             log.exception("model %s failed to load", settings.model)
             self.error = str(exc)
             self.state = "failed"
             return
         self.model_name = loaded.name
-        self._services = Services(engine, registry, completions)
+        self._services = Services(engine, registry, completions, vectors, cache, jobs)
         self.state = "ready"
         log.info("ready in %.1f s: %s, %d vectors", time.monotonic() - started, loaded.name, len(registry.list()))
 

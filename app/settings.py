@@ -29,6 +29,8 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "fvsteer", description="Where dequantized safetensors copies of models are kept."
     )
     redis_url: str | None = Field(None, description="Redis for head-mean caching; unset = in-process cache.")
+    redis_ttl_s: int | None = Field(None, ge=1, description="Expiry of cached head means in Redis; unset = none.")
+    jobs_dir: Path | None = Field(None, description="Where job records are kept; default <cache_dir>/jobs.")
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset = admin routes 403.")
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")

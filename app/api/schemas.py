@@ -115,8 +115,73 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready"]
+    status: Literal["ready", "degraded"]
     model: str
+    cache: Literal["memory", "redis", "degraded"] = Field(description="Head-mean cache backend and its health.")
+
+
+class PairIn(Strict):
+    input: str = Field(min_length=1, max_length=200)
+    output: str = Field(min_length=1, max_length=200)
+
+
+class ExtractRequest(Strict):
+    name: str = Field(description="Name of the vector to create.")
+    relation: str | None = Field(None, description="A shipped relation (see the README); or give 'pairs'.")
+    pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
+    n_prompts: int = Field(100, ge=1, le=1000, description="Clean 10-shot prompts averaged for head means (N).")
+    n_trials: int = Field(25, ge=1, le=500, description="Corrupted prompts over which each head's AIE is averaged.")
+    n_heads: int = Field(10, ge=1, description="Heads summed into the vector (top-k by AIE).")
+    layer: int | Literal["auto"] = Field("auto", description="Block to add the vector at; 'auto' sweeps them all.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, prompts and shuffles.")
+
+
+class EvaluateRequest(Strict):
+    relation: str | None = Field(None, description="A shipped relation; or give 'pairs'.")
+    pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    shots: int = Field(10, ge=1, le=20, description="Demonstrations per in-context prompt.")
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    phase: str
+    progress: float = Field(ge=0.0, le=1.0)
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created: str
+    updated: str
+
+
+class Accuracy(BaseModel):
+    top1: float
+    top3: float
+
+
+class EvaluationResult(BaseModel):
+    vector: str
+    relation: str
+    layer: int
+    zero_shot: Accuracy
+    zero_shot_fv: Accuracy
+    icl: Accuracy
+    icl_shuffled: Accuracy
+    icl_shuffled_fv: Accuracy
+    n: int
+    n_dropped: int
+
+
+class DecodedToken(BaseModel):
+    token: str
+    prob: float
+
+
+class DecodedVector(BaseModel):
+    name: str
+    layer: int
+    tokens: list[DecodedToken]
 
 
 class ErrorBody(BaseModel):

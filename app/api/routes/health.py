@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
@@ -22,7 +24,13 @@ def readyz(request: Request) -> Readiness:
     """200 once the model is loaded and warm; 503 before, or if it failed to load."""
     runtime = request.app.state.runtime
     runtime.services()
-    return Readiness(status="ready", model=runtime.model_name)
+    cache = runtime.cache_status()
+    return Readiness(status="degraded" if cache == "degraded" else "ready", model=runtime.model_name, cache=cache)
+
+
+def _cache_counts(runtime: Any) -> dict[str, int]:
+    stats = runtime.services().cache.stats
+    return {"hit": stats.hits, "miss": stats.misses, "error": stats.errors}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -50,6 +58,14 @@ def metrics(request: Request) -> str:
             "# HELP fvsteer_queue_depth Requests waiting for a batch slot.",
             "# TYPE fvsteer_queue_depth gauge",
             f"fvsteer_queue_depth {stats.queue_depth}",
+            "# HELP fvsteer_head_mean_cache_total Head-mean cache lookups by outcome.",
+            "# TYPE fvsteer_head_mean_cache_total counter",
+            *(f'fvsteer_head_mean_cache_total{{outcome="{outcome}"}} {value}'
+              for outcome, value in _cache_counts(runtime).items()),
+            "# HELP fvsteer_jobs Jobs by state.",
+            "# TYPE fvsteer_jobs gauge",
+            *(f'fvsteer_jobs{{state="{state}"}} {count}'
+              for state, count in runtime.services().jobs.counts().items()),
             "# HELP fvsteer_active_rows Rows in the running batch.",
             "# TYPE fvsteer_active_rows gauge",
             f"fvsteer_active_rows {stats.active_rows}",

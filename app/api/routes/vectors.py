@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import services
-from app.api.schemas import ErrorEnvelope, VectorInfo, VectorList
+from app.api.schemas import (
+    DecodedVector,
+    ErrorEnvelope,
+    EvaluateRequest,
+    EvaluationResult,
+    ExtractRequest,
+    Job,
+    VectorInfo,
+    VectorList,
+)
 from app.registry.names import check_name
 from app.runtime import Services
 
@@ -31,3 +41,44 @@ def get_vector(name: str, svc: Services = Depends(services)) -> dict[str, Any]:
     check_name(name)
     info = svc.registry.get(name).describe()
     return {key: info[key] for key in VectorInfo.model_fields}
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorEnvelope, "description": "Unknown vector or relation"}
+}
+
+
+@router.post(
+    "/vectors/extract",
+    status_code=202,
+    response_model=Job,
+    responses={**ERROR_RESPONSES, **NOT_FOUND, 409: {"model": ErrorEnvelope, "description": "Name taken"},
+               429: {"model": ErrorEnvelope, "description": "Too many jobs waiting"}},
+)
+def extract_vector(body: ExtractRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    """Start a causal-mediation extraction job; poll ``GET /jobs/{id}`` or stream its events."""
+    return svc.vectors.start_extraction(
+        name=body.name,
+        relation=body.relation,
+        pairs=[pair.model_dump() for pair in body.pairs] if body.pairs is not None else None,
+        n_prompts=body.n_prompts,
+        n_trials=body.n_trials,
+        n_heads=body.n_heads,
+        layer=body.layer,
+        seed=body.seed,
+    )
+
+
+@router.post("/vectors/{name}/evaluate", response_model=EvaluationResult, responses={**ERROR_RESPONSES, **NOT_FOUND})
+async def evaluate_vector(name: str, body: EvaluateRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    """First-token accuracy on held-out pairs: zero-shot, + vector, 10-shot, shuffled 10-shot, shuffled + vector."""
+    pairs = [pair.model_dump() for pair in body.pairs] if body.pairs is not None else None
+    return await asyncio.to_thread(svc.vectors.evaluate, name, body.relation, pairs, body.seed, body.shots)
+
+
+@router.get("/vectors/{name}/decode", response_model=DecodedVector, responses={**ERROR_RESPONSES, **NOT_FOUND})
+async def decode_vector(
+    name: str, k: Annotated[int, Query(ge=1, le=100)] = 10, svc: Services = Depends(services)
+) -> dict[str, Any]:
+    """Logit lens: the tokens the vector promotes, ``softmax(lm_head(final_norm(v)))``."""
+    return await asyncio.to_thread(svc.vectors.decode, name, k)

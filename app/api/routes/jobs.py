@@ -1,0 +1,59 @@
+"""Jobs: progress, server-sent progress events, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from app.api.errors import ERROR_RESPONSES
+from app.api.routes.deps import services
+from app.api.schemas import ErrorEnvelope, Job
+from app.jobs.manager import TERMINAL
+from app.runtime import Services
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorEnvelope, "description": "Unknown job"}}
+HEARTBEAT_S = 15.0
+
+
+@router.get("/{job_id}", response_model=Job, responses={**ERROR_RESPONSES, **NOT_FOUND})
+def get_job(job_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+    """State, phase, fraction done, and the result or error."""
+    return svc.jobs.get(job_id).public()
+
+
+@router.delete("/{job_id}", response_model=Job, responses={**ERROR_RESPONSES, **NOT_FOUND})
+def cancel_job(job_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+    """Ask the job to stop; it ends ``cancelled`` at its next step and saves nothing."""
+    return svc.jobs.cancel(job_id).public()
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={**ERROR_RESPONSES, **NOT_FOUND, 200: {"content": {"text/event-stream": {}},
+                                                     "description": "`progress` events, then one `end` event"}},
+)
+async def job_events(job_id: str, svc: Services = Depends(services)) -> StreamingResponse:
+    """Server-sent events: a ``progress`` event with the job at every change, then ``end`` with its final state."""
+    job = svc.jobs.get(job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        version = -1
+        while True:
+            if job.version != version:
+                version = job.version
+                snapshot = job.public()
+                final = snapshot["state"] in TERMINAL
+                yield f"event: {'end' if final else 'progress'}\ndata: {json.dumps(snapshot)}\n\n"
+                if final:
+                    return
+            await asyncio.to_thread(svc.jobs.wait_for_change, job, version, HEARTBEAT_S)
+            if job.version == version:
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

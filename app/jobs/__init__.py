@@ -1,0 +1,1 @@
+"""Background jobs (extraction now, fine-tuning next): states, progress, cancellation, persistence."""

@@ -1,0 +1,201 @@
+"""Jobs run one at a time on a worker thread; their model forwards go through the engine between decode steps.
+
+Each job's record is written to ``jobs_dir`` on every change, so after a restart a job that was queued
+or running is reported as failed (never silently dropped). Cancelling sets a flag the job checks at
+every progress report; a cancelled job saves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from app.errors import FvsteerError, InvalidInput, NotFound, QueueFull
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+JOB_ID = re.compile(r"job-[0-9a-f]{16}")
+MAX_WAITING = 16
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's work when its cancellation was requested."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    state: JobState = "queued"
+    phase: str = "queued"
+    progress: float = 0.0
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    created: str = field(default_factory=_now)
+    updated: str = field(default_factory=_now)
+    version: int = 0
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "state": self.state, "phase": self.phase,
+                "progress": round(self.progress, 4), "result": self.result, "error": self.error,
+                "created": self.created, "updated": self.updated}
+
+
+class JobContext:
+    """What a job's work sees: progress reporting that doubles as the cancellation check."""
+
+    def __init__(self, manager: JobManager, job: Job) -> None:
+        self._manager = manager
+        self._job = job
+
+    def report(self, phase: str, fraction: float) -> None:
+        self.check_cancelled()
+        self._manager._update(self._job, phase=phase, progress=max(0.0, min(1.0, fraction)))
+
+    def check_cancelled(self) -> None:
+        if self._job.cancel_requested.is_set():
+            raise JobCancelled()
+
+
+Work = Callable[[JobContext], dict[str, Any]]
+
+
+class JobManager:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Condition()
+        self._queue: queue.Queue[tuple[Job, Work] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        self._thread = threading.Thread(target=self._worker, name="fvsteer-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        for job in list(self._jobs.values()):
+            job.cancel_requested.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _recover(self) -> None:
+        """Load earlier records; those a restart interrupted become failed jobs."""
+        for path in sorted(self.directory.glob("job-*.json")):
+            try:
+                record = json.loads(path.read_text())
+                job = Job(**{key: record[key] for key in
+                             ("id", "kind", "state", "phase", "progress", "result", "error", "created", "updated")})
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable job record %s: %s", path, exc)
+                continue
+            if job.state not in TERMINAL:
+                job.state, job.phase = "failed", "interrupted"
+                job.error = {"type": "interrupted", "param": None,
+                             "message": "the server restarted while this job was queued or running; submit it again"}
+                job.updated = _now()
+                self._persist(job)
+                log.warning("job %s was interrupted by a restart; marked failed", job.id)
+            self._jobs[job.id] = job
+
+    def submit(self, kind: str, work: Work) -> Job:
+        with self._lock:
+            waiting = sum(1 for job in self._jobs.values() if job.state == "queued")
+            if waiting >= MAX_WAITING:
+                raise QueueFull(f"{waiting} jobs are waiting; the limit is {MAX_WAITING}")
+            job = Job(id=f"job-{secrets.token_hex(8)}", kind=kind)
+            self._jobs[job.id] = job
+        self._persist(job)
+        self._queue.put((job, work))
+        return job
+
+    def get(self, job_id: str) -> Job:
+        if not JOB_ID.fullmatch(job_id):
+            raise InvalidInput(f"job id {job_id[:40]!r} is malformed (expected job-<16 hex digits>)", param="id")
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", param="id")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state in TERMINAL:
+            return job
+        job.cancel_requested.set()
+        if job.state == "queued":
+            self._update(job, state="cancelled", phase="cancelled")
+        return job
+
+    def wait_for_change(self, job: Job, version: int, timeout: float) -> None:
+        with self._lock:
+            self._lock.wait_for(lambda: job.version != version, timeout)
+
+    def counts(self) -> dict[str, int]:
+        out = {state: 0 for state in ("queued", "running", "succeeded", "failed", "cancelled")}
+        for job in list(self._jobs.values()):
+            out[job.state] += 1
+        return out
+
+    def _update(self, job: Job, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(job, key, value)
+            job.updated = _now()
+            job.version += 1
+            self._lock.notify_all()
+        self._persist(job)
+
+    def _persist(self, job: Job) -> None:
+        path = self.directory / f"{job.id}.json"
+        try:
+            handle, staging = tempfile.mkstemp(prefix=job.id, suffix=".tmp", dir=self.directory)
+            with os.fdopen(handle, "w") as out:
+                json.dump(job.public(), out)
+            os.replace(staging, path)
+        except OSError as exc:
+            log.warning("could not persist job %s: %s", job.id, exc)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, work = item
+            if job.state != "queued":
+                continue
+            self._update(job, state="running", phase="starting")
+            try:
+                result = work(JobContext(self, job))
+            except JobCancelled:
+                self._update(job, state="cancelled", phase="cancelled")
+                log.info("job %s cancelled", job.id)
+            except FvsteerError as exc:
+                self._update(job, state="failed", phase="failed", error=exc.envelope()["error"])
+                log.info("job %s failed: %s", job.id, exc.message)
+            except Exception as exc:
+                log.exception("job %s failed", job.id)
+                self._update(job, state="failed", phase="failed",
+                             error={"type": "internal_error", "message": f"{type(exc).__name__}: {exc}",
+                                    "param": None})
+            else:
+                self._update(job, state="succeeded", phase="done", progress=1.0, result=result)

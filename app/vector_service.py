@@ -1,0 +1,108 @@
+"""Extraction jobs, evaluation and decoding of vectors: the seam between the HTTP layer and app/fv.
+
+Every model forward runs on the engine thread (``engine.call``), interleaved with live completions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
+from app.engine.engine import Engine
+from app.errors import Conflict, InvalidInput
+from app.fv.evaluation import evaluate
+from app.fv.extraction import ExtractionSpec, ModelHandle, check_spec, extract
+from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
+from app.fv.prompts import Template, bos_prefix
+from app.fv.vector import decode_vector
+from app.jobs.manager import JobContext, JobManager
+from app.registry.names import check_name
+from app.registry.registry import VectorRegistry
+
+
+def resolve_pairs(relation: str | None, pairs: list[dict[str, Any]] | None) -> tuple[str, list[Pair]]:
+    """Exactly one of a shipped relation name or inline pairs → (relation label, pairs)."""
+    if (relation is None) == (pairs is None):
+        raise InvalidInput("give exactly one of 'relation' (a shipped relation) or 'pairs' (a list)", param="relation")
+    if relation is not None:
+        return relation, relation_pairs(relation)
+    return "custom", validate_pairs(pairs)
+
+
+@dataclass
+class VectorService:
+    model: ModelHandle
+    engine: Engine
+    registry: VectorRegistry
+    cache: MemoryHeadMeanCache | RedisHeadMeanCache
+    jobs: JobManager
+
+    def start_extraction(
+        self,
+        *,
+        name: str,
+        relation: str | None,
+        pairs: list[dict[str, Any]] | None,
+        n_prompts: int,
+        n_trials: int,
+        n_heads: int,
+        layer: int | Literal["auto"],
+        seed: int,
+    ) -> dict[str, Any]:
+        """Validate everything a user can get wrong, then queue the job (202)."""
+        check_name(name)
+        if any(stored.name == name for stored in self.registry.list()):
+            raise Conflict(f"a vector named {name!r} exists; delete it or pick another name", param="name")
+        label, resolved = resolve_pairs(relation, pairs)
+        spec = ExtractionSpec(resolved, n_prompts=n_prompts, n_trials=n_trials, n_heads=n_heads, layer=layer,
+                              seed=seed)
+        check_spec(spec, self.model.adapter)
+
+        def work(ctx: JobContext) -> dict[str, Any]:
+            result = extract(self.model, spec, self.cache, run=self.engine.call, report=ctx.report)
+            ctx.check_cancelled()
+            metadata = result.metadata(name, label, spec)
+            stored = self.registry.add(result.vector, metadata)
+            return {
+                "vector": stored.name,
+                "layer": result.layer,
+                "norm": float(stored.metadata["norm"]),
+                "heads": [[layer, head, aie] for layer, head, aie in result.heads],
+                "metrics": result.metrics,
+                "phase_seconds": {key: round(value, 3) for key, value in result.phase_seconds.items()},
+                "head_means_cache": {"hit": result.cache_hit, "backend": self.cache.status()},
+            }
+
+        return self.jobs.submit("extract", work).public()
+
+    def evaluate(
+        self, name: str, relation: str | None, pairs: list[dict[str, Any]] | None, seed: int, shots: int
+    ) -> dict[str, Any]:
+        """Todd et al.'s five-way evaluation of a stored vector on held-out pairs.
+
+        When the pairs are the vector's own dataset, its test split (same seed) is evaluated with
+        demonstrations from its train split; otherwise every pair is a test item and its demonstrations
+        come from the other pairs.
+        """
+        stored = self.registry.get(check_name(name))
+        label, resolved = resolve_pairs(relation, pairs)
+        metrics = stored.describe()["metrics"]
+        if stored.metadata.get("dataset_sha256") == dataset_sha256(resolved):
+            split = split_pairs(resolved, int(metrics.get("seed", seed)))
+            demo_pool, test = split.train, split.test
+        else:
+            demo_pool, test = resolved, resolved
+        adapter, tokenizer = self.model.adapter, self.model.tokenizer
+        result = evaluate(
+            adapter, tokenizer, Template(), bos_prefix(tokenizer, adapter.adds_bos), demo_pool, test,
+            (stored.layer, stored.vector), seed=seed, shots=shots, run=self.engine.call,
+        )
+        return {"vector": name, "relation": label, "layer": stored.layer, **result.as_dict()}
+
+    def decode(self, name: str, k: int) -> dict[str, Any]:
+        stored = self.registry.get(check_name(name))
+        vector = stored.vector
+        top = self.engine.call(lambda: decode_vector(self.model.adapter, self.model.tokenizer, vector, k))
+        return {"name": name, "layer": stored.layer, "tokens": [{"token": t, "prob": p} for t, p in top]}
+
