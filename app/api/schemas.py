@@ -80,6 +80,8 @@ class VectorSummary(BaseModel):
 class VectorInfo(VectorSummary):
     d_model: int
     created: str
+    heads: list[Any] = Field(description="[[layer, head, aie], …] of a mediation vector; empty otherwise.")
+    metrics: dict[str, Any] = Field(description="What was measured when the vector was made (e.g. layer sweep).")
 
 
 class VectorList(BaseModel):
@@ -89,11 +91,9 @@ class VectorList(BaseModel):
 class VectorMetadata(VectorInfo):
     format: str
     model_fingerprint: str
-    heads: list[Any]
     dataset_sha256: str
     n_pairs: int
     template: str
-    metrics: dict[str, Any]
 
 
 class RefusedFile(BaseModel):

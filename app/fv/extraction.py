@@ -157,6 +157,7 @@ def extract(
         "valid_zero_shot_fv_top1": sweep[best],
         "n_valid": len(valid),
         "layer_sweep": {str(layer): score for layer, score in sweep.items()},
+        "aie": [[round(float(value), 6) for value in row] for row in aie],
         "n_prompts": spec.n_prompts,
         "n_trials": spec.n_trials,
         "shots": shots,
