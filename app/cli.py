@@ -1,17 +1,20 @@
 """The ``fvsteer`` command line: start the server, or talk to a running one through the SDK.
 
 Only ``serve`` imports the server (and with it torch); every other command is a thin layer over
-``fvsteer_client`` so that it starts fast and uses exactly the names of the HTTP API.
+``fvsteer_client`` so that it starts fast and uses exactly the names of the HTTP API. tqdm (progress
+bars) and matplotlib (``eval --plot``) are imported only by the commands that draw.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from fvsteer_client import (
     DEFAULT_BASE_URL,
@@ -20,15 +23,27 @@ from fvsteer_client import (
     Client,
     Completion,
     CompletionOptions,
+    EvaluateOptions,
+    Evaluation,
+    ExtractOptions,
+    FvsteerClientError,
+    InvalidPairsError,
+    Job,
+    JobFailedError,
     RateLimitError,
+    VectorInfo,
 )
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Handler = Callable[[argparse.Namespace], int]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def _out(text: str) -> None:
@@ -45,6 +60,12 @@ def _dump_json(value: BaseModel | Sequence[BaseModel]) -> None:
     else:
         data = [v.model_dump(mode="json") for v in value]
     _out(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _fields(pairs: Sequence[tuple[str, object]]) -> str:
+    """``key  value`` lines with the keys aligned, as ``vectors show`` prints them."""
+    width = max(len(key) for key, _ in pairs)
+    return "\n".join(f"{key.ljust(width)}  {'' if value is None else value}" for key, value in pairs)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -124,10 +145,42 @@ def _cmd_vectors_show(args: argparse.Namespace) -> int:
     if args.json:
         _dump_json(info)
         return EXIT_OK
-    fields = info.model_dump(mode="json")
-    width = max(len(key) for key in fields)
-    _out("\n".join(f"{key.ljust(width)}  {'' if value is None else value}" for key, value in fields.items()))
+    _out(_fields(_vector_fields(info)))
     return EXIT_OK
+
+
+def _format_heads(heads: Sequence[Any]) -> str:
+    """``[[layer, head, aie], …]`` as ``L14.H3 (0.0123), …``."""
+    parts = []
+    for head in heads:
+        if isinstance(head, list | tuple) and len(head) >= 2:
+            aie = f" ({head[2]:.3g})" if len(head) > 2 and isinstance(head[2], int | float) else ""
+            parts.append(f"L{head[0]}.H{head[1]}{aie}")
+    return ", ".join(parts)
+
+
+def _format_metric(value: Any) -> str:
+    """Scalars as they are; big structures (the AIE matrix, the layer sweep) in brief: ``--json`` has them all."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return " ".join(f"{key}:{_format_metric(item)}" for key, item in value.items())
+    if isinstance(value, list):
+        if value and all(isinstance(row, list) for row in value):
+            return f"[{len(value)}x{len(value[0])} matrix]"
+        return f"[{len(value)} items]"
+    return str(value)
+
+
+def _vector_fields(info: VectorInfo) -> list[tuple[str, object]]:
+    """``vectors show``: one line per field; heads and metrics condensed so a big model stays one screen."""
+    data = info.model_dump(mode="json")
+    lines: list[tuple[str, object]] = [(key, value) for key, value in data.items() if key not in ("heads", "metrics")]
+    lines.append(("heads", _format_heads(info.heads) or "none"))
+    if not info.metrics:
+        lines.append(("metrics", "none"))
+    lines.extend((f"metrics.{key}", _format_metric(value)) for key, value in info.metrics.items())
+    return lines
 
 
 def _cmd_vectors_import(args: argparse.Namespace) -> int:
@@ -185,6 +238,288 @@ def _cmd_complete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_vectors_decode(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        decoded = client.decode_vector(args.name, k=args.k)
+    if args.json:
+        _dump_json(decoded)
+        return EXIT_OK
+    # tokens are shown as JSON strings so that leading spaces and newlines stay visible
+    rows = [[str(rank), json.dumps(t.token, ensure_ascii=False), f"{t.prob:.4f}"]
+            for rank, t in enumerate(decoded.tokens, start=1)]
+    _out(_table(["RANK", "TOKEN", "PROB"], rows))
+    return EXIT_OK
+
+
+# --- jobs: extraction, following progress, cancelling ------------------------------------------------------------
+
+
+def _layer_choice(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        layer = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a layer number, got {text!r}") from None
+    if layer < 0:
+        raise argparse.ArgumentTypeError(f"layer must be 0 or more, got {layer}")
+    return layer
+
+
+def _extraction_summary(job: Job) -> list[tuple[str, object]]:
+    """The lines a person wants from a succeeded extraction; everything else is in ``--json``."""
+    result = job.result or {}
+    metrics = result.get("metrics") or {}
+    lines: list[tuple[str, object]] = [("vector", result.get("vector")), ("layer", result.get("layer"))]
+    if isinstance(result.get("norm"), int | float):
+        lines.append(("norm", f"{result['norm']:.4g}"))
+    lines.append(("heads", _format_heads(result.get("heads") or [])))
+    before, after = metrics.get("sweep_zero_shot_top1"), metrics.get("sweep_zero_shot_fv_top1")
+    if isinstance(before, int | float) and isinstance(after, int | float):
+        n_sweep = metrics.get("n_sweep")
+        lines.append(("sweep top-1", f"{before:.2f} zero-shot -> {after:.2f} with the vector"
+                                     + (f" (n={n_sweep})" if n_sweep is not None else "")))
+    phases = result.get("phase_seconds") or {}
+    if phases:
+        lines.append(("phase times", ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in phases.items())))
+    cache = result.get("head_means_cache") or {}
+    if cache:
+        lines.append(("head-means cache", f"{'hit' if cache.get('hit') else 'miss'} ({cache.get('backend', '?')})"))
+    return lines
+
+
+def _job_fields(job: Job) -> list[tuple[str, object]]:
+    lines: list[tuple[str, object]] = [
+        ("id", job.id), ("kind", job.kind), ("state", job.state), ("phase", job.phase),
+        ("progress", f"{job.progress:.0%}"), ("created", job.created), ("updated", job.updated),
+    ]
+    if job.error:
+        lines.append(("error", f"{job.error.get('type')}: {job.error.get('message')}"))
+    if job.state == "succeeded" and job.kind == "extract":
+        lines.extend(_extraction_summary(job))
+    elif job.result:
+        lines.append(("result", json.dumps(job.result, ensure_ascii=False)))
+    return lines
+
+
+def _follow(client: Client, job: Job) -> Job:
+    """Wait for the job with a progress bar on stderr (its description is the phase); return the final job."""
+    from tqdm import tqdm  # lazy: only commands that wait draw bars
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}"
+    with tqdm(total=100, desc=job.phase, file=sys.stderr, bar_format=bar_format, dynamic_ncols=True) as bar:
+
+        def show(snapshot: Job) -> None:
+            bar.set_description_str(snapshot.phase, refresh=False)
+            bar.n = round(snapshot.progress * 100)
+            bar.refresh()
+
+        try:
+            return client.wait_for_job(job, on_progress=show)
+        except JobFailedError as exc:
+            return exc.job
+
+
+def _job_outcome(job: Job) -> int:
+    """Exit status of a finished job; a job that did not succeed is also reported as an error on stderr."""
+    if job.state == "succeeded":
+        return EXIT_OK
+    if job.state == "failed":
+        error = job.error or {}
+        _err(f"error: {error.get('type', 'job_failed')}: {error.get('message', f'job {job.id} failed')}")
+    else:
+        _err(f"error: {job.state}: job {job.id} ended {job.state} and saved nothing")
+    return EXIT_ERROR
+
+
+def _cancel_after_interrupt(client: Client, job: Job) -> int:
+    """Ctrl-C while following a job: the user wants it gone, not running on unwatched."""
+    try:
+        cancelled = client.cancel_job(job)
+    except FvsteerClientError as exc:
+        _err(f"interrupted; could not cancel {job.id}: {exc}")
+    else:
+        _err(f"interrupted; cancelled {job.id}" if cancelled.state == "cancelled" else
+             f"interrupted; asked {job.id} to stop (it was {cancelled.state})")
+    return EXIT_INTERRUPTED
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    options: ExtractOptions = {
+        "relation": args.relation, "pairs": args.pairs, "n_prompts": args.n_prompts, "n_trials": args.n_trials,
+        "n_heads": args.n_heads, "layer": args.layer, "seed": args.seed,
+    }
+    with _client(args) as client:
+        job = client.extract(args.name, **options)
+        if args.no_wait:
+            if args.json:
+                _dump_json(job)
+            else:
+                _out(job.id)
+            return EXIT_OK
+        try:  # from here on the job exists, so Ctrl-C must cancel it
+            _err(f"submitted {job.id}")
+            final = _follow(client, job)
+        except KeyboardInterrupt:
+            return _cancel_after_interrupt(client, job)
+    if args.json:
+        _dump_json(final)
+    elif final.state == "succeeded":
+        _out(_fields(_extraction_summary(final)))
+    return _job_outcome(final)
+
+
+def _cmd_jobs_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.id)
+    if args.json:
+        _dump_json(job)
+    else:
+        _out(_fields(_job_fields(job)))
+    return EXIT_OK
+
+
+def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel_job(args.id)
+    if args.json:
+        _dump_json(job)
+    elif job.state == "cancelled":
+        _out(f"cancelled {job.id}")
+    elif job.done:
+        _out(f"{job.id} had already {job.state}; nothing to cancel")
+    else:
+        _out(f"cancelling {job.id} (it stops at its next step and saves nothing)")
+    return EXIT_OK
+
+
+# --- eval ---------------------------------------------------------------------------------------------------------
+
+_SETTINGS = ("zero_shot", "zero_shot_fv", "icl", "icl_shuffled", "icl_shuffled_fv")
+_SETTING_LABELS = {
+    "zero_shot": "zero-shot", "zero_shot_fv": "zero-shot + vector", "icl": "in-context",
+    "icl_shuffled": "shuffled in-context", "icl_shuffled_fv": "shuffled in-context + vector",
+}
+
+
+def _pairs_or_relation(value: str) -> EvaluateOptions:
+    """An existing file is a pairs file; anything else names a shipped relation (the server knows which exist)."""
+    return {"pairs": value} if Path(value).is_file() else {"relation": value}
+
+
+def _evaluation_json(result: Evaluation) -> dict[str, Any]:
+    """One flat object: each setting's top-1 under its name, top-3 apart."""
+    accuracies = {name: getattr(result, name) for name in _SETTINGS}
+    return {
+        **{name: accuracy.top1 for name, accuracy in accuracies.items()},
+        "n": result.n,
+        "top3": {name: accuracy.top3 for name, accuracy in accuracies.items()},
+        "n_dropped": result.n_dropped,
+        "vector": result.vector,
+        "layer": result.layer,
+    }
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    options: EvaluateOptions = {**_pairs_or_relation(args.pairs), "seed": args.seed, "shots": args.shots}
+    with _client(args) as client:
+        result = client.evaluate(args.vector, **options)
+        info = client.get_vector(args.vector) if args.plot is not None else None
+    if args.json:
+        _out(json.dumps(_evaluation_json(result), indent=2, ensure_ascii=False))
+    else:
+        _out(f"vector {result.vector} (layer {result.layer}) on {result.relation}: "
+             f"{result.n} pairs, {result.n_dropped} dropped (wrong even with clean in-context prompts)")
+        rows = [[_SETTING_LABELS[name], f"{getattr(result, name).top1:.3f}", f"{getattr(result, name).top3:.3f}"]
+                for name in _SETTINGS]
+        _out(_table(["SETTING", "TOP1", "TOP3"], rows))
+    if info is not None:
+        for path in _plot_vector(info, Path(args.plot)):
+            _err(f"wrote {path}")
+    return EXIT_OK
+
+
+def _number_grid(value: object) -> list[list[float]] | None:
+    """``metrics.aie`` as a rectangular float grid, or None if it is not one."""
+    if not isinstance(value, list) or not value or not all(isinstance(row, list) and row for row in value):
+        return None
+    if len({len(row) for row in value}) != 1 or not all(isinstance(x, int | float) for row in value for x in row):
+        return None
+    return [[float(x) for x in row] for row in value]
+
+
+def _layer_scores(value: object) -> dict[int, float] | None:
+    """``metrics.layer_sweep`` ({"layer": accuracy}) keyed by int, or None if it is not one."""
+    if not isinstance(value, dict) or not value:
+        return None
+    try:
+        return {int(layer): float(score) for layer, score in sorted(value.items(), key=lambda kv: int(kv[0]))}
+    except (TypeError, ValueError):
+        return None
+
+
+def _plot_vector(info: VectorInfo, directory: Path) -> list[Path]:
+    """``<name>_aie.png`` and ``<name>_layer_sweep.png`` from the vector's extraction metrics; what is missing
+    (imported vectors have no metrics) is said on stderr and skipped."""
+    aie = _number_grid(info.metrics.get("aie"))
+    sweep = _layer_scores(info.metrics.get("layer_sweep"))
+    if aie is None and sweep is None:
+        _err(f"vector {info.name} ({info.method}) has no AIE or layer-sweep metrics; no plots written")
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is slow to import
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    if aie is None:
+        _err(f"vector {info.name} has no AIE metrics; skipping the AIE heatmap")
+    else:
+        fig = Figure(figsize=(max(5.5, 0.35 * len(aie[0]) + 2), max(3.5, 0.25 * len(aie) + 1.5)), layout="tight")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        limit = max((abs(x) for row in aie for x in row), default=0.0) or 1.0
+        image = ax.imshow(aie, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto",
+                          interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="average indirect effect")
+        chosen = [(h[1], h[0]) for h in info.heads if isinstance(h, list | tuple) and len(h) >= 2]
+        ax.scatter([c[0] for c in chosen], [c[1] for c in chosen], marker="s", s=60, facecolors="none",
+                   edgecolors="black", linewidths=1.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{info.name}: AIE per head (\u25a1 = the {len(chosen)} chosen)")
+        written.append(_save(fig, directory / f"{info.name}_aie.png"))
+    if sweep is None:
+        _err(f"vector {info.name} has no layer-sweep metrics; skipping the layer-sweep plot")
+    else:
+        fig = Figure(figsize=(6.0, 3.5), layout="tight")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        layers, scores = list(sweep), list(sweep.values())
+        ax.plot(layers, scores, marker="o", label="zero-shot + vector")
+        baseline = info.metrics.get("sweep_zero_shot_top1")
+        if isinstance(baseline, int | float) and math.isfinite(baseline):
+            ax.axhline(baseline, color="grey", linestyle="--", label="zero-shot, no vector")
+        ax.axvline(info.layer, color="tab:red", linestyle=":", label=f"chosen layer {info.layer}")
+        if info.layer in sweep:
+            ax.plot([info.layer], [sweep[info.layer]], marker="*", markersize=14, color="tab:red", linestyle="none")
+        ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("valid top-1 accuracy")
+        ax.set_title(f"{info.name}: layer sweep")
+        ax.legend(fontsize="small")
+        written.append(_save(fig, directory / f"{info.name}_layer_sweep.png"))
+    return written
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def _add_vectors_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     vectors = commands.add_parser("vectors", help="list, show, import and delete function vectors")
     sub = vectors.add_subparsers(dest="vectors_command", metavar="COMMAND", required=True)
@@ -210,6 +545,55 @@ def _add_vectors_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     delete = sub.add_parser("delete", help="remove a vector from the registry (admin)")
     delete.add_argument("name")
     delete.set_defaults(handler=_cmd_vectors_delete)
+
+    decode = sub.add_parser("decode", help="the tokens a vector promotes (logit lens)")
+    decode.add_argument("name")
+    decode.add_argument("-k", type=int, default=10, help="how many tokens (default %(default)s)")
+    decode.add_argument("--json", action="store_true", help="print JSON")
+    decode.set_defaults(handler=_cmd_vectors_decode)
+
+
+def _add_jobs_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    extract = commands.add_parser(
+        "extract", help="extract a function vector by causal mediation (a job; follows its progress)",
+        description="Submit an extraction job and follow it with a progress bar on stderr. Ctrl-C cancels the job.",
+    )
+    extract.add_argument("name", help="name of the vector to create")
+    source = extract.add_mutually_exclusive_group(required=True)
+    source.add_argument("--relation", help="a shipped relation, e.g. antonym")
+    source.add_argument("--pairs", metavar="FILE", help="your pairs: JSON list of {input, output} or 2-column CSV")
+    extract.add_argument("--n-prompts", type=int, help="clean 10-shot prompts averaged for head means (server: 100)")
+    extract.add_argument("--n-trials", type=int, help="corrupted prompts per head score (server: 25)")
+    extract.add_argument("--n-heads", type=int, help="heads summed into the vector (server: 10)")
+    extract.add_argument("--layer", type=_layer_choice, help="'auto' (sweep on validation pairs; default) or N")
+    extract.add_argument("--seed", type=int, help="seeds the split, prompts and shuffles (server: 0)")
+    extract.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    extract.add_argument("--json", action="store_true", help="print the final job (or, with --no-wait, the new one)")
+    extract.set_defaults(handler=_cmd_extract)
+
+    jobs = commands.add_parser("jobs", help="show or cancel a background job")
+    sub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    show = sub.add_parser("show", help="a job's state, progress and result")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_cmd_jobs_show)
+    cancel = sub.add_parser("cancel", help="ask a job to stop (it saves nothing)")
+    cancel.add_argument("id")
+    cancel.add_argument("--json", action="store_true", help="print the job as the server answered")
+    cancel.set_defaults(handler=_cmd_jobs_cancel)
+
+
+def _add_eval_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = commands.add_parser("eval", help="accuracy of a vector: zero-shot and in-context, without and with it")
+    ev.add_argument("--vector", required=True, help="the vector to evaluate")
+    ev.add_argument("--pairs", required=True, metavar="FILE_OR_RELATION",
+                    help="a pairs file (JSON or CSV) if such a file exists, else a shipped relation name")
+    ev.add_argument("--seed", type=int, help="seeds demonstrations and shuffles (server: 0)")
+    ev.add_argument("--shots", type=int, help="demonstrations per in-context prompt (server: 10)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object (top-1 per setting, top3 apart)")
+    ev.add_argument("--plot", metavar="DIR",
+                    help="also write DIR/<vector>_aie.png and DIR/<vector>_layer_sweep.png from its extraction")
+    ev.set_defaults(handler=_cmd_eval)
 
 
 def _add_complete_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -256,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_vectors_parser(commands)
     _add_complete_parser(commands)
+    _add_jobs_parsers(commands)
+    _add_eval_parser(commands)
     return parser
 
 
@@ -290,10 +676,12 @@ def main(argv: list[str] | None = None) -> int:
         _err(_describe(exc))
     except APIConnectionError as exc:
         _err(f"error: connection_error: {exc}")
+    except InvalidPairsError as exc:
+        _err(f"error: invalid_pairs: {exc}")
     except OSError as exc:
         _err(f"error: io_error: {exc}")
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return EXIT_ERROR
 
 

@@ -5,7 +5,8 @@ Every model forward runs on the engine thread (``engine.call``), interleaved wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
@@ -37,6 +38,8 @@ class VectorService:
     registry: VectorRegistry
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
     jobs: JobManager
+    _pending_names: set[str] = field(default_factory=set)
+    _names_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_extraction(
         self,
@@ -52,18 +55,19 @@ class VectorService:
     ) -> dict[str, Any]:
         """Validate everything a user can get wrong, then queue the job (202)."""
         check_name(name)
-        if any(stored.name == name for stored in self.registry.list()):
-            raise Conflict(f"a vector named {name!r} exists; delete it or pick another name", param="name")
         label, resolved = resolve_pairs(relation, pairs)
         spec = ExtractionSpec(resolved, n_prompts=n_prompts, n_trials=n_trials, n_heads=n_heads, layer=layer,
                               seed=seed)
         check_spec(spec, self.model.adapter)
+        self._reserve(name)
 
         def work(ctx: JobContext) -> dict[str, Any]:
-            result = extract(self.model, spec, self.cache, run=self.engine.call, report=ctx.report)
-            ctx.check_cancelled()
-            metadata = result.metadata(name, label, spec)
-            stored = self.registry.add(result.vector, metadata)
+            try:
+                result = extract(self.model, spec, self.cache, run=self.engine.call, report=ctx.report)
+                ctx.check_cancelled()
+                stored = self.registry.add(result.vector, result.metadata(name, label, spec))
+            finally:
+                self._release(name)
             return {
                 "vector": stored.name,
                 "layer": result.layer,
@@ -74,7 +78,23 @@ class VectorService:
                 "head_means_cache": {"hit": result.cache_hit, "backend": self.cache.status()},
             }
 
-        return self.jobs.submit("extract", work).public()
+        try:
+            return self.jobs.submit("extract", work).public()
+        except BaseException:
+            self._release(name)
+            raise
+
+    def _reserve(self, name: str) -> None:
+        """Claim a vector name for a job until it ends, so a second job for the same name is a 409 at once."""
+        with self._names_lock:
+            taken = name in self._pending_names or any(stored.name == name for stored in self.registry.list())
+            if taken:
+                raise Conflict(f"a vector named {name!r} exists or is being made; pick another name", param="name")
+            self._pending_names.add(name)
+
+    def _release(self, name: str) -> None:
+        with self._names_lock:
+            self._pending_names.discard(name)
 
     def evaluate(
         self, name: str, relation: str | None, pairs: list[dict[str, Any]] | None, seed: int, shots: int

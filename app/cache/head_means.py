@@ -139,6 +139,8 @@ class RedisHeadMeanCache:
         means = np.empty(shape, dtype=np.float32)
         try:
             meta = json.loads(raw[b"meta"])
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta is {type(meta).__name__}, not an object")
             if meta.get("shape") != list(shape):
                 raise ValueError(f"cached shape {meta.get('shape')} != {list(shape)}")
             for layer in range(layers):
@@ -147,7 +149,7 @@ class RedisHeadMeanCache:
                     if values.shape != (head_dim,) or not np.isfinite(values).all():
                         raise ValueError(f"field {layer}.{head} is corrupt")
                     means[layer, head] = values
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        except Exception as exc:  # whatever is wrong with a stored entry, it is a miss, never a crash
             log.warning("head-mean cache entry is corrupt (%s); recomputing", exc)
             self.stats.errors += 1
             return None

@@ -38,12 +38,7 @@ def ranks_of_answers(
 
         def forward(chunk: list[PromptItem] = chunk) -> Tensor:
             ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
-            steering = None
-            if vector is not None:
-                positions = torch.zeros(ids.shape, dtype=torch.bool)
-                positions[:, -1] = True
-                steering = BatchSteering({vector[0]: vector[1].reshape(1, -1).expand(len(chunk), -1)}, positions)
-            with torch.inference_mode(), steered(adapter, steering):
+            with torch.inference_mode(), steered(adapter, _last_token_steering(vector, ids.shape)):
                 logits = last_token_logits(adapter, ids, mask)
             answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
             target = logits.gather(1, answers[:, None])
@@ -51,6 +46,40 @@ def ranks_of_answers(
 
         ranks.append(run(forward))
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def mean_answer_log_prob(
+    adapter: ModelAdapter,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[PromptItem],
+    vector: tuple[int, Tensor] | None = None,
+    *,
+    batch_size: int = 16,
+    run: Runner[Tensor] = run_here,
+) -> float:
+    """Mean log-probability of the answer tokens: a finer score than top-1 for breaking ties between layers."""
+    device = model_device(adapter)
+    total = 0.0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+
+        def forward(chunk: list[PromptItem] = chunk) -> Tensor:
+            ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
+            with torch.inference_mode(), steered(adapter, _last_token_steering(vector, ids.shape)):
+                logits = last_token_logits(adapter, ids, mask)
+            answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
+            return torch.log_softmax(logits, dim=-1).gather(1, answers[:, None]).sum().cpu()
+
+        total += float(run(forward))
+    return total / max(len(items), 1)
+
+
+def _last_token_steering(vector: tuple[int, Tensor] | None, shape: torch.Size) -> BatchSteering | None:
+    if vector is None:
+        return None
+    positions = torch.zeros(shape, dtype=torch.bool)
+    positions[:, -1] = True
+    return BatchSteering({vector[0]: vector[1].reshape(1, -1).expand(shape[0], -1)}, positions)
 
 
 def accuracy(ranks: Tensor, k: int = 1) -> float:

@@ -1,8 +1,8 @@
 """Jobs run one at a time on a worker thread; their model forwards go through the engine between decode steps.
 
 Each job's record is written to ``jobs_dir`` on every change, so after a restart a job that was queued
-or running is reported as failed (never silently dropped). Cancelling sets a flag the job checks at
-every progress report; a cancelled job saves nothing.
+or running is reported as failed (never silently dropped); so is one a shutdown stops. Cancelling sets a
+flag the job checks at every progress report; a cancelled job saves nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ MAX_WAITING = 16
 
 
 class JobCancelled(Exception):
-    """Raised inside a job's work when its cancellation was requested."""
+    """Raised inside a job's work when its cancellation was requested (or the server is stopping)."""
+
+
+def _interrupted(why: str) -> dict[str, Any]:
+    return {"type": "interrupted", "param": None,
+            "message": f"the server {why} while this job was queued or running; submit it again"}
 
 
 def _now() -> str:
@@ -71,7 +76,7 @@ class JobContext:
         self._manager._update(self._job, phase=phase, progress=max(0.0, min(1.0, fraction)))
 
     def check_cancelled(self) -> None:
-        if self._job.cancel_requested.is_set():
+        if self._job.cancel_requested.is_set() or self._manager._stopping.is_set():
             raise JobCancelled()
 
 
@@ -85,6 +90,7 @@ class JobManager:
         self._lock = threading.Condition()
         self._queue: queue.Queue[tuple[Job, Work] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -93,8 +99,9 @@ class JobManager:
         self._thread.start()
 
     def stop(self) -> None:
-        for job in list(self._jobs.values()):
-            job.cancel_requested.set()
+        """Stop the running job at its next step and the queued ones unrun; all end failed/interrupted (not
+        cancelled: nobody cancelled them)."""
+        self._stopping.set()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -111,8 +118,7 @@ class JobManager:
                 continue
             if job.state not in TERMINAL:
                 job.state, job.phase = "failed", "interrupted"
-                job.error = {"type": "interrupted", "param": None,
-                             "message": "the server restarted while this job was queued or running; submit it again"}
+                job.error = _interrupted("restarted")
                 job.updated = _now()
                 self._persist(job)
                 log.warning("job %s was interrupted by a restart; marked failed", job.id)
@@ -139,16 +145,13 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
-        if job.state in TERMINAL:
-            return job
-        job.cancel_requested.set()
-        if job.state == "queued":
-            self._update(job, state="cancelled", phase="cancelled")
+        with self._lock:  # atomic with the worker's queued → running step
+            if job.state in TERMINAL:
+                return job
+            job.cancel_requested.set()
+            if job.state == "queued":
+                self._update(job, state="cancelled", phase="cancelled")
         return job
-
-    def wait_for_change(self, job: Job, version: int, timeout: float) -> None:
-        with self._lock:
-            self._lock.wait_for(lambda: job.version != version, timeout)
 
     def counts(self) -> dict[str, int]:
         out = {state: 0 for state in ("queued", "running", "succeeded", "failed", "cancelled")}
@@ -181,14 +184,22 @@ class JobManager:
             if item is None:
                 return
             job, work = item
-            if job.state != "queued":
-                continue
-            self._update(job, state="running", phase="starting")
+            with self._lock:  # a cancel between the check and the update would otherwise be overwritten
+                if job.state != "queued":
+                    continue
+                if self._stopping.is_set():
+                    self._update(job, state="failed", phase="interrupted", error=_interrupted("stopped"))
+                    continue
+                self._update(job, state="running", phase="starting")
             try:
                 result = work(JobContext(self, job))
             except JobCancelled:
-                self._update(job, state="cancelled", phase="cancelled")
-                log.info("job %s cancelled", job.id)
+                if job.cancel_requested.is_set():
+                    self._update(job, state="cancelled", phase="cancelled")
+                    log.info("job %s cancelled", job.id)
+                else:
+                    self._update(job, state="failed", phase="interrupted", error=_interrupted("stopped"))
+                    log.warning("job %s was interrupted by the shutdown; marked failed", job.id)
             except FvsteerError as exc:
                 self._update(job, state="failed", phase="failed", error=exc.envelope()["error"])
                 log.info("job %s failed: %s", job.id, exc.message)

@@ -1,4 +1,4 @@
-"""Python client of fvsteer: steered completions and function-vector management over HTTP.
+"""Python client of fvsteer: steered completions, function-vector extraction, evaluation and management over HTTP.
 
 Imports only httpx and pydantic (never torch), so it installs anywhere a server can be reached from.
 """
@@ -8,6 +8,9 @@ from fvsteer_client.client import (
     AsyncClient,
     Client,
     CompletionOptions,
+    EvaluateOptions,
+    ExtractOptions,
+    JobRef,
 )
 from fvsteer_client.errors import (
     APIConnectionError,
@@ -19,7 +22,10 @@ from fvsteer_client.errors import (
     FvsteerClientError,
     GatewayTimeoutError,
     InternalServerError,
+    InvalidPairsError,
     InvalidRequestError,
+    JobFailedError,
+    JobTimeoutError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -27,11 +33,16 @@ from fvsteer_client.errors import (
     ServiceUnavailableError,
 )
 from fvsteer_client.models import (
+    Accuracy,
     AdminVectorListing,
     Baseline,
     Completion,
+    DecodedToken,
+    DecodedVector,
     DeletedVector,
+    Evaluation,
     Health,
+    Job,
     Readiness,
     RefusedVector,
     Steering,
@@ -41,6 +52,7 @@ from fvsteer_client.models import (
     VectorMetadata,
     VectorSummary,
 )
+from fvsteer_client.pairs import PairsSource, load_pairs
 
 __version__ = "0.1.0"
 
@@ -50,6 +62,7 @@ __all__ = [
     "APIError",
     "APIResponseValidationError",
     "APITimeoutError",
+    "Accuracy",
     "AdminVectorListing",
     "AsyncClient",
     "AuthenticationError",
@@ -58,13 +71,24 @@ __all__ = [
     "Completion",
     "CompletionOptions",
     "ConflictError",
+    "DecodedToken",
+    "DecodedVector",
     "DeletedVector",
+    "EvaluateOptions",
+    "Evaluation",
+    "ExtractOptions",
     "FvsteerClientError",
     "GatewayTimeoutError",
     "Health",
     "InternalServerError",
+    "InvalidPairsError",
     "InvalidRequestError",
+    "Job",
+    "JobFailedError",
+    "JobRef",
+    "JobTimeoutError",
     "NotFoundError",
+    "PairsSource",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -78,4 +102,5 @@ __all__ = [
     "VectorMetadata",
     "VectorSummary",
     "__version__",
+    "load_pairs",
 ]

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from fvsteer_client.models import Job
 
 
 class FvsteerClientError(Exception):
@@ -94,6 +97,39 @@ class APIResponseValidationError(APIError):
     """A 2xx response whose body does not have the shape this client expects (version skew or a proxy)."""
 
 
+class InvalidPairsError(FvsteerClientError, ValueError):
+    """Pairs (a JSON or two-column CSV file, or a Python list) are not ``{"input", "output"}`` pairs.
+
+    Raised before any request: the server never saw them.
+    """
+
+
+class JobFailedError(FvsteerClientError):
+    """A job that was waited for ended ``failed``: ``job`` is its final state, ``type``/``message``/``param``
+    the server's error for it (``job.error``)."""
+
+    def __init__(self, job: Job) -> None:
+        error = job.error or {}
+        self.job = job
+        self.type = str(error.get("type") or "job_failed")
+        self.message = str(error.get("message") or f"job {job.id} failed")
+        param = error.get("param")
+        self.param = None if param is None else str(param)
+        super().__init__(f"job {job.id} failed: {self.type}: {self.message}")
+
+
+class JobTimeoutError(FvsteerClientError, TimeoutError):
+    """``wait_for_job``'s ``timeout`` ran out before the job ended. The job keeps running on the server;
+    ``job`` is the last snapshot seen (None if none arrived in time)."""
+
+    def __init__(self, job_id: str, timeout: float, job: Job | None) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self.job = job
+        where = f" (last seen {job.state}, {job.phase}, {job.progress:.0%})" if job is not None else ""
+        super().__init__(f"job {job_id} did not end within {timeout:g} s{where}")
+
+
 _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidRequestError,
     401: AuthenticationError,
@@ -150,6 +186,29 @@ def _read_envelope(response: httpx.Response) -> dict[str, Any] | None:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return body
     return None
+
+
+_STATUS_BY_TYPE: dict[str, int] = {type_: status for status, type_ in _DEFAULT_TYPE.items() if status != 400}
+
+
+def error_from_envelope(envelope: dict[str, Any]) -> APIError:
+    """The typed exception for an envelope that arrived without a status of its own (an SSE ``error`` event).
+
+    The class and ``status_code`` follow the envelope's ``type`` (``not_found`` → ``NotFoundError``, 404);
+    a type this client does not know is taken for a server error (500).
+    """
+    error = envelope.get("error")
+    error = error if isinstance(error, dict) else {}
+    type_ = str(error.get("type") or "internal_error")
+    status = _STATUS_BY_TYPE.get(type_, 500)
+    param = error.get("param")
+    return _error_class(status)(
+        str(error.get("message") or type_),
+        status_code=status,
+        type=type_,
+        param=None if param is None else str(param),
+        envelope=envelope,
+    )
 
 
 def error_from_response(response: httpx.Response) -> APIError:

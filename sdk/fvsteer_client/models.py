@@ -65,10 +65,17 @@ class VectorSummary(_Model):
 
 
 class VectorInfo(VectorSummary):
-    """``GET /vectors/{name}``: the summary plus the vector's width and creation time."""
+    """``GET /vectors/{name}``: the summary plus width, creation time, and how a mediation vector was made.
+
+    ``heads`` is ``[[layer, head, aie], …]`` of an extracted vector; ``metrics`` holds what was measured when
+    it was made (``layer_sweep`` {layer: valid zero-shot top-1}, ``aie`` [layers][heads], …). Both are empty for
+    imported vectors (and for servers that predate them).
+    """
 
     d_model: int
     created: str
+    heads: list[Any] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
 
 
 class VectorMetadata(_Model):
@@ -118,3 +125,81 @@ class Readiness(_Model):
 
     status: str
     model: str | None = None
+    cache: str | None = None
+    """Head-mean cache backend: ``memory``, ``redis``, or ``degraded`` (then ``status`` is ``degraded`` too)."""
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Job(_Model):
+    """A background job (``POST /vectors/extract``, ``GET /jobs/{id}``): one snapshot of it.
+
+    ``state`` is one of ``queued | running | succeeded | failed | cancelled``; ``progress`` is in [0, 1];
+    ``result`` is set once it ``succeeded`` (``result["vector"]`` names the vector it saved), ``error``
+    (``{"type", "message", "param"}``) once it ``failed``.
+    """
+
+    id: str
+    kind: str
+    state: str
+    phase: str
+    progress: float
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    created: str
+    updated: str
+
+    @property
+    def done(self) -> bool:
+        """The job has ended (succeeded, failed or cancelled) and will not change again."""
+        return self.state in TERMINAL_JOB_STATES
+
+    @property
+    def vector(self) -> str | None:
+        """Name of the vector a succeeded job saved."""
+        if self.result is None:
+            return None
+        name = self.result.get("vector")
+        return name if isinstance(name, str) else None
+
+
+class Accuracy(_Model):
+    """First-token accuracy: the answer is the top token (``top1``) or among the top three (``top3``)."""
+
+    top1: float
+    top3: float
+
+
+class Evaluation(_Model):
+    """``POST /vectors/{name}/evaluate``: Todd et al.'s five settings on ``n`` held-out pairs.
+
+    ``zero_shot`` / ``zero_shot_fv``: ``"Q: x\nA:"`` without / with the vector; ``icl``: 10-shot prompts;
+    ``icl_shuffled`` / ``icl_shuffled_fv``: shuffled-label 10-shot prompts without / with the vector.
+    ``n_dropped`` counts pairs left out because the model gets them wrong even with clean 10-shot prompts.
+    """
+
+    vector: str
+    relation: str
+    layer: int
+    zero_shot: Accuracy
+    zero_shot_fv: Accuracy
+    icl: Accuracy
+    icl_shuffled: Accuracy
+    icl_shuffled_fv: Accuracy
+    n: int
+    n_dropped: int
+
+
+class DecodedToken(_Model):
+    token: str
+    prob: float
+
+
+class DecodedVector(_Model):
+    """``GET /vectors/{name}/decode``: logit lens, the tokens the vector promotes most, most probable first."""
+
+    name: str
+    layer: int
+    tokens: list[DecodedToken]

@@ -19,6 +19,7 @@ from app.runtime import Services
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorEnvelope, "description": "Unknown job"}}
 HEARTBEAT_S = 15.0
+POLL_S = 0.2
 
 
 @router.get("/{job_id}", response_model=Job, responses={**ERROR_RESPONSES, **NOT_FOUND})
@@ -43,17 +44,19 @@ async def job_events(job_id: str, svc: Services = Depends(services)) -> Streamin
     job = svc.jobs.get(job_id)
 
     async def stream() -> AsyncIterator[str]:
-        version = -1
+        version, quiet = -1, 0.0
         while True:
             if job.version != version:
-                version = job.version
+                version, quiet = job.version, 0.0
                 snapshot = job.public()
                 final = snapshot["state"] in TERMINAL
                 yield f"event: {'end' if final else 'progress'}\ndata: {json.dumps(snapshot)}\n\n"
                 if final:
                     return
-            await asyncio.to_thread(svc.jobs.wait_for_change, job, version, HEARTBEAT_S)
-            if job.version == version:
+            await asyncio.sleep(POLL_S)  # no thread per listener: many watchers cost nothing
+            quiet += POLL_S
+            if quiet >= HEARTBEAT_S:
+                quiet = 0.0
                 yield ": keep-alive\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
