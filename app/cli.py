@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fvsteer_client import (
     DEFAULT_BASE_URL,
@@ -34,9 +33,6 @@ from fvsteer_client import (
     VectorInfo,
 )
 from pydantic import BaseModel
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -434,90 +430,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 for name in _SETTINGS]
         _out(_table(["SETTING", "TOP1", "TOP3"], rows))
     if info is not None:
-        for path in _plot_vector(info, Path(args.plot)):
+        from app.plots import plot_vector  # lazy: matplotlib is slow to import
+
+        for path in plot_vector(info, Path(args.plot), _err):
             _err(f"wrote {path}")
     return EXIT_OK
-
-
-def _number_grid(value: object) -> list[list[float]] | None:
-    """``metrics.aie`` as a rectangular float grid, or None if it is not one."""
-    if not isinstance(value, list) or not value or not all(isinstance(row, list) and row for row in value):
-        return None
-    if len({len(row) for row in value}) != 1 or not all(isinstance(x, int | float) for row in value for x in row):
-        return None
-    return [[float(x) for x in row] for row in value]
-
-
-def _layer_scores(value: object) -> dict[int, float] | None:
-    """``metrics.layer_sweep`` ({"layer": accuracy}) keyed by int, or None if it is not one."""
-    if not isinstance(value, dict) or not value:
-        return None
-    try:
-        return {int(layer): float(score) for layer, score in sorted(value.items(), key=lambda kv: int(kv[0]))}
-    except (TypeError, ValueError):
-        return None
-
-
-def _plot_vector(info: VectorInfo, directory: Path) -> list[Path]:
-    """``<name>_aie.png`` and ``<name>_layer_sweep.png`` from the vector's extraction metrics; what is missing
-    (imported vectors have no metrics) is said on stderr and skipped."""
-    aie = _number_grid(info.metrics.get("aie"))
-    sweep = _layer_scores(info.metrics.get("layer_sweep"))
-    if aie is None and sweep is None:
-        _err(f"vector {info.name} ({info.method}) has no AIE or layer-sweep metrics; no plots written")
-        return []
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is slow to import
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    if aie is None:
-        _err(f"vector {info.name} has no AIE metrics; skipping the AIE heatmap")
-    else:
-        fig = Figure(figsize=(max(5.5, 0.35 * len(aie[0]) + 2), max(3.5, 0.25 * len(aie) + 1.5)), layout="tight")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        limit = max((abs(x) for row in aie for x in row), default=0.0) or 1.0
-        image = ax.imshow(aie, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto",
-                          interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="average indirect effect")
-        chosen = [(h[1], h[0]) for h in info.heads if isinstance(h, list | tuple) and len(h) >= 2]
-        ax.scatter([c[0] for c in chosen], [c[1] for c in chosen], marker="s", s=60, facecolors="none",
-                   edgecolors="black", linewidths=1.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(f"{info.name}: AIE per head (\u25a1 = the {len(chosen)} chosen)")
-        written.append(_save(fig, directory / f"{info.name}_aie.png"))
-    if sweep is None:
-        _err(f"vector {info.name} has no layer-sweep metrics; skipping the layer-sweep plot")
-    else:
-        fig = Figure(figsize=(6.0, 3.5), layout="tight")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        layers, scores = list(sweep), list(sweep.values())
-        ax.plot(layers, scores, marker="o", label="zero-shot + vector")
-        baseline = info.metrics.get("sweep_zero_shot_top1")
-        if isinstance(baseline, int | float) and math.isfinite(baseline):
-            ax.axhline(baseline, color="grey", linestyle="--", label="zero-shot, no vector")
-        ax.axvline(info.layer, color="tab:red", linestyle=":", label=f"chosen layer {info.layer}")
-        if info.layer in sweep:
-            ax.plot([info.layer], [sweep[info.layer]], marker="*", markersize=14, color="tab:red", linestyle="none")
-        ax.set_ylim(-0.02, 1.02)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer")
-        ax.set_ylabel("valid top-1 accuracy")
-        ax.set_title(f"{info.name}: layer sweep")
-        ax.legend(fontsize="small")
-        written.append(_save(fig, directory / f"{info.name}_layer_sweep.png"))
-    return written
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def _add_vectors_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

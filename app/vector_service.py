@@ -17,7 +17,7 @@ from app.fv.extraction import ExtractionSpec, ModelHandle, check_spec, extract
 from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
 from app.fv.prompts import Template, bos_prefix
 from app.fv.vector import decode_vector
-from app.jobs.manager import JobContext, JobManager
+from app.jobs.manager import TERMINAL, Job, JobContext, JobManager
 from app.registry.names import check_name
 from app.registry.registry import VectorRegistry
 
@@ -38,7 +38,7 @@ class VectorService:
     registry: VectorRegistry
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
     jobs: JobManager
-    _pending_names: set[str] = field(default_factory=set)
+    _pending_names: dict[str, Job | None] = field(default_factory=dict)  # name → the job making it
     _names_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_extraction(
@@ -79,22 +79,29 @@ class VectorService:
             }
 
         try:
-            return self.jobs.submit("extract", work).public()
+            job = self.jobs.submit("extract", work)
         except BaseException:
             self._release(name)
             raise
+        with self._names_lock:
+            if name in self._pending_names:  # (a fast job may have released it already)
+                self._pending_names[name] = job
+        return job.public()
 
     def _reserve(self, name: str) -> None:
         """Claim a vector name for a job until it ends, so a second job for the same name is a 409 at once."""
         with self._names_lock:
+            holder = self._pending_names.get(name)
+            if holder is not None and holder.state in TERMINAL:  # cancelled while queued: its work never ran
+                del self._pending_names[name]
             taken = name in self._pending_names or any(stored.name == name for stored in self.registry.list())
             if taken:
                 raise Conflict(f"a vector named {name!r} exists or is being made; pick another name", param="name")
-            self._pending_names.add(name)
+            self._pending_names[name] = None
 
     def _release(self, name: str) -> None:
         with self._names_lock:
-            self._pending_names.discard(name)
+            self._pending_names.pop(name, None)
 
     def evaluate(
         self, name: str, relation: str | None, pairs: list[dict[str, Any]] | None, seed: int, shots: int

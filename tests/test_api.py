@@ -18,7 +18,8 @@ from app.settings import Settings
 from tests.conftest import LiveServer, start_server, stop_server
 
 PUBLIC_ROUTES = {
-    "/complete", "/vectors", "/vectors/{name}", "/healthz", "/readyz", "/metrics",
+    "/complete", "/vectors", "/vectors/{name}", "/vectors/extract", "/vectors/{name}/evaluate",
+    "/vectors/{name}/decode", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz", "/readyz", "/metrics",
     "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
 }
 
@@ -253,7 +254,8 @@ def test_no_configured_token_means_admin_routes_are_forbidden(tmp_path: Path, ti
 
 def test_health_readiness_and_metrics(live_server: LiveServer) -> None:
     assert httpx.get(f"{live_server.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{live_server.url}/readyz").json() == {"status": "ready", "model": "tiny-llama"}
+    assert httpx.get(f"{live_server.url}/readyz").json() == {"status": "ready", "model": "tiny-llama",
+                                                             "cache": "memory"}
     complete(live_server, prompt="count me", max_new_tokens=3)
     metrics = httpx.get(f"{live_server.url}/metrics").text
     assert "fvsteer_ready 1" in metrics and "fvsteer_tokens_generated_total" in metrics

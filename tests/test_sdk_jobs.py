@@ -136,7 +136,8 @@ def test_extract_by_pairs(client: fv.Client, tmp_path: Path, form: str) -> None:
 def test_job_events_progress_then_end(client: fv.Client) -> None:
     name = unique("ev")
     try:
-        job = client.extract(name, relation="synonym", **SMALL)
+        # Long enough (~1 s on the tiny model) that the server's 0.2 s event polling sees it mid-way.
+        job = client.extract(name, relation="synonym", n_prompts=400, n_trials=3, n_heads=3, seed=fresh_seed())
         snapshots = list(client.job_events(job))
         assert len(snapshots) >= 2
         *during, last = snapshots

@@ -36,8 +36,16 @@ def envelope(status: int, type_: str, message: str, param: str | None = None, **
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
+_LOCATIONS = {"body", "query", "path", "header", "form"}
+_TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "none"}
+
+
 def _param(location: Any) -> str | None:
-    parts = [str(part) for part in location if part not in ("body", "query", "path", "header", "form")]
+    """``("body", "layer", "int")`` → ``"layer"``: drop where it came from and pydantic's union-member tags."""
+    parts = [
+        str(part) for part in location
+        if part not in _LOCATIONS and not (isinstance(part, str) and (part in _TYPE_TAGS or "[" in part))
+    ]
     return ".".join(parts) or None
 
 

@@ -1,0 +1,233 @@
+"""Word-pair datasets: the shipped relations, JSON/CSV loading, refusals that name the item and the limit,
+the dataset hash and the seeded 70/9/21 split."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.errors import InvalidInput, NotFound
+from app.fv.pairs import (
+    MIN_PAIRS,
+    RELATIONS_DIR,
+    Pair,
+    dataset_sha256,
+    parse_csv_pairs,
+    read_pairs_file,
+    relation_pairs,
+    shipped_relations,
+    split_pairs,
+    validate_pairs,
+)
+
+
+def make_pairs(n: int, tag: str = "w") -> list[Pair]:
+    return [Pair(f"{tag}{index}", f"out{index}") for index in range(n)]
+
+
+def raw(pairs: list[Pair]) -> list[dict[str, str]]:
+    return [{"input": pair.input, "output": pair.output} for pair in pairs]
+
+
+def readme_counts() -> dict[str, int]:
+    """``relation → pairs`` from the table of the relations README."""
+    text = (RELATIONS_DIR / "README.md").read_text(encoding="utf-8")
+    return {match[1]: int(match[2]) for match in re.finditer(r"^\| `([a-z-]+)` \|[^\n]*?\| (\d+) \|", text, re.M)}
+
+
+# --- shipped relations ---------------------------------------------------------------------------------
+
+
+def test_shipped_relations_match_the_readme_and_are_big_enough() -> None:
+    names = shipped_relations()
+    counts = readme_counts()
+    assert len(names) >= 24
+    assert sorted(counts) == names, "README table and relation files disagree"
+    total = 0
+    for name in names:
+        pairs = relation_pairs(name)  # validates shape, emptiness, duplicates
+        assert len(pairs) == counts[name], name
+        assert len(pairs) >= 60, name
+        assert len({pair.input for pair in pairs}) == len(pairs), name
+        for pair in pairs:
+            assert pair.input == pair.input.strip() and pair.output == pair.output.strip(), (name, pair)
+            assert 1 <= len(pair.output.split()) <= 3, (name, pair)
+        total += len(pairs)
+    text = (RELATIONS_DIR / "README.md").read_text(encoding="utf-8")
+    assert f"Total: {len(names)} relations, {total} pairs." in text
+
+
+def test_raw_relation_files_have_exactly_input_and_output() -> None:
+    for path in sorted(RELATIONS_DIR.glob("*.json")):
+        items = json.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(items, list)
+        assert all(set(item) == {"input", "output"} for item in items), path.name
+        # no stripping happens silently: the files are clean as written
+        assert all(item["input"] == item["input"].strip() for item in items), path.name
+
+
+def test_unknown_relation_is_not_found_and_lists_the_known_ones() -> None:
+    with pytest.raises(NotFound) as info:
+        relation_pairs("no-such-relation")
+    assert info.value.param == "relation"
+    assert "no-such-relation" in info.value.message
+    assert "antonym" in info.value.message
+
+
+def test_capitalize_relation_is_exactly_built_from_its_input() -> None:
+    for pair in relation_pairs("capitalize"):
+        assert pair.output == pair.input[0].upper() + pair.input[1:]
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+def test_json_file_roundtrip(tmp_path: Path) -> None:
+    pairs = make_pairs(15)
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(raw(pairs)), encoding="utf-8")
+    assert read_pairs_file(path) == pairs
+
+
+def test_json_file_values_are_stripped(tmp_path: Path) -> None:
+    pairs = make_pairs(13)
+    items = raw(pairs)
+    items[0] = {"input": "  w0 ", "output": " out0\t"}
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    assert read_pairs_file(path) == pairs
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_two_column_csv_with_and_without_header(tmp_path: Path, header: bool) -> None:
+    pairs = [*make_pairs(14), Pair("a, b", 'say "hi"')]  # quoting survives
+    lines = ['"a, b","say ""hi"""' if pair.input == "a, b" else f"{pair.input},{pair.output}" for pair in pairs]
+    text = ("input,output\n" if header else "") + "\n".join(lines) + "\n\n"
+    path = tmp_path / "pairs.CSV"
+    path.write_text(text, encoding="utf-8")
+    assert read_pairs_file(path) == pairs
+
+
+def test_csv_header_is_only_skipped_when_it_is_the_header() -> None:
+    # A first row that is a real pair must be kept (it would otherwise silently vanish).
+    text = "\n".join(f"w{index},out{index}" for index in range(12))
+    assert len(parse_csv_pairs(text)) == 12
+    assert parse_csv_pairs("Input , OUTPUT\n" + text) == make_pairs(12)
+
+
+def test_three_column_csv_is_refused_naming_the_row(tmp_path: Path) -> None:
+    rows = [f"w{index},out{index}" for index in range(13)]
+    rows[4] = "w4,out4,extra"
+    path = tmp_path / "pairs.csv"
+    path.write_text("\n".join(rows), encoding="utf-8")
+    with pytest.raises(InvalidInput) as info:
+        read_pairs_file(path)
+    assert info.value.param == "pairs"
+    assert "row 5" in info.value.message and "3 columns" in info.value.message
+
+
+def test_non_json_non_csv_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.txt"
+    path.write_text("hot cold\n", encoding="utf-8")
+    with pytest.raises(InvalidInput) as info:
+        read_pairs_file(path)
+    assert "pairs.txt" in info.value.message
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+
+def test_too_few_pairs_names_the_count_and_the_limit() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_pairs(raw(make_pairs(MIN_PAIRS - 1)))
+    assert info.value.param == "pairs"
+    assert f"{MIN_PAIRS - 1} pairs" in info.value.message and str(MIN_PAIRS) in info.value.message
+    assert len(validate_pairs(raw(make_pairs(MIN_PAIRS)))) == MIN_PAIRS
+
+
+def test_duplicate_input_names_the_item() -> None:
+    items = raw(make_pairs(14))
+    items[9] = {"input": " w3 ", "output": "other"}  # a duplicate after stripping
+    with pytest.raises(InvalidInput) as info:
+        validate_pairs(items)
+    assert info.value.param == "pairs[9]"
+    assert "'w3'" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("bad", "index"),
+    [
+        ({"input": "", "output": "x"}, 2),
+        ({"input": "x", "output": "   "}, 5),
+        ({"input": "x", "output": 3}, 0),
+        ({"input": None, "output": "y"}, 11),
+        ({"input": "x"}, 7),
+        ({"input": "x", "output": "y", "extra": "z"}, 1),
+        ({"in": "x", "out": "y"}, 4),
+        (["x", "y"], 6),
+        ({"input": "x" * 201, "output": "y"}, 3),
+    ],
+)
+def test_bad_items_are_refused_naming_the_item(bad: Any, index: int) -> None:
+    items: list[Any] = raw(make_pairs(14))
+    items[index] = bad
+    with pytest.raises(InvalidInput) as info:
+        validate_pairs(items, param="pairs")
+    assert info.value.param == f"pairs[{index}]"
+    assert f"pairs[{index}]" in info.value.message
+
+
+@pytest.mark.parametrize("value", [{"input": "x", "output": "y"}, "pairs", None, 12])
+def test_non_list_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_pairs(value)
+    assert info.value.param == "pairs"
+    assert "list" in info.value.message
+
+
+# --- hash and split ------------------------------------------------------------------------------------
+
+
+def test_dataset_hash_is_stable_and_order_sensitive() -> None:
+    pairs = make_pairs(20)
+    digest = dataset_sha256(pairs)
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert dataset_sha256(list(pairs)) == digest
+    assert dataset_sha256([Pair(p.input, p.output) for p in pairs]) == digest
+    assert dataset_sha256(pairs[::-1]) != digest
+    assert dataset_sha256(pairs[:-1]) != digest
+    changed = [*pairs[:-1], Pair(pairs[-1].input, pairs[-1].output + "x")]
+    assert dataset_sha256(changed) != digest
+    # input/output boundaries matter: ("ab", "c") is not ("a", "bc")
+    assert dataset_sha256([Pair("ab", "c")]) != dataset_sha256([Pair("a", "bc")])
+
+
+def test_split_sizes_are_70_9_21() -> None:
+    split = split_pairs(make_pairs(100), seed=0)
+    assert (len(split.train), len(split.valid), len(split.test)) == (70, 9, 21)
+
+
+@pytest.mark.parametrize("n", [12, 13, 20, 37, 62, 89, 106, 1000])
+def test_split_partitions_the_pairs(n: int) -> None:
+    pairs = make_pairs(n)
+    split = split_pairs(pairs, seed=3)
+    parts = [split.train, split.valid, split.test]
+    assert all(len(part) >= 1 for part in parts)
+    assert sum(len(part) for part in parts) == n
+    inputs = [{pair.input for pair in part} for part in parts]
+    assert not (inputs[0] & inputs[1]) and not (inputs[0] & inputs[2]) and not (inputs[1] & inputs[2])
+    assert sorted(pair.input for part in parts for pair in part) == sorted(pair.input for pair in pairs)
+    assert abs(len(split.train) - 0.7 * n) <= 2
+    assert abs(len(split.valid) - 0.09 * n) <= 1
+
+
+def test_split_is_seeded() -> None:
+    pairs = make_pairs(60)
+    assert split_pairs(pairs, seed=7) == split_pairs(list(pairs), seed=7)
+    assert split_pairs(pairs, seed=7).train != split_pairs(pairs, seed=8).train
+    assert split_pairs(pairs, seed=7).train != pairs[: len(split_pairs(pairs, seed=7).train)]  # shuffled
+    assert pairs == make_pairs(60)  # the input list is not shuffled in place
