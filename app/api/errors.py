@@ -56,7 +56,7 @@ async def _fvsteer_error(request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if exc.status == 429:
         headers["Retry-After"] = "1"
-    if exc.status >= 500:
+    if exc.status >= 500 and exc.status != 503:  # 503 while loading is expected, not an error
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return envelope(exc.status, exc.type, exc.message, exc.param, **headers)
 
