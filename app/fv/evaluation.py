@@ -20,6 +20,33 @@ from app.fv.prompts import PromptItem, Template, icl_prompts, zero_shot_prompts
 TOP_K = (1, 3)
 
 
+def _per_answer(
+    adapter: ModelAdapter,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[PromptItem],
+    vector: tuple[int, Tensor] | None,
+    measure: Callable[[Tensor, Tensor], Tensor],
+    batch_size: int,
+    run: Runner[Tensor],
+) -> Tensor:
+    """``measure(logits, answers)`` per item over batches of last-position logits, optionally steered by
+    ``vector = (layer, v)`` added at the last prompt token (the FV policy)."""
+    device = model_device(adapter)
+    parts: list[Tensor] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+
+        def forward(chunk: list[PromptItem] = chunk) -> Tensor:
+            ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
+            with torch.inference_mode(), steered(adapter, _last_token_steering(vector, ids.shape)):
+                logits = last_token_logits(adapter, ids, mask)
+            answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
+            return measure(logits, answers[:, None]).cpu()
+
+        parts.append(run(forward))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
 def ranks_of_answers(
     adapter: ModelAdapter,
     tokenizer: PreTrainedTokenizerBase,
@@ -29,23 +56,9 @@ def ranks_of_answers(
     batch_size: int = 16,
     run: Runner[Tensor] = run_here,
 ) -> Tensor:
-    """Rank (0 = top-1) of each item's answer token in the last-position logits, optionally steered by
-    ``vector = (layer, v)`` added at the last prompt token (the FV policy)."""
-    device = model_device(adapter)
-    ranks: list[Tensor] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-
-        def forward(chunk: list[PromptItem] = chunk) -> Tensor:
-            ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
-            with torch.inference_mode(), steered(adapter, _last_token_steering(vector, ids.shape)):
-                logits = last_token_logits(adapter, ids, mask)
-            answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
-            target = logits.gather(1, answers[:, None])
-            return (logits > target).sum(dim=1).cpu()
-
-        ranks.append(run(forward))
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    """Rank (0 = top-1) of each item's answer token in the last-position logits."""
+    return _per_answer(adapter, tokenizer, items, vector,
+                       lambda logits, answers: (logits > logits.gather(1, answers)).sum(dim=1), batch_size, run)
 
 
 def mean_answer_log_prob(
@@ -58,20 +71,10 @@ def mean_answer_log_prob(
     run: Runner[Tensor] = run_here,
 ) -> float:
     """Mean log-probability of the answer tokens: a finer score than top-1 for breaking ties between layers."""
-    device = model_device(adapter)
-    total = 0.0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-
-        def forward(chunk: list[PromptItem] = chunk) -> Tensor:
-            ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
-            with torch.inference_mode(), steered(adapter, _last_token_steering(vector, ids.shape)):
-                logits = last_token_logits(adapter, ids, mask)
-            answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
-            return torch.log_softmax(logits, dim=-1).gather(1, answers[:, None]).sum().cpu()
-
-        total += float(run(forward))
-    return total / max(len(items), 1)
+    log_probs = _per_answer(adapter, tokenizer, items, vector,
+                            lambda logits, answers: torch.log_softmax(logits, dim=-1).gather(1, answers)[:, 0],
+                            batch_size, run)
+    return float(log_probs.mean()) if log_probs.numel() else 0.0
 
 
 def _last_token_steering(vector: tuple[int, Tensor] | None, shape: torch.Size) -> BatchSteering | None:
