@@ -103,7 +103,11 @@ def write_report(path: Path, model: str, rows: list[tuple[str, Job, Evaluation]]
     for relation, _, evaluation in rows:
         lines.append(f"| {relation} | {evaluation.layer} | {evaluation.n} | {evaluation.n_dropped} | "
                      + " | ".join(cell(evaluation, key) for key, _ in COLUMNS) + " |")
-    lines += ["", "## Extraction", "", "| relation | heads (layer.head) | phase seconds |", "|---|---|---|"]
+    thin = [f"{relation} (n = {evaluation.n})" for relation, _, evaluation in rows if evaluation.n < 10]
+    lines += ["", "A row with few kept items says little" + (f": {', '.join(thin)}." if thin else "; none here.")]
+    lines += ["", "## Extraction", "",
+              "Phase times are wall-clock seconds on the machine that ran the report, with whatever else it was doing.",
+              "", "| relation | heads (layer.head) | phase seconds |", "|---|---|---|"]
     for relation, job, _ in rows:
         result = job.result or {}
         heads = ", ".join(f"{h[0]}.{h[1]}" for h in result.get("heads", []))
