@@ -508,3 +508,40 @@ def test_steering_at_a_layer_the_model_lacks_fails_only_that_request(make_engine
             engine.submit([_request(engine, PROMPTS[1], steering={layer: vector})])
     engine.start()
     assert good.future.result(timeout=WAIT_S).completion_tokens == 4
+
+
+def test_completions_keep_flowing_while_a_job_runs_on_the_engine(make_engine: MakeEngine) -> None:
+    """A job's forwards go through ``engine.call`` one at a time, between decode steps: a completion submitted
+    mid-job finishes long before the job does."""
+    engine = make_engine()
+    units_done = 0
+    job_done = threading.Event()
+
+    def job() -> None:
+        nonlocal units_done
+        for _ in range(150):
+            engine.call(lambda: time.sleep(0.01), timeout=WAIT_S)
+            units_done += 1
+        job_done.set()
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    while units_done < 5:
+        time.sleep(0.005)
+    request = GenerationRequest(engine.encode("Q: hot\nA:", 6), SamplingParams(max_new_tokens=6))
+    engine.submit([request])
+    result = request.future.result(timeout=WAIT_S)
+    assert result.completion_tokens >= 1
+    assert not job_done.is_set(), "the completion had to wait for the whole job"
+    worker.join(timeout=WAIT_S)
+    assert units_done == 150
+
+
+def test_engine_call_returns_results_and_raises_errors(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    assert engine.call(lambda: threading.current_thread().name) == "fvsteer-engine"
+    with pytest.raises(ZeroDivisionError):
+        engine.call(lambda: 1 / 0)
+    request = GenerationRequest(engine.encode("a", 2), SamplingParams(max_new_tokens=2))
+    engine.submit([request])
+    assert request.future.result(timeout=WAIT_S).completion_tokens >= 1  # a failed task harms nothing
