@@ -25,6 +25,7 @@ from fvsteer_client import (
     EvaluateOptions,
     Evaluation,
     ExtractOptions,
+    FinetuneOptions,
     FvsteerClientError,
     InvalidPairsError,
     Job,
@@ -33,6 +34,8 @@ from fvsteer_client import (
     VectorInfo,
 )
 from pydantic import BaseModel
+
+from app.errors import FvsteerError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -293,9 +296,23 @@ def _job_fields(job: Job) -> list[tuple[str, object]]:
         lines.append(("error", f"{job.error.get('type')}: {job.error.get('message')}"))
     if job.state == "succeeded" and job.kind == "extract":
         lines.extend(_extraction_summary(job))
+    elif job.state == "succeeded" and job.kind == "finetune":
+        lines.extend(_finetune_summary(job))
     elif job.result:
         lines.append(("result", json.dumps(job.result, ensure_ascii=False)))
     return lines
+
+
+def _detail_text(detail: dict[str, Any] | None) -> str:
+    """A training epoch as ``epoch 12/40 loss 0.812 hold-out 0.75``; other details are not shown on the bar."""
+    if not detail or "epoch" not in detail:
+        return ""
+    text = f"epoch {detail['epoch']:.0f}/{detail.get('epochs', '?')}"
+    if isinstance(detail.get("loss"), int | float):
+        text += f" loss {detail['loss']:.3f}"
+    if isinstance(detail.get("holdout_top1"), int | float):
+        text += f" hold-out {detail['holdout_top1']:.2f}"
+    return text
 
 
 def _follow(client: Client, job: Job) -> Job:
@@ -307,6 +324,7 @@ def _follow(client: Client, job: Job) -> Job:
 
         def show(snapshot: Job) -> None:
             bar.set_description_str(snapshot.phase, refresh=False)
+            bar.set_postfix_str(_detail_text(snapshot.detail), refresh=False)
             bar.n = round(snapshot.progress * 100)
             bar.refresh()
 
@@ -340,13 +358,11 @@ def _cancel_after_interrupt(client: Client, job: Job) -> int:
     return EXIT_INTERRUPTED
 
 
-def _cmd_extract(args: argparse.Namespace) -> int:
-    options: ExtractOptions = {
-        "relation": args.relation, "pairs": args.pairs, "n_prompts": args.n_prompts, "n_trials": args.n_trials,
-        "n_heads": args.n_heads, "layer": args.layer, "seed": args.seed,
-    }
+def _run_job(args: argparse.Namespace, submit: Callable[[Client], Job],
+             summary: Callable[[Job], list[tuple[str, object]]]) -> int:
+    """Submit a job, then follow it (or not, with --no-wait) and print its outcome."""
     with _client(args) as client:
-        job = client.extract(args.name, **options)
+        job = submit(client)
         if args.no_wait:
             if args.json:
                 _dump_json(job)
@@ -361,8 +377,46 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if args.json:
         _dump_json(final)
     elif final.state == "succeeded":
-        _out(_fields(_extraction_summary(final)))
+        _out(_fields(summary(final)))
     return _job_outcome(final)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    options: ExtractOptions = {
+        "relation": args.relation, "pairs": args.pairs, "n_prompts": args.n_prompts, "n_trials": args.n_trials,
+        "n_heads": args.n_heads, "layer": args.layer, "seed": args.seed,
+    }
+    return _run_job(args, lambda client: client.extract(args.name, **options), _extraction_summary)
+
+
+def _finetune_summary(job: Job) -> list[tuple[str, object]]:
+    result = job.result or {}
+    metrics = result.get("metrics") or {}
+    lines: list[tuple[str, object]] = [("vector", result.get("vector")), ("layer", result.get("layer"))]
+    if isinstance(result.get("norm"), int | float):
+        lines.append(("norm", f"{result['norm']:.4g}"))
+    lines.append(("init", metrics.get("init")))
+    before, after = metrics.get("holdout_top1_before"), metrics.get("holdout_top1_after")
+    if isinstance(before, int | float) and isinstance(after, int | float):
+        lines.append(("hold-out top-1", f"{before:.2f} at init -> {after:.2f} fine-tuned "
+                                        f"(n={metrics.get('n_holdout')}, best epoch {metrics.get('best_epoch')})"))
+    icl = metrics.get("holdout_icl_top1")
+    if isinstance(icl, int | float):
+        lines.append(("10-shot prompting", f"{icl:.2f} on the same hold-out pairs"))
+    seconds = metrics.get("seconds") or {}
+    if seconds:
+        lines.append(("phase times", ", ".join(f"{phase} {value:.1f} s" for phase, value in seconds.items())))
+    return lines
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    options: FinetuneOptions = {
+        "relation": args.relation, "pairs": args.pairs, "init": args.init, "init_vector": args.init_vector,
+        "layer": args.layer, "epochs": args.epochs, "lr": args.lr, "l2": args.l2, "seed": args.seed,
+    }
+    if args.init_vector is not None and args.init is None:
+        options["init"] = "vector"
+    return _run_job(args, lambda client: client.finetune(args.name, **options), _finetune_summary)
 
 
 def _cmd_jobs_show(args: argparse.Namespace) -> int:
@@ -488,6 +542,27 @@ def _add_jobs_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     extract.add_argument("--json", action="store_true", help="print the final job (or, with --no-wait, the new one)")
     extract.set_defaults(handler=_cmd_extract)
 
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a function vector on pairs, the model frozen (a job; follows its progress)",
+        description="Submit a fine-tuning job and follow it with a progress bar on stderr (epoch, loss, hold-out "
+                    "accuracy). Ctrl-C cancels the job.",
+    )
+    finetune.add_argument("name", help="name of the vector to create")
+    source = finetune.add_mutually_exclusive_group(required=True)
+    source.add_argument("--relation", help="a shipped relation, e.g. antonym")
+    source.add_argument("--pairs", metavar="FILE", help="your pairs: JSON list of {input, output} or 2-column CSV")
+    finetune.add_argument("--init", choices=["mediation", "zero", "random", "vector"],
+                          help="starting vector (server: mediation, the causal-mediation FV of the same pairs)")
+    finetune.add_argument("--init-vector", metavar="NAME", help="start from this stored vector (implies --init vector)")
+    finetune.add_argument("--layer", type=int, help="block the vector is trained at (server: ~30%% of the depth)")
+    finetune.add_argument("--epochs", type=int, help="full-batch training steps (server default: the tuned value)")
+    finetune.add_argument("--lr", type=float, help="Adam learning rate (server default: the tuned value)")
+    finetune.add_argument("--l2", type=float, help="weight of ||v - v0||^2 in the loss (server: 0)")
+    finetune.add_argument("--seed", type=int, help="seeds the split, the hold-out and a random init (server: 0)")
+    finetune.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    finetune.add_argument("--json", action="store_true", help="print the final job (or, with --no-wait, the new one)")
+    finetune.set_defaults(handler=_cmd_finetune)
+
     jobs = commands.add_parser("jobs", help="show or cancel a background job")
     sub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
     show = sub.add_parser("show", help="a job's state, progress and result")
@@ -535,6 +610,93 @@ def _add_complete_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     complete.set_defaults(handler=_cmd_complete)
 
 
+# --- analogies and alignment -----------------------------------------------------------------------------------
+
+
+def _cmd_analogy(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.analogy(args.a, args.b, args.c, choices=args.choices, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        _dump_json(result)
+        return EXIT_OK
+    _out(f"{result.a} : {result.b} :: {result.c} : {result.answer}")
+    rows = [[name, f"{weight:+.3f}", f"{result.scores[name]:.2f}"] for name, weight in result.top_relations(args.top)]
+    _out(_table(["RELATION", "WEIGHT", "LOG P(B|A)"], rows))
+    if result.choice_scores is not None and args.choices:
+        _out(_table(["CHOICE", "LOG P"], [[choice, f"{score:.2f}"]
+                                          for choice, score in zip(args.choices, result.choice_scores, strict=True)]))
+    _err(f"combiner: {result.combiner}")
+    return EXIT_OK
+
+
+def _accuracy_cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _cmd_analogies(args: argparse.Namespace) -> int:
+    from app.analogy.offline import analogy_accuracy  # lazy: loads torch and the model
+    from app.local import load_local
+
+    result = analogy_accuracy(load_local(), Path(args.dataset), limit=args.limit, seed=args.seed, say=_err)
+    if args.json:
+        _out(json.dumps(result, indent=2))
+        return EXIT_OK
+    conditions = ["baseline", "softmax", "composite", "oracle"]
+    rows = [[relation, str(counts["n"]), *(_accuracy_cell(counts.get(c)) for c in conditions)]
+            for relation, counts in result["by_relation"].items()]
+    rows.append(["overall", str(result["n"]), *(_accuracy_cell(result.get(c)) for c in conditions)])
+    _out(_table(["RELATION", "N", "UNSTEERED", "SOFTMAX", "COMPOSITE", "ORACLE"], rows))
+    return EXIT_OK
+
+
+def _cmd_alignment(args: argparse.Namespace) -> int:
+    from app.analogy.offline import alignment  # lazy: loads torch and the model
+    from app.local import load_local
+
+    result = alignment(load_local(), Path(args.semeval), say=_err)
+    if args.json:
+        _out(json.dumps(result, indent=2))
+        return EXIT_OK
+    rows = [[row["subcategory"], row["relation"], str(row["n"]), f"{row['finetuned']:+.3f}",
+             f"{row['mediation']:+.3f}", f"{row['unsteered']:+.3f}"] for row in result["subcategories"]]
+    mean = result["mean"]
+    rows.append(["mean", "", "", f"{mean['finetuned']:+.3f}", f"{mean['mediation']:+.3f}", f"{mean['unsteered']:+.3f}"])
+    _out(_table(["SUBCATEGORY", "RELATION", "N", "FINE-TUNED", "MEDIATION", "UNSTEERED"], rows))
+    return EXIT_OK
+
+
+def _add_analogy_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    analogy = commands.add_parser("analogy", help="solve A : B :: C : ? with the composite A:B implies (server)")
+    analogy.add_argument("a")
+    analogy.add_argument("b")
+    analogy.add_argument("c")
+    analogy.add_argument("--choices", nargs="+", metavar="D", help="candidate answers (else the answer is generated)")
+    analogy.add_argument("--max-new-tokens", type=int, help="tokens generated without choices (server: 8)")
+    analogy.add_argument("--top", type=int, default=5, help="relations shown (largest weights)")
+    analogy.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    analogy.set_defaults(handler=_cmd_analogy)
+
+    analogies = commands.add_parser(
+        "analogies", help="analogy accuracy on a dataset: unsteered, composite, oracle (runs the model locally)",
+        description="Loads the model and the registry (FVSTEER_* settings) in this process and scores every "
+                    "problem: unsteered 'A : B :: C : D', the softmax and fitted composites at 'Q: C\nA:', and the "
+                    "known relation's own vector (oracle).",
+    )
+    analogies.add_argument("--dataset", required=True, metavar="FILE",
+                           help="UCLA VAT CSV (relation,A,B,C,D,D_foil) or multiple-choice JSONL")
+    analogies.add_argument("--limit", type=int, help="score a seeded sample of this many problems")
+    analogies.add_argument("--seed", type=int, default=0, help="seeds --limit's sample")
+    analogies.add_argument("--json", action="store_true", help="print JSON (keys baseline, composite, n, ...)")
+    analogies.set_defaults(handler=_cmd_analogies)
+
+    align = commands.add_parser(
+        "alignment", help="Spearman of vector scores with SemEval-2012 human ratings (runs the model locally)",
+    )
+    align.add_argument("--semeval", required=True, metavar="DIR", help="the semeval2012_task2 folder")
+    align.add_argument("--json", action="store_true", help="print JSON")
+    align.set_defaults(handler=_cmd_alignment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Built per call so that ``--url``/``--token`` defaults follow the environment at that moment."""
     parser = argparse.ArgumentParser(prog="fvsteer", description="Steer language models with function vectors.")
@@ -559,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_complete_parser(commands)
     _add_jobs_parsers(commands)
     _add_eval_parser(commands)
+    _add_analogy_parsers(commands)
     return parser
 
 
@@ -595,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"error: connection_error: {exc}")
     except InvalidPairsError as exc:
         _err(f"error: invalid_pairs: {exc}")
+    except FvsteerError as exc:  # the offline commands raise the server's own errors
+        _err(f"error: {exc.type}: {exc.message}")
     except OSError as exc:
         _err(f"error: io_error: {exc}")
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from app.analogy.service import AnalogyService
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache, make_head_mean_cache
 from app.completions import CompletionService
 from app.engine.adapter import adapt
@@ -35,6 +36,7 @@ class Services:
     vectors: VectorService
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
     jobs: JobManager
+    analogies: AnalogyService
 
 
 class Runtime:
@@ -117,7 +119,8 @@ class Runtime:
             self.state = "failed"
             return
         self.model_name = loaded.name
-        self._services = Services(engine, registry, completions, vectors, cache, jobs)
+        analogies = AnalogyService(handle, engine, registry, completions)
+        self._services = Services(engine, registry, completions, vectors, cache, jobs, analogies)
         self.state = "ready"
         log.info("ready in %.1f s: %s, %d vectors", time.monotonic() - started, loaded.name, len(registry.list()))
 

@@ -9,15 +9,18 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from torch import Tensor
+
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
 from app.engine.engine import Engine
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, NotFound
 from app.fv.evaluation import evaluate
 from app.fv.extraction import ExtractionSpec, ModelHandle, check_spec, extract
+from app.fv.finetuned import FinetuneOptions, InitKind, check_options, make_finetuned
 from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
 from app.fv.prompts import Template, bos_prefix
 from app.fv.vector import decode_vector
-from app.jobs.manager import TERMINAL, Job, JobContext, JobManager
+from app.jobs.manager import TERMINAL, Job, JobContext, JobManager, Work
 from app.registry.names import check_name
 from app.registry.registry import VectorRegistry
 
@@ -59,15 +62,12 @@ class VectorService:
         spec = ExtractionSpec(resolved, n_prompts=n_prompts, n_trials=n_trials, n_heads=n_heads, layer=layer,
                               seed=seed)
         check_spec(spec, self.model.adapter)
-        self._reserve(name)
 
         def work(ctx: JobContext) -> dict[str, Any]:
-            try:
-                result = extract(self.model, spec, self.cache, run=self.engine.call, report=ctx.report)
-                ctx.check_cancelled()
-                stored = self.registry.add(result.vector, result.metadata(name, label, spec))
-            finally:
-                self._release(name)
+            result = extract(self.model, spec, self.cache, run=self.engine.call,
+                             report=lambda phase, fraction: ctx.report(phase, fraction))
+            ctx.check_cancelled()
+            stored = self.registry.add(result.vector, result.metadata(name, label, spec))
             return {
                 "vector": stored.name,
                 "layer": result.layer,
@@ -78,8 +78,73 @@ class VectorService:
                 "head_means_cache": {"hit": result.cache_hit, "backend": self.cache.status()},
             }
 
+        return self._submit("extract", name, work)
+
+    def start_finetune(
+        self,
+        *,
+        name: str,
+        relation: str | None,
+        pairs: list[dict[str, Any]] | None,
+        init: InitKind,
+        init_vector: str | None,
+        layer: int | None,
+        epochs: int,
+        lr: float,
+        l2: float,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Validate, then queue a fine-tuning job (202); its epochs report loss and hold-out accuracy."""
+        check_name(name)
+        label, resolved = resolve_pairs(relation, pairs)
+        start = self._init_vector(init, init_vector)
+        options = FinetuneOptions(init=init, init_vector=start, init_name=init_vector, layer=layer, epochs=epochs,
+                                  lr=lr, l2=l2, seed=seed)
+        check_options(options, self.model.adapter.n_layers, self.model.adapter.d_model)
+
+        def work(ctx: JobContext) -> dict[str, Any]:
+            made = make_finetuned(self.model, resolved, options, self.cache, run=self.engine.call, report=ctx.report)
+            ctx.check_cancelled()
+            stored = self.registry.add(made.vector, made.metadata(name, label, resolved, options))
+            return {
+                "vector": stored.name,
+                "layer": made.layer,
+                "norm": float(stored.metadata["norm"]),
+                "metrics": made.metrics(options),
+                "head_means_cache": None if made.cache_hit is None else {
+                    "hit": made.cache_hit, "backend": self.cache.status()},
+            }
+
+        return self._submit("finetune", name, work)
+
+    def _init_vector(self, init: InitKind, name: str | None) -> Tensor | None:
+        """The stored vector to start from; one made for another model is refused with the reason."""
+        if (init == "vector") != (name is not None):
+            raise InvalidInput("give init_vector (a stored vector's name) exactly when init is 'vector'",
+                               param="init_vector")
+        if name is None:
+            return None
+        check_name(name, param="init_vector")
         try:
-            job = self.jobs.submit("extract", work)
+            return self.registry.get(name, param="init_vector").vector
+        except NotFound:
+            refusal = self.registry.refusal(name)
+            if refusal is not None:
+                raise InvalidInput(f"init_vector {name!r} cannot be used: {refusal}", param="init_vector") from None
+            raise
+
+    def _submit(self, kind: str, name: str, work: Work) -> dict[str, Any]:
+        """Queue a job that saves a vector named ``name``, holding the name until the job ends."""
+        self._reserve(name)
+
+        def guarded(ctx: JobContext) -> dict[str, Any]:
+            try:
+                return work(ctx)
+            finally:
+                self._release(name)
+
+        try:
+            job = self.jobs.submit(kind, guarded)
         except BaseException:
             self._release(name)
             raise

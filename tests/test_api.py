@@ -18,7 +18,8 @@ from app.settings import Settings
 from tests.conftest import LiveServer, start_server, stop_server
 
 PUBLIC_ROUTES = {
-    "/complete", "/vectors", "/vectors/{name}", "/vectors/extract", "/vectors/{name}/evaluate",
+    "/complete", "/analogies", "/vectors", "/vectors/{name}", "/vectors/extract", "/vectors/finetune",
+    "/vectors/{name}/evaluate",
     "/vectors/{name}/decode", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz", "/readyz", "/metrics",
     "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
 }

@@ -75,7 +75,8 @@ def test_job_goes_queued_running_succeeded(jobs: JobManager) -> None:
     wait_for(job, {"succeeded"})
     assert seen == [("running", "starting", 0.0), ("running", "half", 0.5), ("running", "clamped", 1.0)]
     public = job.public()
-    assert set(public) == {"id", "kind", "state", "phase", "progress", "result", "error", "created", "updated"}
+    assert set(public) == {"id", "kind", "state", "phase", "progress", "detail", "result", "error", "created",
+                           "updated"}
     assert public["result"] == {"vector": "v1", "n": 3} and public["error"] is None
     assert public["progress"] == 1.0 and public["phase"] == "done"
     assert public["updated"] >= public["created"]

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.routes import admin, completions, health, jobs, vectors
+from app.api.routes import admin, analogies, completions, health, jobs, vectors
 from app.runtime import Runtime
 from app.settings import Settings
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (health, completions, vectors, jobs, admin):
+    for module in (health, completions, analogies, vectors, jobs, admin):
         app.include_router(module.router)
 
     def limit_for(path: str) -> int:

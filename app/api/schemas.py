@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.analogy.service import MAX_CHOICES, MAX_TERM_CHARS
 from app.fv.composite import MAX_ABS_WEIGHT, MAX_RELATIONS
+from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, LIMITS
 
 MAX_PROMPT_CHARS = 100_000
 MAX_STOP = 8
@@ -136,6 +138,49 @@ class ExtractRequest(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, prompts and shuffles.")
 
 
+class FinetuneRequest(Strict):
+    name: str = Field(description="Name of the vector to create.")
+    relation: str | None = Field(None, description="A shipped relation (see the README); or give 'pairs'.")
+    pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
+    init: Literal["mediation", "zero", "random", "vector"] = Field(
+        "mediation", description="Start from the mediation FV of the same pairs, zeros, a seeded random vector, "
+        "or the stored vector named by init_vector."
+    )
+    init_vector: str | None = Field(None, description="With init 'vector': the stored vector to start from.")
+    layer: int | None = Field(None, ge=0, description="Block the vector is trained at; default ≈ 30 % of the depth.")
+    epochs: int = Field(DEFAULT_EPOCHS, ge=LIMITS["epochs"][0], le=LIMITS["epochs"][1],
+                        description="Full-batch training steps.")
+    lr: float = Field(DEFAULT_LR, allow_inf_nan=False, ge=LIMITS["lr"][0], le=LIMITS["lr"][1],
+                      description="Adam's learning rate (cosine schedule).")
+    l2: float = Field(DEFAULT_L2, allow_inf_nan=False, ge=LIMITS["l2"][0], le=LIMITS["l2"][1],
+                      description="Weight of ‖v − v₀‖² in the loss.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, the hold-out and a random init.")
+
+
+class AnalogyRequest(Strict):
+    a: str = Field(min_length=1, max_length=MAX_TERM_CHARS, description="Source term A of A:B :: C:?")
+    b: str = Field(min_length=1, max_length=MAX_TERM_CHARS, description="Source term B: A:B shows the relation.")
+    c: str = Field(min_length=1, max_length=MAX_TERM_CHARS, description="Query term C.")
+    choices: list[Annotated[str, Field(min_length=1, max_length=MAX_TERM_CHARS)]] | None = Field(
+        None, min_length=2, max_length=MAX_CHOICES, description="Candidate answers D; the best-scoring one is "
+        "returned. Without choices the answer is generated."
+    )
+    max_new_tokens: int = Field(8, ge=1, le=64, description="Tokens generated for an answer without choices.")
+
+
+class AnalogyResponse(BaseModel):
+    a: str
+    b: str
+    c: str
+    answer: str
+    choice_scores: list[float] | None = Field(description="log p(choice | C, composite) per choice, in order.")
+    weights: dict[str, float] = Field(description="Composite weight of each bank relation.")
+    scores: dict[str, float] = Field(description="log p(B | A, vector) of each bank relation: what the weights "
+                                               "are inferred from.")
+    combiner: Literal["affine", "softmax"] = Field(description="'affine': the fitted combiner; 'softmax': none "
+                                                              "fitted for this bank, plain softmax weights.")
+
+
 class EvaluateRequest(Strict):
     relation: str | None = Field(None, description="A shipped relation; or give 'pairs'.")
     pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
@@ -149,6 +194,9 @@ class Job(BaseModel):
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     phase: str
     progress: float = Field(ge=0.0, le=1.0)
+    detail: dict[str, Any] | None = Field(
+        None, description="The current phase's figures, e.g. a fine-tuning epoch's loss and hold-out accuracy."
+    )
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     created: str

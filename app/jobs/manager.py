@@ -51,6 +51,7 @@ class Job:
     state: JobState = "queued"
     phase: str = "queued"
     progress: float = 0.0
+    detail: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     created: str = field(default_factory=_now)
@@ -60,7 +61,7 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state, "phase": self.phase,
-                "progress": round(self.progress, 4), "result": self.result, "error": self.error,
+                "progress": round(self.progress, 4), "detail": self.detail, "result": self.result, "error": self.error,
                 "created": self.created, "updated": self.updated}
 
 
@@ -71,9 +72,10 @@ class JobContext:
         self._manager = manager
         self._job = job
 
-    def report(self, phase: str, fraction: float) -> None:
+    def report(self, phase: str, fraction: float, detail: dict[str, Any] | None = None) -> None:
+        """``detail`` carries the phase's own figures (e.g. a training epoch's loss and hold-out accuracy)."""
         self.check_cancelled()
-        self._manager._update(self._job, phase=phase, progress=max(0.0, min(1.0, fraction)))
+        self._manager._update(self._job, phase=phase, progress=max(0.0, min(1.0, fraction)), detail=detail)
 
     def check_cancelled(self) -> None:
         if self._job.cancel_requested.is_set() or self._manager._stopping.is_set():
@@ -112,7 +114,8 @@ class JobManager:
             try:
                 record = json.loads(path.read_text())
                 job = Job(**{key: record[key] for key in
-                             ("id", "kind", "state", "phase", "progress", "result", "error", "created", "updated")})
+                             ("id", "kind", "state", "phase", "progress", "result", "error", "created", "updated")},
+                          detail=record.get("detail"))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring unreadable job record %s: %s", path, exc)
                 continue

@@ -104,6 +104,20 @@ class VectorRegistry:
             raise NotFound(f"no vector named {name[:80]!r} for model {self.model.name}", param=param)
         return stored
 
+    def refusal(self, name: str) -> str | None:
+        """Why a vector named ``name`` is not usable here, when a file of that name exists: refused at load, or
+        stored in another model's folder."""
+        path = self.folder / f"{name}{SUFFIX}"
+        with self._lock:
+            refused = next((item.reason for item in self.refused if item.file == str(path)), None)
+        if refused is not None:
+            return refused
+        others = sorted(other.parent.name for other in self.folder.parent.glob(f"*/{name}{SUFFIX}")
+                        if other.parent != self.folder)
+        if others:
+            return f"it was made for model {others[0]!r}; this server runs {self.model.name!r} ({self.model.slug})"
+        return None
+
     def add(self, vector: torch.Tensor, metadata: dict[str, str]) -> StoredVector:
         """Save a new vector (409 if the name is taken) and make it usable at once."""
         name = check_name(metadata["name"])

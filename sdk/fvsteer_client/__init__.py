@@ -10,6 +10,7 @@ from fvsteer_client.client import (
     CompletionOptions,
     EvaluateOptions,
     ExtractOptions,
+    FinetuneOptions,
     JobRef,
 )
 from fvsteer_client.errors import (
@@ -35,6 +36,7 @@ from fvsteer_client.errors import (
 from fvsteer_client.models import (
     Accuracy,
     AdminVectorListing,
+    Analogy,
     Baseline,
     Completion,
     DecodedToken,
@@ -64,6 +66,7 @@ __all__ = [
     "APITimeoutError",
     "Accuracy",
     "AdminVectorListing",
+    "Analogy",
     "AsyncClient",
     "AuthenticationError",
     "Baseline",
@@ -77,6 +80,7 @@ __all__ = [
     "EvaluateOptions",
     "Evaluation",
     "ExtractOptions",
+    "FinetuneOptions",
     "FvsteerClientError",
     "GatewayTimeoutError",
     "Health",

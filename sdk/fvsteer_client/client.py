@@ -35,6 +35,7 @@ from fvsteer_client.errors import (
 )
 from fvsteer_client.models import (
     AdminVectorListing,
+    Analogy,
     Completion,
     DecodedVector,
     DeletedVector,
@@ -48,7 +49,10 @@ from fvsteer_client.models import (
 )
 from fvsteer_client.pairs import PairsSource, normalize_pairs
 
-__all__ = ["DEFAULT_BASE_URL", "AsyncClient", "Client", "CompletionOptions", "EvaluateOptions", "ExtractOptions"]
+__all__ = [
+    "DEFAULT_BASE_URL", "AsyncClient", "Client", "CompletionOptions", "EvaluateOptions", "ExtractOptions",
+    "FinetuneOptions",
+]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0
@@ -96,6 +100,22 @@ class ExtractOptions(TypedDict, total=False):
     seed: int | None
 
 
+class FinetuneOptions(TypedDict, total=False):
+    """Fields of ``POST /vectors/finetune`` besides ``name``: exactly one of ``relation`` or ``pairs``; ``init`` is
+    ``"mediation"`` (default), ``"zero"``, ``"random"`` or ``"vector"`` (with ``init_vector``, a stored vector's
+    name); ``layer``, ``epochs``, ``lr``, ``l2`` and ``seed`` default on the server (the tuned values)."""
+
+    relation: str | None
+    pairs: PairsSource | None
+    init: Literal["mediation", "zero", "random", "vector"] | None
+    init_vector: str | None
+    layer: int | None
+    epochs: int | None
+    lr: float | None
+    l2: float | None
+    seed: int | None
+
+
 class EvaluateOptions(TypedDict, total=False):
     """Fields of ``POST /vectors/{name}/evaluate``: exactly one of ``relation`` or ``pairs``; ``seed`` and
     ``shots`` (demonstrations per in-context prompt, default 10) are optional."""
@@ -108,6 +128,7 @@ class EvaluateOptions(TypedDict, total=False):
 
 _COMPLETION_FIELDS = frozenset(CompletionOptions.__optional_keys__)
 _EXTRACT_FIELDS = frozenset(ExtractOptions.__optional_keys__)
+_FINETUNE_FIELDS = frozenset(FinetuneOptions.__optional_keys__)
 _EVALUATE_FIELDS = frozenset(EvaluateOptions.__optional_keys__)
 _VECTOR_LIST = TypeAdapter(list[VectorSummary])
 # How an option's Python value becomes its JSON value; options not listed are sent as they are.
@@ -172,9 +193,23 @@ def _extract_call(name: str, options: Mapping[str, Any]) -> _Call[Job]:
     return _Call("POST", "/vectors/extract", Job.model_validate, json=body)
 
 
+def _finetune_call(name: str, options: Mapping[str, Any]) -> _Call[Job]:
+    body = _body("finetune", _FINETUNE_FIELDS, options, name=name)
+    return _Call("POST", "/vectors/finetune", Job.model_validate, json=body)
+
+
 def _evaluate_call(name: str, options: Mapping[str, Any]) -> _Call[Evaluation]:
     body = _body("evaluate", _EVALUATE_FIELDS, options)
     return _Call("POST", f"/vectors/{_segment(name)}/evaluate", Evaluation.model_validate, json=body)
+
+
+def _analogy_call(a: str, b: str, c: str, choices: Sequence[str] | None, max_new_tokens: int | None) -> _Call[Analogy]:
+    body: dict[str, Any] = {"a": a, "b": b, "c": c}
+    if choices is not None:
+        body["choices"] = list(choices)
+    if max_new_tokens is not None:
+        body["max_new_tokens"] = max_new_tokens
+    return _Call("POST", "/analogies", Analogy.model_validate, json=body)
 
 
 def _decode_call(name: str, k: int) -> _Call[DecodedVector]:
@@ -475,6 +510,14 @@ class Client(_BaseClient):
         """
         return self._send(_extract_call(name, options))
 
+    def finetune(self, name: str, **options: Unpack[FinetuneOptions]) -> Job:
+        """``POST /vectors/finetune``: start a job that trains vector ``name`` on pairs with the model frozen.
+
+        ``job.detail`` carries each epoch's ``loss`` and ``holdout_top1``; the result's ``metrics`` hold hold-out
+        accuracy before and after and 10-shot prompting on the same pairs. Errors as for ``extract``.
+        """
+        return self._send(_finetune_call(name, options))
+
     def evaluate(self, name: str, **options: Unpack[EvaluateOptions]) -> Evaluation:
         """``POST /vectors/{name}/evaluate``: accuracy without/with the vector, zero-shot and in context.
 
@@ -482,6 +525,12 @@ class Client(_BaseClient):
         split is used, otherwise every pair is a test item.
         """
         return self._send(_evaluate_call(name, options))
+
+    def analogy(self, a: str, b: str, c: str, *, choices: Sequence[str] | None = None,
+                max_new_tokens: int | None = None) -> Analogy:
+        """``POST /analogies``: solve ``a : b :: c : ?`` with the composite the pair a:b implies over the server's
+        bank; with ``choices`` the best-scoring one is the answer, else it is generated."""
+        return self._send(_analogy_call(a, b, c, choices, max_new_tokens))
 
     def decode_vector(self, name: str, k: int = 10) -> DecodedVector:
         """``GET /vectors/{name}/decode``: the ``k`` tokens the vector promotes most (logit lens)."""
@@ -618,10 +667,20 @@ class AsyncClient(_BaseClient):
         call = await asyncio.to_thread(_extract_call, name, options)
         return await self._send(call)
 
+    async def finetune(self, name: str, **options: Unpack[FinetuneOptions]) -> Job:
+        """See ``Client.finetune``; a pairs file is read in a worker thread."""
+        call = await asyncio.to_thread(_finetune_call, name, options)
+        return await self._send(call)
+
     async def evaluate(self, name: str, **options: Unpack[EvaluateOptions]) -> Evaluation:
         """See ``Client.evaluate``; a pairs file is read in a worker thread."""
         call = await asyncio.to_thread(_evaluate_call, name, options)
         return await self._send(call)
+
+    async def analogy(self, a: str, b: str, c: str, *, choices: Sequence[str] | None = None,
+                      max_new_tokens: int | None = None) -> Analogy:
+        """See ``Client.analogy``."""
+        return await self._send(_analogy_call(a, b, c, choices, max_new_tokens))
 
     async def decode_vector(self, name: str, k: int = 10) -> DecodedVector:
         """See ``Client.decode_vector``."""

@@ -137,6 +137,7 @@ class Job(_Model):
     """A background job (``POST /vectors/extract``, ``GET /jobs/{id}``): one snapshot of it.
 
     ``state`` is one of ``queued | running | succeeded | failed | cancelled``; ``progress`` is in [0, 1];
+    ``detail`` holds the phase's figures (a fine-tuning epoch: ``epoch``, ``loss``, ``holdout_top1``);
     ``result`` is set once it ``succeeded`` (``result["vector"]`` names the vector it saved), ``error``
     (``{"type", "message", "param"}``) once it ``failed``.
     """
@@ -146,6 +147,7 @@ class Job(_Model):
     state: str
     phase: str
     progress: float
+    detail: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     created: str
@@ -195,6 +197,25 @@ class Evaluation(_Model):
 class DecodedToken(_Model):
     token: str
     prob: float
+
+
+class Analogy(_Model):
+    """``POST /analogies``: the answer to ``a : b :: c : ?``, the composite weight of each bank relation, and the
+    relation scores ``log p(b | a, vector)`` they were inferred from. ``combiner`` is ``"affine"`` (the fitted
+    combiner) or ``"softmax"``; ``choice_scores`` is set when choices were given."""
+
+    a: str
+    b: str
+    c: str
+    answer: str
+    choice_scores: list[float] | None = None
+    weights: dict[str, float]
+    scores: dict[str, float]
+    combiner: str
+
+    def top_relations(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` relations with the largest weights, largest first."""
+        return sorted(self.weights.items(), key=lambda item: item[1], reverse=True)[:k]
 
 
 class DecodedVector(_Model):

@@ -1,4 +1,4 @@
-"""Public vector listing."""
+"""Vectors: listing, extraction and fine-tuning jobs, evaluation, decoding."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.api.schemas import (
     EvaluateRequest,
     EvaluationResult,
     ExtractRequest,
+    FinetuneRequest,
     Job,
     VectorInfo,
     VectorList,
@@ -65,6 +66,30 @@ def extract_vector(body: ExtractRequest, svc: Services = Depends(services)) -> d
         n_trials=body.n_trials,
         n_heads=body.n_heads,
         layer=body.layer,
+        seed=body.seed,
+    )
+
+
+@router.post(
+    "/vectors/finetune",
+    status_code=202,
+    response_model=Job,
+    responses={**ERROR_RESPONSES, **NOT_FOUND, 409: {"model": ErrorEnvelope, "description": "Name taken"},
+               429: {"model": ErrorEnvelope, "description": "Too many jobs waiting"}},
+)
+def finetune_vector(body: FinetuneRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    """Start a fine-tuning job (the model frozen, the vector trained); each epoch's loss and hold-out accuracy
+    appear in the job's ``detail`` and events."""
+    return svc.vectors.start_finetune(
+        name=body.name,
+        relation=body.relation,
+        pairs=[pair.model_dump() for pair in body.pairs] if body.pairs is not None else None,
+        init=body.init,
+        init_vector=body.init_vector,
+        layer=body.layer,
+        epochs=body.epochs,
+        lr=body.lr,
+        l2=body.l2,
         seed=body.seed,
     )
 

@@ -1,0 +1,65 @@
+"""The bank of basis relations an analogy's composite is built from (FV_METHOD.md §7), and the relation scores
+``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` that say which of them a source pair A:B expresses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from app.analogy.scoring import ScoreRow, score_rows
+from app.errors import NotReady
+from app.fv.extraction import ModelHandle
+from app.fv.forward import Runner, run_here
+from app.fv.prompts import Template, bos_prefix
+from app.registry.registry import VectorRegistry
+
+MIN_BANK = 2
+
+
+@dataclass(frozen=True)
+class Bank:
+    names: list[str]
+    layers: list[int]
+    vectors: Tensor  # [K, d_model]
+
+    @classmethod
+    def from_registry(cls, registry: VectorRegistry, names: list[str] | None = None) -> Bank:
+        """``names`` in that order, or every fine-tuned vector of the registry (the starter bank and users')."""
+        stored = ([registry.get(name, param="bank") for name in names] if names is not None else
+                  [item for item in registry.list() if item.metadata.get("method") == "finetuned"])
+        if len(stored) < MIN_BANK:
+            raise NotReady(f"analogies need at least {MIN_BANK} fine-tuned vectors in the registry; it has "
+                           f"{len(stored)} (run `make vectors` or fine-tune some)")
+        return cls([item.name for item in stored], [item.layer for item in stored],
+                   torch.stack([item.vector.float() for item in stored]))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def composite(self, weights: Tensor) -> dict[int, Tensor]:
+        """``weights`` ``[N, K]`` → per-layer ``[N, d]`` sums ``Σᵢ wᵢ vᵢ`` (differentiable in the weights)."""
+        out: dict[int, Tensor] = {}
+        for layer in sorted(set(self.layers)):
+            index = torch.tensor([i for i, at in enumerate(self.layers) if at == layer])
+            out[layer] = weights[:, index] @ self.vectors[index]
+        return out
+
+    def one(self, name: str) -> dict[int, Tensor]:
+        index = self.names.index(name)
+        return {self.layers[index]: self.vectors[index]}
+
+
+def query(model: ModelHandle, text: str) -> str:
+    """The zero-shot query ``"Q: text\\nA:"`` every vector was trained on (with the model's BOS text if needed)."""
+    return bos_prefix(model.tokenizer, model.adapter.adds_bos) + Template().query(text)
+
+
+def relation_scores(
+    model: ModelHandle, bank: Bank, pairs: list[tuple[str, str]], *, run: Runner[Tensor] = run_here
+) -> Tensor:
+    """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector."""
+    rows = [ScoreRow(query(model, a), b, {layer: vector})
+            for a, b in pairs for layer, vector in zip(bank.layers, bank.vectors, strict=True)]
+    return score_rows(model.adapter, model.tokenizer, rows, batch_size=64, run=run).reshape(len(pairs), len(bank))

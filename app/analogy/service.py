@@ -1,0 +1,83 @@
+"""``POST /analogies``: A:B :: C:? answered with the composite the source pair implies.
+
+The bank is the fitted combiner's relations when ``vectors/<model>/combiner.json`` is there and all of them are
+loaded; otherwise every fine-tuned vector in the registry with plain softmax weights (the answer says which).
+The relation scores and a multiple-choice pick run on the engine thread; a generated answer goes through the
+ordinary completion path with the composite as relation weights, so it is batched with other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.analogy.bank import Bank, query
+from app.analogy.combiner import FILE_NAME, Combiner
+from app.analogy.datasets import AnalogyProblem
+from app.analogy.solver import candidate_scores, infer_weights
+from app.completions import CompletionInput, CompletionService
+from app.engine.engine import Engine
+from app.errors import InvalidInput
+from app.fv.extraction import ModelHandle
+from app.registry.registry import VectorRegistry
+
+log = logging.getLogger(__name__)
+MAX_CHOICES = 32
+MAX_TERM_CHARS = 200
+
+
+@dataclass
+class AnalogyService:
+    model: ModelHandle
+    engine: Engine
+    registry: VectorRegistry
+    completions: CompletionService
+
+    def _combiner_path(self) -> Path:
+        return self.registry.folder / FILE_NAME
+
+    def bank(self) -> tuple[Bank, Combiner]:
+        """The bank and combiner in force now (vectors may have been added or deleted since start)."""
+        path = self._combiner_path()
+        if path.is_file():
+            try:
+                combiner = Combiner.load(path, self.model.fingerprint)
+                loaded = {stored.name for stored in self.registry.list()}
+                if set(combiner.relations) <= loaded:
+                    return Bank.from_registry(self.registry, combiner.relations), combiner
+                log.warning("combiner %s needs vectors that are not loaded; using softmax weights", path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring combiner %s: %s", path, exc)
+        bank = Bank.from_registry(self.registry)
+        return bank, Combiner.softmax(bank.names)
+
+    async def solve(self, a: str, b: str, c: str, choices: list[str] | None, max_new_tokens: int) -> dict[str, Any]:
+        for param, term in (("a", a), ("b", b), ("c", c), *((f"choices[{i}]", x) for i, x in enumerate(choices or []))):
+            if not term.strip():
+                raise InvalidInput(f"{param} is empty; every term of an analogy needs text", param=param)
+        a, b, c = a.strip(), b.strip(), c.strip()
+        bank, combiner = self.bank()
+        scores, weights = await asyncio.to_thread(
+            infer_weights, self.model, bank, combiner, [(a, b)], run=self.engine.call)
+        by_relation = {name: float(weight) for name, weight in zip(bank.names, weights[0].tolist(), strict=True)}
+        answer: dict[str, Any]
+        if choices:
+            problem = AnalogyProblem(None, (a, b), [(c, choice.strip()) for choice in choices], 0)
+            vector = {layer: block[0] for layer, block in bank.composite(weights).items()}
+            (per_choice,) = await asyncio.to_thread(
+                candidate_scores, self.model, [problem], [vector], run=self.engine.call)
+            best = int(per_choice.argmax())
+            answer = {"answer": choices[best].strip(), "choice_scores": [float(x) for x in per_choice.tolist()]}
+        else:
+            completion = await self.completions.complete(CompletionInput(
+                prompt=query(self.model, c), relations=by_relation, max_new_tokens=max_new_tokens, stop=("\n",)))
+            answer = {"answer": completion["text"].strip(), "choice_scores": None}
+        return {
+            "a": a, "b": b, "c": c, **answer,
+            "weights": by_relation,
+            "scores": {name: float(score) for name, score in zip(bank.names, scores[0].tolist(), strict=True)},
+            "combiner": combiner.kind,
+        }

@@ -1,0 +1,162 @@
+"""Solving A:B :: C:? with a composite function vector, and measuring it on analogy datasets.
+
+The source pair's relation scores give the composite weights (through the combiner); the composite is added at
+the last token of ``"Q: C\\nA:"``. A multiple-choice problem picks the candidate D with the highest
+``log p(D | "Q: C\\nA:", composite)``; the unsteered baseline picks by ``log p(D | "A : B :: C :")``, and the
+oracle uses the vector of the problem's known relation instead of the composite.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from app.analogy.bank import Bank, query, relation_scores
+from app.analogy.combiner import Combiner
+from app.analogy.datasets import AnalogyProblem
+from app.analogy.scoring import ScoreRow, score_rows
+from app.fv.extraction import ModelHandle
+from app.fv.forward import Runner, run_here
+from app.fv.prompts import bos_prefix
+
+# Dataset relation labels → the bank relation that expresses the same relation in the same direction.
+ORACLE_RELATIONS: dict[str, str] = {
+    # UCLA VAT ("Function" pairs an action with its agent or product: no bank relation matches)
+    "Synonym": "synonym",
+    "Opposite": "antonym",
+    "Category Members": "category-member",
+    # BATS (Ushio et al.'s multiple-choice form)
+    "I01 [noun - plural_reg]": "singular-plural",
+    "I02 [noun - plural_irreg]": "singular-plural",
+    "I03 [adj - comparative]": "comparative",
+    "I07 [verb_inf - Ved]": "present-past",
+    "D08 [verb+er_irreg]": "verb-agent",
+    "E01 [country - capital]": "country-capital",
+    "E02 [country - language]": "country-language",
+    "E06 [animal - young]": "animal-young",
+    "E09 [things - color]": "object-color",
+    "E10 [male - female]": "male-female",
+    "L01 [hypernyms - animals]": "member-category",
+    "L02 [hypernyms - misc]": "member-category",
+    "L03 [hyponyms - misc]": "category-member",
+    "L08 [synonyms - exact]": "synonym",
+    "L09 [antonyms - gradable]": "antonym",
+    "L10 [antonyms - binary]": "antonym",
+    # Google
+    "capital-common-countries": "country-capital",
+    "capital-world": "country-capital",
+    "family": "male-female",
+    "gram3-comparative": "comparative",
+    "gram8-plural": "singular-plural",
+}
+
+
+def infer_weights(
+    model: ModelHandle, bank: Bank, combiner: Combiner, sources: list[tuple[str, str]], *,
+    run: Runner[Tensor] = run_here,
+) -> tuple[Tensor, Tensor]:
+    """(scores, weights), both ``[N, K]``, for each source pair A:B."""
+    scores = relation_scores(model, bank, sources, run=run)
+    return scores, combiner.weights(scores)
+
+
+def baseline_prompt(model: ModelHandle, source: tuple[str, str], c: str) -> str:
+    return bos_prefix(model.tokenizer, model.adapter.adds_bos) + f"{source[0]} : {source[1]} :: {c} :"
+
+
+def candidate_scores(
+    model: ModelHandle, problems: list[AnalogyProblem], vectors: list[dict[int, Tensor] | None], *,
+    run: Runner[Tensor] = run_here,
+) -> list[Tensor]:
+    """Per problem, the score of each candidate: steered ``"Q: C\\nA:"`` where the problem has a vector, else the
+    unsteered ``"A : B :: C :"`` baseline."""
+    rows: list[ScoreRow] = []
+    for problem, vector in zip(problems, vectors, strict=True):
+        for c, d in problem.candidates:
+            prompt = baseline_prompt(model, problem.source, c) if vector is None else query(model, c)
+            rows.append(ScoreRow(prompt, d, vector))
+    flat = score_rows(model.adapter, model.tokenizer, rows, run=run).tolist()
+    out, at = [], 0
+    for problem in problems:
+        out.append(torch.tensor(flat[at : at + len(problem.candidates)]))
+        at += len(problem.candidates)
+    return out
+
+
+@dataclass
+class ConditionCounts:
+    correct: int = 0
+    n: int = 0
+
+    def add(self, right: bool) -> None:
+        self.correct += int(right)
+        self.n += 1
+
+    def accuracy(self) -> float | None:
+        return self.correct / self.n if self.n else None
+
+
+@dataclass
+class AnalogyReport:
+    """Accuracy per condition (baseline, softmax, composite, oracle), overall and per relation type."""
+
+    overall: dict[str, ConditionCounts] = field(default_factory=lambda: defaultdict(ConditionCounts))
+    by_relation: dict[str, dict[str, ConditionCounts]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(ConditionCounts)))
+    picked_oracle: ConditionCounts = field(default_factory=ConditionCounts)
+
+    def add(self, relation: str, condition: str, right: bool) -> None:
+        self.overall[condition].add(right)
+        self.by_relation[relation][condition].add(right)
+
+    def as_dict(self) -> dict[str, object]:
+        def table(counts: dict[str, ConditionCounts]) -> dict[str, object]:
+            out: dict[str, object] = {condition: item.accuracy() for condition, item in counts.items()}
+            out["n"] = max((item.n for item in counts.values()), default=0)
+            return out
+
+        overall = table(self.overall)
+        return {"baseline": overall.get("baseline"), "composite": overall.get("composite"),
+                "softmax": overall.get("softmax"), "oracle": overall.get("oracle"),
+                "n": overall["n"], "n_oracle": self.overall["oracle"].n if "oracle" in self.overall else 0,
+                "weights_pick_oracle": self.picked_oracle.accuracy(),
+                "by_relation": {relation: table(counts) for relation, counts in sorted(self.by_relation.items())}}
+
+
+def evaluate_analogies(
+    model: ModelHandle, bank: Bank, combiner: Combiner, problems: list[AnalogyProblem], *,
+    batch: int = 64, run: Runner[Tensor] = run_here, progress: Callable[[int, int], None] = lambda done, total: None,
+) -> AnalogyReport:
+    """Baseline, plain-softmax composite, fitted composite and oracle accuracy of multiple-choice problems."""
+    softmax = Combiner.softmax(combiner.relations, combiner.temperature)
+    report = AnalogyReport()
+    for start in range(0, len(problems), batch):
+        chunk = problems[start : start + batch]
+        scores, weights = infer_weights(model, bank, combiner, [p.source for p in chunk], run=run)
+        plain = softmax.weights(scores)
+        oracles = [ORACLE_RELATIONS.get(p.relation or "") for p in chunk]
+        oracles = [name if name in bank.names else None for name in oracles]
+        conditions: dict[str, list[dict[int, Tensor] | None]] = {
+            "baseline": [None] * len(chunk),
+            "composite": [{layer: block[i] for layer, block in bank.composite(weights).items()}
+                          for i in range(len(chunk))],
+            "softmax": [{layer: block[i] for layer, block in bank.composite(plain).items()}
+                        for i in range(len(chunk))],
+        }
+        results = {name: candidate_scores(model, chunk, vectors, run=run) for name, vectors in conditions.items()}
+        with_oracle = [i for i, name in enumerate(oracles) if name is not None]
+        oracle_scores = candidate_scores(model, [chunk[i] for i in with_oracle],
+                                         [bank.one(oracles[i] or "") for i in with_oracle], run=run)
+        for i, problem in enumerate(chunk):
+            relation = problem.relation or "unlabelled"
+            for name, per_problem in results.items():
+                report.add(relation, name, int(per_problem[i].argmax()) == problem.answer)
+        for j, i in enumerate(with_oracle):
+            report.add(chunk[i].relation or "unlabelled", "oracle", int(oracle_scores[j].argmax()) == chunk[i].answer)
+            report.picked_oracle.add(bank.names[int(weights[i].argmax())] == oracles[i])
+        progress(min(start + batch, len(problems)), len(problems))
+    return report

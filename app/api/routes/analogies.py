@@ -1,0 +1,24 @@
+"""POST /analogies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from app.api.errors import ERROR_RESPONSES
+from app.api.routes.deps import services
+from app.api.schemas import AnalogyRequest, AnalogyResponse, ErrorEnvelope
+from app.runtime import Services
+
+router = APIRouter(tags=["analogies"])
+
+
+@router.post(
+    "/analogies",
+    response_model=AnalogyResponse,
+    responses={**ERROR_RESPONSES, 429: {"model": ErrorEnvelope, "description": "Queue full"}},
+)
+async def solve_analogy(body: AnalogyRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    """A:B :: C:? — composite weights inferred from A:B over the bank, the composite added at the query for C."""
+    return await svc.analogies.solve(body.a, body.b, body.c, body.choices, body.max_new_tokens)

@@ -1,0 +1,180 @@
+"""A fine-tuned vector made from a relation's pairs, end to end: the split, the initial vector, the training, the
+10-shot comparison on the same hold-out, and the metadata that records all of it.
+
+The fine-tuning job and ``make vectors`` (the starter bank) both call :func:`make_finetuned`, so a bank vector
+and a user's vector are made the same way. The pairs' test split (the one ``POST /vectors/{name}/evaluate``
+scores) is never trained on: training uses train + valid, and a seeded hold-out of those picks the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from app.cache.head_means import HeadMeanCache
+from app.errors import InvalidInput
+from app.fv.evaluation import accuracy, ranks_of_answers
+from app.fv.extraction import ExtractionSpec, ModelHandle, extract
+from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune, split_holdout
+from app.fv.forward import Runner, run_here
+from app.fv.pairs import Pair, dataset_sha256, split_pairs
+from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts
+
+InitKind = Literal["mediation", "zero", "random", "vector"]
+Report = Callable[[str, float, dict[str, Any] | None], None]
+
+# Tuned on the embedded model (docs/results.md, "Fine-tuned function vectors"); recorded in every vector's metadata.
+DEFAULT_EPOCHS = 40
+DEFAULT_LR = 0.1
+DEFAULT_L2 = 0.0
+DEFAULT_LAYER_FRACTION = 0.3  # block ≈ 30 % of the depth (9 of 30 on SmolLM2-135M)
+LIMITS = {"epochs": (1, 500), "lr": (1e-5, 10.0), "l2": (0.0, 100.0)}
+# The mediation FV is only a starting point here, so it is averaged over fewer prompts than a standalone
+# extraction (100 / 25): at the training layer it scores near zero anyway; training does the work.
+INIT_PROMPTS = 40
+INIT_TRIALS = 10
+# Progress shares of the job's phases when the mediation FV is computed first.
+MEDIATION_SHARE = 0.4
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    init: InitKind = "mediation"
+    init_vector: Tensor | None = None  # init == "vector": the stored vector to start from
+    init_name: str | None = None
+    layer: int | None = None  # None → DEFAULT_LAYER_FRACTION of the depth
+    epochs: int = DEFAULT_EPOCHS
+    lr: float = DEFAULT_LR
+    l2: float = DEFAULT_L2
+    seed: int = 0
+
+
+@dataclass
+class FinetunedVector:
+    vector: Tensor
+    layer: int
+    result: FinetuneResult
+    heads: list[tuple[int, int, float]]
+    icl_holdout_top1: float
+    seconds: dict[str, float]
+    cache_hit: bool | None
+
+    def metrics(self, options: FinetuneOptions) -> dict[str, Any]:
+        result = self.result
+        return {
+            "init": options.init if options.init != "vector" else f"vector:{options.init_name}",
+            "epochs": options.epochs,
+            "lr": options.lr,
+            "l2": options.l2,
+            "seed": options.seed,
+            "n_train": result.n_train,
+            "n_holdout": result.n_holdout,
+            "best_epoch": result.best_epoch,
+            "holdout_top1_before": result.holdout_before,
+            "holdout_top1_after": result.holdout_after,
+            "holdout_icl_top1": self.icl_holdout_top1,
+            "shots": DEFAULT_SHOTS,
+            "history": [{key: round(value, 4) for key, value in record.items()} for record in result.history],
+            "seconds": {key: round(value, 2) for key, value in self.seconds.items()},
+        }
+
+    def metadata(self, name: str, relation: str, pairs: list[Pair], options: FinetuneOptions) -> dict[str, str]:
+        return {
+            "name": name,
+            "relation": relation,
+            "layer": str(self.layer),
+            "method": "finetuned",
+            "heads": json.dumps([[layer, head, round(aie, 6)] for layer, head, aie in self.heads]),
+            "dataset_sha256": dataset_sha256(pairs),
+            "n_pairs": str(len(pairs)),
+            "template": Template().describe(),
+            "metrics": json.dumps(self.metrics(options)),
+        }
+
+
+def default_layer(n_layers: int) -> int:
+    return min(n_layers - 1, round(DEFAULT_LAYER_FRACTION * n_layers))
+
+
+def check_options(options: FinetuneOptions, n_layers: int, d_model: int) -> None:
+    """Refuse what the training cannot do, naming the parameter and its range."""
+    for param, (low, high) in LIMITS.items():
+        value = getattr(options, param)
+        if not low <= value <= high:
+            raise InvalidInput(f"{param} is {value}; it must be within [{low:g}, {high:g}]", param=param)
+    if options.layer is not None and not 0 <= options.layer < n_layers:
+        raise InvalidInput(f"layer {options.layer} is outside the model's 0..{n_layers - 1}", param="layer")
+    if (options.init == "vector") != (options.init_vector is not None):
+        raise InvalidInput("init 'vector' needs init_vector (a stored vector's name), and only it", param="init_vector")
+    if options.init_vector is not None and options.init_vector.shape != (d_model,):
+        raise InvalidInput(f"init_vector has shape {list(options.init_vector.shape)}; the model needs [{d_model}]",
+                           param="init_vector")
+
+
+def random_init(model: ModelHandle, seed: int) -> Tensor:
+    """A seeded Gaussian direction with the mean norm of the model's token embeddings (the scale of one token)."""
+    embedding: torch.nn.Module = model.adapter.model.get_input_embeddings()
+    weight = embedding.get_parameter("weight").detach().float()
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(model.adapter.d_model, generator=generator)
+    scale = float(weight.norm(dim=-1).mean())
+    return direction * (scale / float(direction.norm()))
+
+
+def make_finetuned(
+    model: ModelHandle,
+    pairs: list[Pair],
+    options: FinetuneOptions,
+    cache: HeadMeanCache,
+    *,
+    run: Runner[Any] = run_here,
+    report: Report = lambda phase, fraction, detail: None,
+) -> FinetunedVector:
+    adapter, tokenizer = model.adapter, model.tokenizer
+    check_options(options, adapter.n_layers, adapter.d_model)
+    layer = default_layer(adapter.n_layers) if options.layer is None else options.layer
+    split = split_pairs(pairs, options.seed)
+    training_pairs = split.train + split.valid
+    seconds: dict[str, float] = {}
+    heads: list[tuple[int, int, float]] = []
+    cache_hit: bool | None = None
+    share = 0.0
+
+    started = time.monotonic()
+    if options.init == "mediation":
+        share = MEDIATION_SHARE
+        spec = ExtractionSpec(pairs, n_prompts=INIT_PROMPTS, n_trials=INIT_TRIALS, layer=layer, seed=options.seed)
+        extraction = extract(model, spec, cache, run=run,
+                             report=lambda phase, fraction: report(f"mediation:{phase}", share * fraction, None))
+        init, heads, cache_hit = extraction.vector, extraction.heads, extraction.cache_hit
+    elif options.init == "zero":
+        init = torch.zeros(adapter.d_model)
+    elif options.init == "random":
+        init = random_init(model, options.seed)
+    else:
+        assert options.init_vector is not None
+        init = options.init_vector
+    seconds["init"] = time.monotonic() - started
+
+    started = time.monotonic()
+    training = FinetuneSpec(training_pairs, layer, epochs=options.epochs, lr=options.lr, l2=options.l2,
+                            seed=options.seed)
+    result = finetune(model, training, init, run=run, report=lambda phase, fraction, detail: report(
+        "training", share + (1 - share) * fraction, {**detail, "epochs": options.epochs}))
+    seconds["training"] = time.monotonic() - started
+
+    # 10-shot prompting on the same hold-out pairs, demonstrations from the training part: the bar to meet.
+    train_part, holdout = split_holdout(training_pairs, training.holdout_fraction, options.seed)
+    prefix = bos_prefix(tokenizer, adapter.adds_bos)
+    shots = min(DEFAULT_SHOTS, len(train_part) - 1)
+    icl = icl_prompts(tokenizer, Template(), prefix, train_part, holdout, random.Random(options.seed), shots)
+    icl_top1 = accuracy(ranks_of_answers(adapter, tokenizer, icl, run=run))
+    report("done", 1.0, None)
+    return FinetunedVector(result.vector, layer, result, heads, icl_top1, seconds, cache_hit)

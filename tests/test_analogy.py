@@ -1,0 +1,140 @@
+"""Analogy machinery on a tiny random model: continuation scoring against a plain forward, the bank's per-layer
+composite, the combiner (softmax start, save/load, fitting), and the dataset evaluation's bookkeeping."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.analogy.bank import Bank, query, relation_scores
+from app.analogy.combiner import Combiner, FitOptions, fit_combiner, training_analogies
+from app.analogy.datasets import AnalogyProblem
+from app.analogy.scoring import ScoreRow, score_rows
+from app.analogy.solver import ORACLE_RELATIONS, evaluate_analogies
+from app.engine.adapter import adapt
+from app.fv.extraction import ModelHandle
+from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model() -> ModelHandle:
+    network, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    return ModelHandle(adapt(network, tokenizer), tokenizer, "fp", "tiny")
+
+
+def reference_log_prob(model: ModelHandle, prompt: str, continuation: str, layer: int | None,
+                       vector: torch.Tensor | None) -> float:
+    """One unpadded forward; the vector added by a plain hook at the prompt's last token."""
+    tokenizer, adapter = model.tokenizer, model.adapter
+    prompt_ids = tokenizer(prompt).input_ids
+    answer_ids = tokenizer(" " + continuation, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt_ids + answer_ids])
+    handle = None
+    if layer is not None and vector is not None:
+        def hook(module: torch.nn.Module, args: object, output: object) -> object:
+            hidden = output[0] if isinstance(output, tuple) else output
+            assert isinstance(hidden, torch.Tensor)
+            hidden = hidden.clone()
+            hidden[0, len(prompt_ids) - 1] += vector
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        handle = adapter.blocks[layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            log_probs = torch.log_softmax(adapter.model(input_ids=ids).logits[0].float(), dim=-1)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return sum(float(log_probs[len(prompt_ids) - 1 + i, token]) for i, token in enumerate(answer_ids))
+
+
+def test_scores_match_single_unpadded_forwards(model: ModelHandle) -> None:
+    d = model.adapter.d_model
+    vector = torch.randn(d, generator=torch.Generator().manual_seed(1))
+    cases = [("Q: hot\nA:", "cold", None, None), ("Q: a much longer prompt\nA:", "xy", 1, vector),
+             ("a : b :: c :", "d", 2, -vector), ("Q: up\nA:", "down under", 1, vector)]
+    rows = [ScoreRow(prompt, cont, None if layer is None else {layer: vec}) for prompt, cont, layer, vec in cases]
+    batched = score_rows(model.adapter, model.tokenizer, rows, batch_size=4)
+    for (prompt, cont, layer, vec), got in zip(cases, batched.tolist(), strict=True):
+        assert math.isclose(got, reference_log_prob(model, prompt, cont, layer, vec), abs_tol=1e-4)
+
+
+def test_bank_composite_sums_per_layer() -> None:
+    vectors = torch.eye(3, 4)
+    bank = Bank(["p", "q", "r"], [1, 2, 1], vectors)
+    weights = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    composite = bank.composite(weights)
+    assert set(composite) == {1, 2}
+    assert torch.allclose(composite[1], torch.tensor([[1.0, 0.0, 3.0, 0.0], [0.5, 0.0, -1.0, 0.0]]))
+    assert torch.allclose(composite[2], torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    one = bank.one("q")
+    assert set(one) == {2} and torch.equal(one[2], vectors[1])
+
+
+def test_softmax_combiner_and_save_load(tmp_path: Path) -> None:
+    scores = torch.tensor([[0.0, -1.0, -3.0]])
+    plain = Combiner.softmax(["p", "q", "r"], temperature=0.5)
+    assert torch.allclose(plain.weights(scores), torch.softmax(scores / 0.5, dim=-1))
+    fitted = Combiner(["p", "q", "r"], torch.eye(3) * 2, torch.tensor([0.1, 0.0, -0.1]), 0.7, metrics={"n": 3})
+    path = tmp_path / "combiner.json"
+    fitted.save(path, "fp")
+    loaded = Combiner.load(path, "fp")
+    assert loaded.relations == fitted.relations and loaded.temperature == 0.7 and loaded.kind == "affine"
+    assert torch.allclose(loaded.weights(scores), fitted.weights(scores))
+    with pytest.raises(ValueError, match="fingerprint"):
+        Combiner.load(path, "another-model")
+
+
+def test_training_analogies_use_test_split_pairs_of_one_relation() -> None:
+    analogies = training_analogies(["antonym", "synonym"], per_relation=10, seed=0)
+    assert len(analogies) == 20
+    for item in analogies:
+        test = {(p.input, p.output) for p in split_pairs(relation_pairs(item.relation), 0).test}
+        assert item.source in test and item.target in test and item.source != item.target
+
+
+def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) -> None:
+    d = model.adapter.d_model
+    generator = torch.Generator().manual_seed(0)
+    bank = Bank(["antonym", "synonym", "capitalize"], [1, 1, 2], torch.randn(3, d, generator=generator))
+    options = FitOptions(per_relation=6, epochs=2, batch_size=8, lr=0.05)
+    combiner = fit_combiner(model, bank, options)
+    metrics = combiner.metrics
+    assert combiner.relations == bank.names and combiner.kind == "affine"
+    assert metrics["valid_log_prob_fitted"] >= metrics["valid_log_prob_softmax"]
+    assert metrics["n_train"] + metrics["n_valid"] == 18
+    assert fit_combiner(model, bank, options).weight.equal(combiner.weight)  # seeded: same fit
+
+
+def test_relation_scores_shape_and_steering_matters(model: ModelHandle) -> None:
+    d = model.adapter.d_model
+    bank = Bank(["p", "q"], [1, 1], torch.stack([torch.zeros(d), torch.ones(d) * 3]))
+    scores = relation_scores(model, bank, [("hot", "cold"), ("up", "down")])
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    unsteered = score_rows(model.adapter, model.tokenizer, [ScoreRow(query(model, "hot"), "cold")])
+    assert math.isclose(float(scores[0, 0]), float(unsteered[0]), abs_tol=1e-4)  # zero vector = no steering
+    assert not math.isclose(float(scores[0, 1]), float(scores[0, 0]), abs_tol=1e-3)
+
+
+def test_evaluation_counts_every_condition(model: ModelHandle) -> None:
+    d = model.adapter.d_model
+    bank = Bank(["antonym", "synonym"], [1, 1], torch.randn(2, d, generator=torch.Generator().manual_seed(2)))
+    problems = [AnalogyProblem("Opposite", ("hot", "cold"), [("up", "down"), ("up", "high")], 0),
+                AnalogyProblem("Synonym", ("big", "large"), [("small", "little"), ("small", "huge")], 0),
+                AnalogyProblem("Function", ("fly", "bird"), [("hop", "rabbit"), ("hop", "leg")], 0),
+                AnalogyProblem(None, ("a", "b"), [("c", "d"), ("e", "f"), ("g", "h")], 2)]
+    report = evaluate_analogies(model, bank, Combiner.softmax(bank.names), problems, batch=3).as_dict()
+    assert report["n"] == 4 and report["n_oracle"] == 2  # Opposite and Synonym map to bank relations
+    for key in ("baseline", "composite", "softmax"):
+        assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
+    assert report["composite"] == report["softmax"]  # a softmax combiner is the softmax condition
+    by_relation = report["by_relation"]
+    assert isinstance(by_relation, dict)
+    assert by_relation["Function"]["n"] == 1 and "oracle" not in by_relation["Function"]
+
+
+def test_oracle_relations_are_shipped() -> None:
+    assert set(ORACLE_RELATIONS.values()) <= set(shipped_relations())
