@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint typecheck bench-serving clean
+.PHONY: install serve test test-fast lint typecheck bench-serving vectors clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app sdk tests benchmarks
 	$(BIN)/mypy
+
+# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h on 2 cores; resumes).
+vectors: $(STAMP)
+	$(BIN)/python -m app.starter_bank $(BANK_ARGS)
 
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/serving.py

@@ -25,6 +25,7 @@ from fvsteer_client import Client, Evaluation, Job, ServiceUnavailableError
 from app.plots import plot_vector
 
 ROOT = Path(__file__).resolve().parent.parent
+FINETUNED_MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
 CORE = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
 COLUMNS = [("zero_shot", "zero-shot"), ("zero_shot_fv", "zero-shot + FV"), ("icl", "10-shot ICL"),
            ("icl_shuffled", "shuffled 10-shot"), ("icl_shuffled_fv", "shuffled 10-shot + FV")]
@@ -120,7 +121,9 @@ def write_report(path: Path, model: str, rows: list[tuple[str, Job, Evaluation]]
     command = f".venv/bin/python benchmarks/fv_report.py --relations {','.join(relations)}"
     lines += ["", "## Regenerate", "", "```bash", command, "```", "",
               f"Generated {datetime.now(UTC).date().isoformat()}.", ""]
-    path.write_text("\n".join(lines))
+    # The fine-tuned / composite section is written by benchmarks/finetune_report.py: keep it.
+    kept = path.read_text().partition(FINETUNED_MARKER) if path.exists() else ("", "", "")
+    path.write_text("\n".join(lines) + ("\n" + kept[1] + kept[2] if kept[1] else ""))
 
 
 if __name__ == "__main__":

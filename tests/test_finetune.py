@@ -60,3 +60,17 @@ def test_holdout_split_is_seeded_disjoint_and_complete() -> None:
     assert len(holdout) == 5 and len(train) == 15
     assert {p.input for p in train}.isdisjoint({p.input for p in holdout})
     assert split_holdout(PAIRS, 0.25, seed=1) == (train, holdout)
+
+
+def test_chunked_gradient_equals_the_full_batch_one() -> None:
+    model = handle()
+    start = torch.zeros(model.adapter.d_model)
+    whole = finetune(model, FinetuneSpec(PAIRS, layer=1, epochs=5, lr=0.3, chunk_size=100), start)
+    chunked = finetune(model, FinetuneSpec(PAIRS, layer=1, epochs=5, lr=0.3, chunk_size=4), start)
+    calls: list[int] = []
+    counted = finetune(model, FinetuneSpec(PAIRS, layer=1, epochs=2, lr=0.3, chunk_size=4), start,
+                       run=lambda fn: calls.append(1) or fn())
+    assert torch.allclose(whole.vector, chunked.vector, atol=1e-4)
+    for a, b in zip(whole.history, chunked.history, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and a["train_top1"] == b["train_top1"]
+    assert len(calls) == 1 + 2 * (4 + 1) and counted.n_train == 15  # hold-out first; per epoch 4 chunks + update

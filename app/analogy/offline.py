@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,41 +52,45 @@ def analogy_accuracy(local: LocalModel, dataset: Path, *, limit: int | None = No
     return {"dataset": str(dataset), "combiner": combiner.kind, "bank": len(bank), **report.as_dict()}
 
 
-@dataclass
-class _Vector:
-    layer: int
-    vector: Tensor
+MediationSource = Callable[[str], tuple[int, Tensor]]
 
 
-def _mediation_vector(local: LocalModel, relation: str, say: Say) -> _Vector:
+def registry_or_extracted(local: LocalModel, say: Say) -> MediationSource:
     """``<relation>-cma`` from the registry, else extracted now with the default settings (head means cached)."""
-    try:
-        stored = local.registry.get(f"{relation}-cma")
-        return _Vector(stored.layer, stored.vector)
-    except NotFound:
-        say(f"  extracting the mediation FV of {relation} (not in the registry as {relation}-cma)")
-        result = extract(local.model, ExtractionSpec(relation_pairs(relation)), local.cache)
-        return _Vector(result.layer, result.vector)
+    made: dict[str, tuple[int, Tensor]] = {}
+
+    def source(relation: str) -> tuple[int, Tensor]:
+        if relation not in made:
+            try:
+                stored = local.registry.get(f"{relation}-cma")
+                made[relation] = (stored.layer, stored.vector)
+            except NotFound:
+                say(f"  extracting the mediation FV of {relation} (not in the registry as {relation}-cma)")
+                result = extract(local.model, ExtractionSpec(relation_pairs(relation)), local.cache)
+                made[relation] = (result.layer, result.vector)
+        return made[relation]
+
+    return source
 
 
-def alignment(local: LocalModel, semeval: Path, *, say: Say = lambda line: None) -> dict[str, Any]:
+def alignment(local: LocalModel, semeval: Path, *, mediation: MediationSource | None = None,
+              say: Say = lambda line: None) -> dict[str, Any]:
     subcategories = [sub for sub in read_semeval(semeval) if sub.id in SEMEVAL_RELATIONS]
     loaded = {stored.name: stored for stored in local.registry.list()}
     missing = sorted({SEMEVAL_RELATIONS[sub.id] for sub in subcategories} - set(loaded))
     if missing:
         raise InvalidInput(f"alignment needs the fine-tuned vectors {', '.join(missing)} (run `make vectors`)",
                            param="semeval")
-    mediation: dict[str, _Vector] = {}
+    mediation = mediation or registry_or_extracted(local, say)
     rows: list[dict[str, Any]] = []
     model = local.model
     for sub in subcategories:
         relation = SEMEVAL_RELATIONS[sub.id]
-        if relation not in mediation:
-            mediation[relation] = _mediation_vector(local, relation, say)
+        layer, vector = mediation(relation)
         finetuned = loaded[relation]
         conditions: dict[str, dict[int, Tensor] | None] = {
             "finetuned": {finetuned.layer: finetuned.vector},
-            "mediation": {mediation[relation].layer: mediation[relation].vector},
+            "mediation": {layer: vector},
             "unsteered": None,
         }
         row: dict[str, Any] = {"subcategory": sub.id, "name": f"{sub.category}: {sub.name}", "relation": relation,

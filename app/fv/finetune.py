@@ -4,11 +4,13 @@ on top.
 
 Loss = cross-entropy of the first answer token + ``l2 · ‖v − v₀‖²``; Adam with a cosine schedule over full-batch
 epochs; a seeded hold-out of the pairs picks the checkpoint (best hold-out top-1, then lowest hold-out loss).
-Every step is one callable handed to ``run`` so it can interleave with serving on the engine thread.
+A step is several short callables handed to ``run`` (the gradient accumulated over chunks of ``chunk_size``
+prompts, then the update), so on the engine thread decoding interleaves with training at a fine grain.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -38,6 +40,7 @@ class FinetuneSpec:
     l2: float = 0.0
     seed: int = 0
     holdout_fraction: float = 0.25
+    chunk_size: int = 8  # prompts per engine task: bounds how long one task holds the engine from decoding
     template: Template = field(default_factory=Template)
 
 
@@ -66,17 +69,18 @@ def _steering(layer: int, vector: Tensor, rows: int, width: int) -> BatchSteerin
     return BatchSteering({layer: vector.reshape(1, -1).expand(rows, -1)}, positions)
 
 
-def _loss_and_accuracy(
+def _loss_and_correct(
     model: ModelHandle, items: list[PromptItem], layer: int, vector: Tensor
 ) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy of the answers' first tokens and the number right (top-1)."""
     device = model_device(model.adapter)
     ids, mask = encode_left_padded(model.tokenizer, [item.text for item in items], device)
     answers = torch.tensor([item.answer_token for item in items], device=device)
     with steered(model.adapter, _steering(layer, vector, ids.shape[0], ids.shape[1])):
         logits = last_token_logits(model.adapter, ids, mask)
-    loss = F.cross_entropy(logits, answers)
-    accuracy = (logits.argmax(dim=-1) == answers).float().mean()
-    return loss, accuracy
+    loss = F.cross_entropy(logits, answers, reduction="sum")
+    correct = (logits.argmax(dim=-1) == answers).float().sum()
+    return loss, correct
 
 
 def finetune(
@@ -110,28 +114,43 @@ def finetune(
 
     def evaluate_holdout() -> tuple[float, float]:
         with torch.no_grad():
-            loss, accuracy = _loss_and_accuracy(model, holdout, spec.layer, vector.detach().to(dtype))
-        return float(accuracy), float(loss)
+            loss, correct = _loss_and_correct(model, holdout, spec.layer, vector.detach().to(dtype))
+        return float(correct) / len(holdout), float(loss) / len(holdout)
 
-    def step() -> dict[str, float]:
+    chunks = [train[i : i + max(1, spec.chunk_size)] for i in range(0, len(train), max(1, spec.chunk_size))]
+
+    def accumulate(chunk: list[PromptItem]) -> tuple[float, float]:
+        """Add this chunk's share of the full-batch gradient: one short engine task, not one long one."""
         with torch.inference_mode(False), torch.enable_grad():
-            optimizer.zero_grad(set_to_none=True)
-            loss, accuracy = _loss_and_accuracy(model, train, spec.layer, vector.to(dtype))
-            total = loss + spec.l2 * (vector - start).pow(2).sum()
+            loss, correct = _loss_and_correct(model, chunk, spec.layer, vector.to(dtype))
             # Gradient of the vector only: the model stays frozen even if its weights require grad.
-            (vector.grad,) = torch.autograd.grad(total, [vector])
+            (grad,) = torch.autograd.grad(loss / len(train), [vector])
+        vector.grad = grad if vector.grad is None else vector.grad + grad
+        return float(loss.detach()), float(correct)
+
+    def apply() -> tuple[float, float]:
+        with torch.inference_mode(False), torch.enable_grad():
+            penalty = spec.l2 * (vector - start).pow(2).sum()
+            (grad,) = torch.autograd.grad(penalty, [vector])
+            vector.grad = grad if vector.grad is None else vector.grad + grad
             optimizer.step()
             schedule.step()
-        holdout_accuracy, holdout_loss = evaluate_holdout()
-        return {"loss": float(loss.detach()), "train_top1": float(accuracy), "holdout_top1": holdout_accuracy,
-                "holdout_loss": holdout_loss}
+        return evaluate_holdout()
+
+    def step() -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        parts = [run(functools.partial(accumulate, chunk)) for chunk in chunks]
+        holdout_accuracy, holdout_loss = run(apply)
+        return {"loss": sum(loss for loss, _ in parts) / len(train),
+                "train_top1": sum(correct for _, correct in parts) / len(train),
+                "holdout_top1": holdout_accuracy, "holdout_loss": holdout_loss}
 
     before, before_loss = run(evaluate_holdout)
     best = (before, -before_loss)
     best_vector, best_epoch = start.clone(), 0
     history: list[dict[str, float]] = []
     for epoch in range(1, spec.epochs + 1):
-        record = run(step)
+        record = step()
         if not math.isfinite(record["loss"]):
             break
         history.append({"epoch": epoch, **record})

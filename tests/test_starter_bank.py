@@ -1,0 +1,95 @@
+"""The committed starter bank on the embedded model, served as `make serve` serves it: every shipped relation
+loads as a fine-tuned vector, relation weights steer completions to the relation's answers, the fitted combiner
+answers analogies, and a fine-tune job sent through the SDK on 20 pairs of a relation the bank lacks makes a
+vector that steers other pairs of that relation. Marked ``model`` (minutes)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from fvsteer_client import Client
+
+from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
+from tests.conftest import ROOT, LiveServer, start_server, stop_server
+
+pytestmark = pytest.mark.model
+
+BANK = ROOT / "vectors" / "smollm2-135m-instruct"
+# Adjective → adverb: not a shipped relation, so not in the bank. The first 20 train; the rest check.
+ADVERBS = [
+    ("quick", "quickly"), ("slow", "slowly"), ("careful", "carefully"), ("quiet", "quietly"), ("loud", "loudly"),
+    ("soft", "softly"), ("sad", "sadly"), ("easy", "easily"), ("bad", "badly"), ("kind", "kindly"),
+    ("proud", "proudly"), ("brave", "bravely"), ("calm", "calmly"), ("clear", "clearly"), ("deep", "deeply"),
+    ("fair", "fairly"), ("firm", "firmly"), ("gentle", "gently"), ("honest", "honestly"), ("neat", "neatly"),
+    ("polite", "politely"), ("rapid", "rapidly"), ("rough", "roughly"), ("safe", "safely"), ("silent", "silently"),
+    ("smooth", "smoothly"), ("strong", "strongly"), ("sudden", "suddenly"), ("sweet", "sweetly"),
+    ("warm", "warmly"), ("wild", "wildly"), ("wise", "wisely"), ("bright", "brightly"), ("cheap", "cheaply"),
+]
+
+
+@pytest.fixture(scope="module")
+def bank_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The embedded model serving a copy of the committed bank (jobs may add vectors without touching the repo)."""
+    workdir = tmp_path_factory.mktemp("bank")
+    shutil.copytree(BANK, workdir / "vectors" / BANK.name)
+    server = start_server(workdir, "embedded:smollm2-135m-instruct", admin_token=secrets.token_hex(16),
+                          d_model=576, n_layers=30)
+    yield server
+    stop_server(server)
+
+
+def first_word(text: str) -> str:
+    words = text.strip().split()
+    return words[0].strip(".,;:!?\"'").lower() if words else ""
+
+
+def answers(client: Client, pairs: list[tuple[str, str]], relations: dict[str, float]) -> tuple[int, int]:
+    """(steered correct, unsteered correct): greedy, first word of the answer against the expected output."""
+    steered = unsteered = 0
+    for x, y in pairs:
+        completion = client.complete(f"Q: {x}\nA:", relations=relations, max_new_tokens=6, stop="\n",
+                                     return_baseline=True)
+        steered += first_word(completion.text) == y.lower()
+        assert completion.baseline is not None
+        unsteered += first_word(completion.baseline.text) == y.lower()
+    return steered, unsteered
+
+
+def test_every_shipped_relation_loads_as_a_finetuned_vector(bank_server: LiveServer) -> None:
+    with Client(bank_server.url, admin_token=bank_server.admin_token) as client:
+        listing = client.admin.list_vectors()
+    assert not listing.refused, listing.refused
+    finetuned = {vector.name: vector for vector in listing.vectors if vector.method == "finetuned"}
+    assert set(shipped_relations()) <= set(finetuned)
+    for name in shipped_relations():
+        metrics = finetuned[name].metrics
+        assert metrics["holdout_top1_after"] >= metrics["holdout_top1_before"]
+
+
+@pytest.mark.parametrize("relation", ["antonym", "country-capital", "present-past"])
+def test_relation_weights_steer_to_the_relation(bank_server: LiveServer, relation: str) -> None:
+    test = [(pair.input, pair.output) for pair in split_pairs(relation_pairs(relation), 0).test][:10]
+    with Client(bank_server.url, timeout=300) as client:
+        steered, unsteered = answers(client, test, {relation: 1.0})
+    assert steered >= 6 and steered > unsteered, (relation, steered, unsteered)
+
+
+def test_analogies_use_the_fitted_combiner(bank_server: LiveServer) -> None:
+    with Client(bank_server.url, timeout=300) as client:
+        result = client.analogy("hot", "cold", "up", choices=["down", "above"])
+    assert result.combiner == "affine" and set(shipped_relations()) <= set(result.weights)
+    assert result.answer == "down" and result.top_relations(1)[0][0] == "antonym", result.top_relations(3)
+
+
+def test_finetune_a_new_relation_through_the_sdk(bank_server: LiveServer) -> None:
+    train, check = ADVERBS[:20], ADVERBS[20:]
+    with Client(bank_server.url, timeout=300) as client:
+        assert "adverb" not in {vector.name for vector in client.list_vectors()}
+        job = client.finetune("adverb", pairs=[{"input": x, "output": y} for x, y in train])
+        final = client.wait_for_job(job, timeout=600)
+        assert final.state == "succeeded" and final.result is not None
+        steered, unsteered = answers(client, check, {"adverb": 1.0})
+    assert steered >= 0.7 * len(check) and steered > unsteered, (steered, unsteered, final.result["metrics"])
