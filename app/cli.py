@@ -319,7 +319,7 @@ def _follow(client: Client, job: Job) -> Job:
     """Wait for the job with a progress bar on stderr (its description is the phase); return the final job."""
     from tqdm import tqdm  # lazy: only commands that wait draw bars
 
-    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}"
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}"
     with tqdm(total=100, desc=job.phase, file=sys.stderr, bar_format=bar_format, dynamic_ncols=True) as bar:
 
         def show(snapshot: Job) -> None:
