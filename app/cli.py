@@ -228,12 +228,31 @@ def _print_completion(completion: Completion) -> None:
 
 def _cmd_complete(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.stream:
+        return _stream_completion(args, prompt)
     with _client(args) as client:
         completion = client.complete(prompt, **_completion_options(args))
     if args.json:
         _dump_json(completion)
     else:
         _print_completion(completion)
+    return EXIT_OK
+
+
+def _stream_completion(args: argparse.Namespace, prompt: str) -> int:
+    """Print the text as it is generated; the finish reason (and baseline, if asked) follow on stderr/stdout."""
+    with _client(args) as client:
+        final: Completion | None = None
+        for chunk in client.complete(prompt, stream=True, **_completion_options(args)):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            final = chunk.completion or final
+    sys.stdout.write("\n")
+    if final is not None:
+        _err(f"[{final.finish_reason}, {final.usage.completion_tokens} tokens]")
+        if final.baseline is not None:
+            _out(f"--- baseline ({final.baseline.finish_reason}) ---")
+            _out(final.baseline.text)
     return EXIT_OK
 
 
@@ -606,7 +625,9 @@ def _add_complete_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--stop", action="append", metavar="S", help="stop sequence (repeatable; in bash, $'\\n' is a newline)"
     )
     complete.add_argument("--baseline", action="store_true", help="also return the unsteered completion")
-    complete.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    output = complete.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    output.add_argument("--stream", action="store_true", help="print the text as it is generated")
     complete.set_defaults(handler=_cmd_complete)
 
 

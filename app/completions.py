@@ -9,13 +9,14 @@ import asyncio
 import itertools
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.engine.engine import Engine
 from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
-from app.fv.composite import build_composite
+from app.fv.composite import Composite, build_composite
 from app.registry.registry import VectorRegistry
 
 
@@ -37,6 +38,16 @@ class CompletionInput:
 _ids = itertools.count()
 
 
+Event = tuple[str, dict[str, Any]]  # (server-sent event name, its JSON data)
+
+
+@dataclass
+class _Prepared:
+    spec: CompletionInput
+    composite: Composite
+    rows: list[GenerationRequest]
+
+
 class CompletionService:
     def __init__(self, engine: Engine, registry: VectorRegistry, *, max_new_tokens: int, timeout_s: float) -> None:
         self.engine = engine
@@ -44,14 +55,13 @@ class CompletionService:
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
 
-    async def complete(self, spec: CompletionInput) -> dict[str, Any]:
-        """Run one completion request; the answer has the shape of the ``POST /complete`` response."""
+    def _prepare(self, spec: CompletionInput) -> _Prepared:
+        """Everything that can refuse the request, done before anything is queued (or a stream is opened)."""
         if spec.max_new_tokens > self.max_new_tokens:
             raise InvalidInput(
                 f"max_new_tokens is {spec.max_new_tokens}; the limit is {self.max_new_tokens}", param="max_new_tokens"
             )
         composite = build_composite(spec.relations, self.registry, layer=spec.layer, scale=spec.scale)
-        steered = bool(spec.relations)
         prompt_ids = self.engine.encode(spec.prompt, spec.max_new_tokens)
         params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p, spec.seed, spec.stop)
         deadline = time.monotonic() + self.timeout_s
@@ -62,14 +72,61 @@ class CompletionService:
         rows = [main]
         if spec.return_baseline:
             rows.append(GenerationRequest(prompt_ids, params, deadline=deadline))
-        self.engine.submit(rows)
+        return _Prepared(spec, composite, rows)
+
+    async def complete(self, spec: CompletionInput) -> dict[str, Any]:
+        """Run one completion request; the answer has the shape of the ``POST /complete`` response."""
+        prepared = self._prepare(spec)
+        self.engine.submit(prepared.rows)
+        return await self._finish(prepared)
+
+    async def _finish(self, prepared: _Prepared) -> dict[str, Any]:
+        rows = prepared.rows
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(row.future) for row in rows))
         except asyncio.CancelledError:
             for row in rows:
                 row.cancel()
             raise
-        result: GenerationResult = results[0]
+        return self._response(prepared, results)
+
+    async def stream(self, spec: CompletionInput) -> AsyncIterator[Event]:
+        """Validate and queue at once (errors raise here, before any event), then return the event stream:
+        ``("token", {"text"})`` per new piece of text, then ``("done", <the POST /complete response>)``."""
+        prepared = self._prepare(spec)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+
+        def hand_over(text: str) -> None:  # runs on the engine thread
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        prepared.rows[0].on_text = hand_over
+        self.engine.submit(prepared.rows)
+        return self._events(prepared, pieces)
+
+    async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[str]) -> AsyncIterator[Event]:
+        finished = asyncio.ensure_future(self._finish(prepared))
+        try:
+            while True:
+                getter = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({getter, finished}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield "token", {"text": getter.result()}
+                    continue
+                getter.cancel()
+                while not pieces.empty():  # the engine hands over the last piece before the result
+                    yield "token", {"text": pieces.get_nowait()}
+                yield "done", finished.result()
+                return
+        finally:
+            if not finished.done():  # the client went away: free the rows at the engine's next step
+                for row in prepared.rows:
+                    row.cancel()
+                finished.cancel()
+
+    def _response(self, prepared: _Prepared, results: list[GenerationResult]) -> dict[str, Any]:
+        spec, composite = prepared.spec, prepared.composite
+        result = results[0]
         response: dict[str, Any] = {
             "id": f"cmpl-{secrets.token_hex(6)}{next(_ids)}",
             "model": self.registry.model.name,
@@ -79,7 +136,7 @@ class CompletionService:
             "baseline": None,
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
         }
-        if steered:
+        if spec.relations:
             response["steering"] = {
                 "relations": composite.relations,
                 "layers": {str(layer): {"norm": norm} for layer, norm in composite.norms().items()},

@@ -9,8 +9,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from torch import Tensor
-
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
 from app.engine.engine import Engine
 from app.errors import Conflict, InvalidInput, NotFound
@@ -23,6 +21,7 @@ from app.fv.vector import decode_vector
 from app.jobs.manager import TERMINAL, Job, JobContext, JobManager, Work
 from app.registry.names import check_name
 from app.registry.registry import VectorRegistry
+from app.registry.vector_file import StoredVector
 
 
 def resolve_pairs(relation: str | None, pairs: list[dict[str, Any]] | None) -> tuple[str, list[Pair]]:
@@ -98,7 +97,10 @@ class VectorService:
         check_name(name)
         label, resolved = resolve_pairs(relation, pairs)
         start = self._init_vector(init, init_vector)
-        options = FinetuneOptions(init=init, init_vector=start, init_name=init_vector, layer=layer, epochs=epochs,
+        if start is not None and layer is None:  # continue training where the vector was trained
+            layer = start.layer
+        options = FinetuneOptions(init=init, init_vector=None if start is None else start.vector,
+                                  init_name=init_vector, layer=layer, epochs=epochs,
                                   lr=lr, l2=l2, seed=seed)
         check_options(options, self.model.adapter.n_layers, self.model.adapter.d_model)
 
@@ -117,7 +119,7 @@ class VectorService:
 
         return self._submit("finetune", name, work)
 
-    def _init_vector(self, init: InitKind, name: str | None) -> Tensor | None:
+    def _init_vector(self, init: InitKind, name: str | None) -> StoredVector | None:
         """The stored vector to start from; one made for another model is refused with the reason."""
         if (init == "vector") != (name is not None):
             raise InvalidInput("give init_vector (a stored vector's name) exactly when init is 'vector'",
@@ -126,7 +128,7 @@ class VectorService:
             return None
         check_name(name, param="init_vector")
         try:
-            return self.registry.get(name, param="init_vector").vector
+            return self.registry.get(name, param="init_vector")
         except NotFound:
             refusal = self.registry.refusal(name)
             if refusal is not None:

@@ -112,7 +112,6 @@ def test_zero_weights_are_dropped(live_server: LiveServer, steer_vector: str) ->
         ({"prompt": "x", "layer": 99, "relations": {}}, 422, "layer"),
         ({"prompt": "x", "stop": [""]}, 422, "stop.0"),
         ({"prompt": "x", "positions": "some"}, 422, "positions"),
-        ({"prompt": "x", "stream": True}, 422, "stream"),
         ({"prompt": 5}, 422, "prompt"),
     ],
 )

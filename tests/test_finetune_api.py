@@ -112,6 +112,7 @@ def test_init_from_a_stored_vector(server: LiveServer, finetuned: dict[str, Any]
     job = finetune_and_wait(server, name=new_name("cont"), pairs=user_pairs(16), init="vector",
                             init_vector=finetuned["name"], **FAST)
     assert job["result"]["metrics"]["init"] == f"vector:{finetuned['name']}"
+    assert job["result"]["layer"] == 1  # where the starting vector was trained
 
 
 @pytest.mark.parametrize(("change", "status", "param"), [

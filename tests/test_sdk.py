@@ -122,8 +122,8 @@ def test_complete_sampling_is_reproducible_with_seed(client: fv.Client) -> None:
 
 
 def test_complete_rejects_unknown_keyword_locally(client: fv.Client) -> None:
-    with pytest.raises(TypeError, match="stream"):
-        client.complete(PROMPT, stream=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="streaming"):
+        client.complete(PROMPT, streaming=True)  # type: ignore[call-overload]
 
 
 def test_list_and_get_vector(live_server: LiveServer, client: fv.Client, uploaded: Uploaded) -> None:

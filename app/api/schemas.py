@@ -37,7 +37,8 @@ class CompleteRequest(Strict):
     top_p: float = Field(1.0, allow_inf_nan=False, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling reproducible.")
     stop: list[StopString] | None = Field(None, max_length=MAX_STOP, description="Stop strings (not returned).")
-    stream: Literal[False] = Field(False, description="Streaming responses are not available in this version.")
+    stream: bool = Field(False, description="Server-sent events: 'token' events ({text}), then 'done' with the "
+                         "whole response, or 'error' with the error envelope.")
     return_baseline: bool = Field(False, description="Also return the unsteered text, generated in the same batch.")
 
 

@@ -43,6 +43,7 @@ class _Row:
     text: str = ""
     batch_sizes: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
+    streamed: str = ""  # text already handed to ``request.on_text``
 
 
 @dataclass
@@ -283,7 +284,24 @@ class Engine:
             row.batch_sizes.append(batch_size)
             self.stats.tokens_generated += 1
             row.finish = self._finish_reason(row, token, now)
+            if row.request.on_text is not None:
+                self._stream(row)
         self._retire()
+
+    @staticmethod
+    def _stream(row: _Row) -> None:
+        """Hand the streaming callback the text that can no longer change: while the row runs, a trailing partial
+        character and any tail that could still grow into a stop string are held back; at the end, all of it."""
+        assert row.request.on_text is not None
+        text = row.text
+        if row.finish is None:
+            text = text.rstrip("\ufffd")
+            held = max((n for stop in row.request.params.stop for n in range(len(stop) - 1, 0, -1)
+                        if text.endswith(stop[:n])), default=0)
+            text = text[: len(text) - held]
+        if len(text) > len(row.streamed) and text.startswith(row.streamed):
+            row.request.on_text(text[len(row.streamed) :])
+            row.streamed = text
 
     def _finish_reason(self, row: _Row, token: int, now: float) -> FinishReason | None:
         request = row.request

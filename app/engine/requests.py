@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +31,7 @@ class GenerationRequest:
     steering: dict[int, Tensor] | None = None
     all_positions: bool = False
     deadline: float | None = None
+    on_text: Callable[[str], None] | None = None  # streaming: called on the engine thread with each new text piece
     future: Future[GenerationResult] = field(default_factory=Future)
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)

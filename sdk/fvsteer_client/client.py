@@ -18,7 +18,7 @@ from contextlib import aclosing, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Literal, Self, TypedDict, TypeVar, Unpack, overload
 from urllib.parse import quote
 
 import httpx
@@ -37,6 +37,7 @@ from fvsteer_client.models import (
     AdminVectorListing,
     Analogy,
     Completion,
+    CompletionChunk,
     DecodedVector,
     DeletedVector,
     Evaluation,
@@ -175,8 +176,11 @@ def _body(method: str, allowed: frozenset[str], options: Mapping[str, Any], **fi
     return body
 
 
-def _complete_call(prompt: str, options: Mapping[str, Any]) -> _Call[Completion]:
+def _complete_call(prompt: str, options: Mapping[str, Any], stream: bool = False) -> _Call[Completion]:
     body = _body("complete", _COMPLETION_FIELDS, options, prompt=prompt)
+    if stream:
+        body["stream"] = True
+        return _Call("POST", "/complete", Completion.model_validate, json=body, accept=EVENT_STREAM)
     return _Call("POST", "/complete", Completion.model_validate, json=body)
 
 
@@ -299,6 +303,37 @@ class _EventDecoder:
         elif field == "data":
             self._data.append(value)
         return None
+
+
+class _CompletionStream:
+    """A streamed ``POST /complete`` as chunks: ``token`` events, then ``done``; ``error`` raises the typed error."""
+
+    def __init__(self, call: _Call[Completion]) -> None:
+        self.call = call
+        self.ended = False
+        self._decoder = _EventDecoder()
+
+    def feed(self, line: str) -> CompletionChunk | None:
+        event = self._decoder.feed(line)
+        if event is None:
+            return None
+        if event.name == "error":
+            try:
+                envelope = json.loads(event.data)
+            except ValueError:
+                envelope = {}
+            raise error_from_envelope(envelope if isinstance(envelope, dict) else {})
+        if event.name == "token":
+            return _parse(_Call("POST", self.call.path, CompletionChunk.model_validate), 200,
+                          lambda: json.loads(event.data))
+        if event.name == "done":
+            self.ended = True
+            return CompletionChunk(text="", completion=_parse(self.call, 200, lambda: json.loads(event.data)))
+        return None
+
+    def closed(self) -> None:
+        if not self.ended:
+            raise APIConnectionError("the completion stream closed before its 'done' event")
 
 
 class _JobStream:
@@ -480,9 +515,39 @@ class Client(_BaseClient):
     ) -> None:
         self.close()
 
-    def complete(self, prompt: str, **options: Unpack[CompletionOptions]) -> Completion:
-        """``POST /complete``: steer with ``relations={name: weight}``; no relations means unsteered."""
+    @overload
+    def complete(self, prompt: str, *, stream: Literal[False] = False,
+                 **options: Unpack[CompletionOptions]) -> Completion: ...
+
+    @overload
+    def complete(self, prompt: str, *, stream: Literal[True],
+                 **options: Unpack[CompletionOptions]) -> Iterator[CompletionChunk]: ...
+
+    def complete(self, prompt: str, *, stream: bool = False,
+                 **options: Unpack[CompletionOptions]) -> Completion | Iterator[CompletionChunk]:
+        """``POST /complete``: steer with ``relations={name: weight}``; no relations means unsteered.
+
+        ``stream=True`` returns an iterator of ``CompletionChunk`` (pieces of text as they are generated, the last
+        one carrying the whole ``Completion``); a refusal raises at the first step, a failure mid-stream raises the
+        typed error of the server's ``error`` event.
+        """
+        if stream:
+            return self._stream_completion(_complete_call(prompt, options, stream=True))
         return self._send(_complete_call(prompt, options))
+
+    def _stream_completion(self, call: _Call[Completion]) -> Iterator[CompletionChunk]:
+        stream = _CompletionStream(call)
+        with _transport_errors(self.base_url), self._http.stream(**self._stream_options(call, self.timeout)) as r:
+            if not r.is_success:
+                r.read()
+                raise error_from_response(r)
+            for line in r.iter_lines():
+                chunk = stream.feed(line)
+                if chunk is not None:
+                    yield chunk
+                if stream.ended:
+                    return
+        stream.closed()
 
     def list_vectors(self) -> list[VectorSummary]:
         """``GET /vectors``: the vectors usable as ``relations`` for the loaded model."""
@@ -642,9 +707,35 @@ class AsyncClient(_BaseClient):
     ) -> None:
         await self.aclose()
 
-    async def complete(self, prompt: str, **options: Unpack[CompletionOptions]) -> Completion:
-        """See ``Client.complete``."""
+    @overload
+    async def complete(self, prompt: str, *, stream: Literal[False] = False,
+                       **options: Unpack[CompletionOptions]) -> Completion: ...
+
+    @overload
+    async def complete(self, prompt: str, *, stream: Literal[True],
+                       **options: Unpack[CompletionOptions]) -> AsyncIterator[CompletionChunk]: ...
+
+    async def complete(self, prompt: str, *, stream: bool = False,
+                       **options: Unpack[CompletionOptions]) -> Completion | AsyncIterator[CompletionChunk]:
+        """See ``Client.complete``; with ``stream=True`` await it for an async iterator (``async for``)."""
+        if stream:
+            return self._stream_completion(_complete_call(prompt, options, stream=True))
         return await self._send(_complete_call(prompt, options))
+
+    async def _stream_completion(self, call: _Call[Completion]) -> AsyncIterator[CompletionChunk]:
+        stream = _CompletionStream(call)
+        with _transport_errors(self.base_url):
+            async with self._http.stream(**self._stream_options(call, self.timeout)) as r:
+                if not r.is_success:
+                    await r.aread()
+                    raise error_from_response(r)
+                async for line in r.aiter_lines():
+                    chunk = stream.feed(line)
+                    if chunk is not None:
+                        yield chunk
+                    if stream.ended:
+                        return
+        stream.closed()
 
     async def list_vectors(self) -> list[VectorSummary]:
         """See ``Client.list_vectors``."""

@@ -53,6 +53,14 @@ class Completion(_Model):
     usage: Usage
 
 
+class CompletionChunk(_Model):
+    """One event of a streamed ``POST /complete``: ``text`` is the next piece of the text; the last chunk has
+    ``text == ""`` and ``completion`` set (the whole response: text, finish_reason, usage, steering)."""
+
+    text: str
+    completion: Completion | None = None
+
+
 class VectorSummary(_Model):
     """One entry of ``GET /vectors``."""
 

@@ -1,27 +1,36 @@
-"""POST /complete."""
+"""POST /complete, whole or streamed as server-sent events."""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
 
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import services
 from app.api.schemas import CompleteRequest, CompleteResponse, ErrorEnvelope
-from app.completions import CompletionInput
+from app.completions import CompletionInput, Event
+from app.errors import FvsteerError
 from app.runtime import Services
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["completions"])
+STREAM_DOC = ("`token` events (`{\"text\"}`: the next piece of text), then one `done` event with the response "
+              "object, or one `error` event with the error envelope")
 
 
 @router.post(
     "/complete",
     response_model=CompleteResponse,
     responses={**ERROR_RESPONSES, 404: {"model": ErrorEnvelope, "description": "Unknown vector"},
-               429: {"model": ErrorEnvelope, "description": "Queue full"}},
+               429: {"model": ErrorEnvelope, "description": "Queue full"},
+               200: {"content": {"text/event-stream": {}}, "description": f"With `stream: true`: {STREAM_DOC}"}},
 )
-async def complete(body: CompleteRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+async def complete(body: CompleteRequest, svc: Services = Depends(services)) -> Any:
     """Generate a completion steered by the weighted composite of the named vectors."""
     spec = CompletionInput(
         prompt=body.prompt,
@@ -36,4 +45,20 @@ async def complete(body: CompleteRequest, svc: Services = Depends(services)) -> 
         stop=tuple(body.stop or ()),
         return_baseline=body.return_baseline,
     )
-    return await svc.completions.complete(spec)
+    if not body.stream:
+        return await svc.completions.complete(spec)
+    events = await svc.completions.stream(spec)  # refusals raise here: a plain 4xx, no stream opened
+    return StreamingResponse(_server_sent(events), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _server_sent(events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    try:
+        async for name, data in events:
+            yield f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    except FvsteerError as exc:
+        yield f"event: error\ndata: {json.dumps(exc.envelope())}\n\n"
+    except Exception:
+        log.exception("streamed completion failed")
+        error = {"error": {"type": "internal_error", "message": "internal error; see the server log", "param": None}}
+        yield f"event: error\ndata: {json.dumps(error)}\n\n"

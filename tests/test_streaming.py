@@ -1,0 +1,124 @@
+"""Streamed completions (`"stream": true`): server-sent `token` events whose text, concatenated, is the
+non-streamed text; a final `done` event with the whole response; refusals as plain 4xx before any event; a
+failure mid-stream as an `error` event; stop strings never leak into a piece; the SDK (sync and async) and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import fvsteer_client as fv
+import httpx
+import pytest
+
+from app.api.routes.completions import _server_sent
+from app.errors import NotFound
+from tests.conftest import LiveServer
+from tests.test_api import assert_envelope, upload, vector_bytes
+from tests.test_cli_jobs import run
+
+PROMPTS = ["Q: hot\nA:", "The cat sat on", "abc"]
+
+
+@pytest.fixture(scope="module")
+def vector(live_server: LiveServer) -> Iterator[str]:
+    name = f"stream-{secrets.token_hex(4)}"
+    assert upload(live_server, name, vector_bytes(live_server.d_model, scale=8.0)).status_code == 201
+    yield name
+    httpx.delete(f"{live_server.url}/admin/vectors/{name}",
+                 headers={"Authorization": f"Bearer {live_server.admin_token}"})
+
+
+def sse(server: LiveServer, **body: Any) -> tuple[list[str], dict[str, Any], list[tuple[str, Any]]]:
+    """(text pieces, the done event's response, every event) of one streamed request."""
+    events: list[tuple[str, Any]] = []
+    name = ""
+    with httpx.stream("POST", f"{server.url}/complete", json={**body, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[len("data: "):])))
+    pieces = [data["text"] for name, data in events if name == "token"]
+    done = [data for name, data in events if name == "done"]
+    assert len(done) == 1 and events[-1][0] == "done"
+    return pieces, done[0], events
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_streamed_text_equals_the_whole_text(live_server: LiveServer, vector: str, prompt: str) -> None:
+    body = {"prompt": prompt, "max_new_tokens": 24, "relations": {vector: 1.0}, "return_baseline": True}
+    whole = httpx.post(f"{live_server.url}/complete", json=body, timeout=60).json()
+    pieces, done, _ = sse(live_server, **body)
+    assert "".join(pieces) == whole["text"] == done["text"] and len(pieces) > 1
+    assert done["finish_reason"] == whole["finish_reason"] and done["usage"] == whole["usage"]
+    assert done["steering"] == whole["steering"] and done["baseline"] == whole["baseline"]
+
+
+def test_stop_strings_never_reach_a_piece(live_server: LiveServer) -> None:
+    whole = httpx.post(f"{live_server.url}/complete", json={"prompt": "abc", "max_new_tokens": 40},
+                       timeout=60).json()["text"]
+    stop = whole[10:13]  # three characters the unstopped text holds: the stop cuts there
+    assert len(stop) == 3
+    body = {"prompt": "abc", "max_new_tokens": 40, "stop": [stop]}
+    cut = httpx.post(f"{live_server.url}/complete", json=body, timeout=60).json()
+    pieces, done, _ = sse(live_server, **body)
+    assert "".join(pieces) == cut["text"] == done["text"] == whole[: whole.find(stop)]
+    assert done["finish_reason"] == "stop" and all(stop not in piece for piece in pieces)
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"prompt": "x", "relations": {"no-such-vector": 1.0}}, 404, "relations.no-such-vector"),
+    ({"prompt": "x", "max_new_tokens": 10_000}, 422, "max_new_tokens"),
+    ({"prompt": ""}, 422, "prompt"),
+])
+def test_refusals_come_before_any_event(live_server: LiveServer, body: dict[str, Any], status: int,
+                                        param: str) -> None:
+    response = httpx.post(f"{live_server.url}/complete", json={**body, "stream": True}, timeout=30)
+    assert response.headers["content-type"].startswith("application/json")
+    assert_envelope(response, status, param)
+
+
+def test_a_failure_mid_stream_ends_with_an_error_event() -> None:
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        yield "token", {"text": "he"}
+        raise NotFound("the vector went away", param="relations.x")
+
+    async def collect() -> list[str]:
+        return [item async for item in _server_sent(events())]
+
+    out = asyncio.run(collect())
+    assert out[0] == 'event: token\ndata: {"text": "he"}\n\n'
+    assert out[-1].startswith("event: error\n")
+    envelope = json.loads(out[-1].split("data: ", 1)[1])
+    assert envelope == {"error": {"type": "not_found", "message": "the vector went away", "param": "relations.x"}}
+
+
+def test_sdk_streams_sync_and_async(live_server: LiveServer) -> None:
+    with fv.Client(live_server.url) as client:
+        whole = client.complete("Q: hot\nA:", max_new_tokens=16)
+        chunks = list(client.complete("Q: hot\nA:", max_new_tokens=16, stream=True))
+        with pytest.raises(fv.NotFoundError):
+            list(client.complete("x", relations={"nope": 1.0}, stream=True))
+    assert "".join(chunk.text for chunk in chunks) == whole.text
+    final = chunks[-1].completion
+    assert final is not None and final.text == whole.text and all(c.completion is None for c in chunks[:-1])
+
+    async def async_text() -> str:
+        async with fv.AsyncClient(live_server.url) as client:
+            stream = await client.complete("Q: hot\nA:", max_new_tokens=16, stream=True)
+            return "".join([chunk.text async for chunk in stream])
+
+    assert asyncio.run(async_text()) == whole.text
+
+
+def test_cli_streams(live_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, whole, _ = run(capsys, "--url", live_server.url, "complete", "The cat sat on", "--max-new-tokens", "12")
+    assert code == 0
+    code, streamed, err = run(capsys, "--url", live_server.url, "complete", "The cat sat on", "--max-new-tokens",
+                              "12", "--stream")
+    assert code == 0 and streamed == whole and "tokens]" in err
