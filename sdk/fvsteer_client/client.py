@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from fvsteer_client.errors import (
     APIConnectionError,
+    APIError,
     APIResponseValidationError,
     APITimeoutError,
     JobFailedError,
@@ -305,6 +306,15 @@ class _EventDecoder:
         return None
 
 
+def _event_error(event: _Event) -> APIError:
+    """The typed error an ``error`` event's envelope describes (a garbled one still gives an ``APIError``)."""
+    try:
+        envelope = json.loads(event.data)
+    except ValueError:
+        envelope = {}
+    return error_from_envelope(envelope if isinstance(envelope, dict) else {})
+
+
 class _CompletionStream:
     """A streamed ``POST /complete`` as chunks: ``token`` events, then ``done``; ``error`` raises the typed error."""
 
@@ -318,11 +328,7 @@ class _CompletionStream:
         if event is None:
             return None
         if event.name == "error":
-            try:
-                envelope = json.loads(event.data)
-            except ValueError:
-                envelope = {}
-            raise error_from_envelope(envelope if isinstance(envelope, dict) else {})
+            raise _event_error(event)
         if event.name == "token":
             return _parse(_Call("POST", self.call.path, CompletionChunk.model_validate), 200,
                           lambda: json.loads(event.data))
@@ -353,11 +359,7 @@ class _JobStream:
         if event is None:
             return None
         if event.name == "error":
-            try:
-                envelope = json.loads(event.data)
-            except ValueError:
-                envelope = {}
-            raise error_from_envelope(envelope if isinstance(envelope, dict) else {})
+            raise _event_error(event)
         if event.name not in ("progress", "end"):
             return None
         job = _parse(self.call, 200, lambda: json.loads(event.data))
