@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from app.analogy.scoring import ScoreRow, encode_rows, sequence_log_probs
 from app.fv.extraction import ModelHandle
 from app.fv.forward import Runner, run_here
 from app.fv.pairs import relation_pairs, split_pairs
+from app.registry.registry import VectorRegistry
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fvsteer-combiner/1"
 FILE_NAME = "combiner.json"
@@ -172,3 +176,19 @@ def fit_combiner(
                "valid_log_prob_softmax": round(start, 4), "valid_log_prob_fitted": round(best[0], 4),
                "options": options.__dict__}
     return Combiner(bank.names, best[1], best[2], best[3], "affine", metrics)
+
+
+def bank_in_force(registry: VectorRegistry, fingerprint: str) -> tuple[Bank, Combiner]:
+    """The fitted combiner's bank when ``combiner.json`` is there and all its vectors are loaded; otherwise every
+    fine-tuned vector with plain softmax weights."""
+    path = registry.folder / FILE_NAME
+    if path.is_file():
+        try:
+            combiner = Combiner.load(path, fingerprint)
+            if set(combiner.relations) <= {stored.name for stored in registry.list()}:
+                return Bank.from_registry(registry, combiner.relations), combiner
+            log.warning("combiner %s needs vectors that are not loaded; using softmax weights", path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring combiner %s: %s", path, exc)
+    bank = Bank.from_registry(registry)
+    return bank, Combiner.softmax(bank.names)

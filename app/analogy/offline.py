@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor
 
-from app.analogy.bank import Bank, query
-from app.analogy.combiner import FILE_NAME, Combiner
+from app.analogy.bank import query
+from app.analogy.combiner import bank_in_force
 from app.analogy.datasets import SEMEVAL_RELATIONS, read_analogies, read_semeval, spearman
 from app.analogy.scoring import ScoreRow, score_rows
 from app.analogy.solver import evaluate_analogies
@@ -29,23 +29,13 @@ from app.local import LocalModel
 Say = Callable[[str], None]
 
 
-def bank_and_combiner(local: LocalModel) -> tuple[Bank, Combiner]:
-    """As the server uses them: the fitted combiner's bank when there is one, else softmax over the bank."""
-    path = local.registry.folder / FILE_NAME
-    if path.is_file():
-        combiner = Combiner.load(path, local.model.fingerprint)
-        return Bank.from_registry(local.registry, combiner.relations), combiner
-    bank = Bank.from_registry(local.registry)
-    return bank, Combiner.softmax(bank.names)
-
-
 def analogy_accuracy(local: LocalModel, dataset: Path, *, limit: int | None = None, seed: int = 0,
                      say: Say = lambda line: None) -> dict[str, Any]:
     """Baseline / softmax / composite / oracle accuracy on a UCLA VAT CSV or multiple-choice JSONL file."""
     problems = read_analogies(dataset)
     if limit is not None and limit < len(problems):
         problems = sorted(random.Random(seed).sample(problems, limit), key=problems.index)
-    bank, combiner = bank_and_combiner(local)
+    bank, combiner = bank_in_force(local.registry, local.model.fingerprint)
     say(f"{dataset.name}: {len(problems)} problems, bank of {len(bank)} ({combiner.kind} combiner)")
     report = evaluate_analogies(local.model, bank, combiner, problems,
                                 progress=lambda done, total: say(f"  {done}/{total}"))

@@ -9,13 +9,11 @@ ordinary completion path with the composite as relation weights, so it is batche
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from app.analogy.bank import Bank, query
-from app.analogy.combiner import FILE_NAME, Combiner
+from app.analogy.combiner import Combiner, bank_in_force
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.solver import candidate_scores, infer_weights
 from app.completions import CompletionInput, CompletionService
@@ -24,7 +22,6 @@ from app.errors import InvalidInput
 from app.fv.extraction import ModelHandle
 from app.registry.registry import VectorRegistry
 
-log = logging.getLogger(__name__)
 MAX_CHOICES = 32
 MAX_TERM_CHARS = 200
 
@@ -36,23 +33,9 @@ class AnalogyService:
     registry: VectorRegistry
     completions: CompletionService
 
-    def _combiner_path(self) -> Path:
-        return self.registry.folder / FILE_NAME
-
     def bank(self) -> tuple[Bank, Combiner]:
         """The bank and combiner in force now (vectors may have been added or deleted since start)."""
-        path = self._combiner_path()
-        if path.is_file():
-            try:
-                combiner = Combiner.load(path, self.model.fingerprint)
-                loaded = {stored.name for stored in self.registry.list()}
-                if set(combiner.relations) <= loaded:
-                    return Bank.from_registry(self.registry, combiner.relations), combiner
-                log.warning("combiner %s needs vectors that are not loaded; using softmax weights", path)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring combiner %s: %s", path, exc)
-        bank = Bank.from_registry(self.registry)
-        return bank, Combiner.softmax(bank.names)
+        return bank_in_force(self.registry, self.model.fingerprint)
 
     async def solve(self, a: str, b: str, c: str, choices: list[str] | None, max_new_tokens: int) -> dict[str, Any]:
         for param, term in (("a", a), ("b", b), ("c", c), *((f"choices[{i}]", x) for i, x in enumerate(choices or []))):
