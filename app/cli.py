@@ -105,8 +105,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from app.server import run  # lazy: torch and the engine load only when serving
     from app.settings import Settings
 
-    run(Settings())
-    return EXIT_OK
+    return run(Settings())
 
 
 def _cmd_vectors_list(args: argparse.Namespace) -> int:

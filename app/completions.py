@@ -91,7 +91,7 @@ class CompletionService:
         return self._response(prepared, results)
 
     async def stream(self, spec: CompletionInput) -> AsyncIterator[Event]:
-        """Validate and queue at once (errors raise here, before any event), then return the event stream:
+        """Validate, queue and wait for a batch slot (errors raise here, before any event), then return the stream:
         ``("token", {"text"})`` per new piece of text, then ``("done", <the POST /complete response>)``."""
         prepared = self._prepare(spec)
         loop = asyncio.get_running_loop()
@@ -102,7 +102,17 @@ class CompletionService:
 
         prepared.rows[0].on_text = hand_over
         self.engine.submit(prepared.rows)
+        await self._admitted(prepared.rows)  # a queue-wait 504 is a plain response too, not an error event
         return self._events(prepared, pieces)
+
+    @staticmethod
+    async def _admitted(rows: list[GenerationRequest]) -> None:
+        try:
+            await asyncio.gather(*(asyncio.wrap_future(row.admitted) for row in rows))
+        except BaseException:
+            for row in rows:
+                row.cancel()
+            raise
 
     async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[str]) -> AsyncIterator[Event]:
         finished = asyncio.ensure_future(self._finish(prepared))

@@ -56,6 +56,10 @@ class QueueFull(FvsteerError):
     status = 429
     type = "queue_full"
 
+    def __init__(self, message: str, param: str | None = None, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s  # sent as ``Retry-After``: when a slot is likely to be free
+
 
 class NotReady(FvsteerError):
     status = 503

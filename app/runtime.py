@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ from app.vector_service import VectorService
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed"]
+Exit = Callable[[], None]
 
 
 @dataclass
@@ -40,13 +42,22 @@ class Services:
 
 
 class Runtime:
-    """Loads the model in a background thread; :meth:`services` raises 503 until it is loaded and warm."""
+    """Loads the model in a background thread; :meth:`services` raises 503 until it is loaded and warm, and again
+    once the server drains for a shutdown or the engine has failed for good.
+
+    ``in_flight`` (requests being answered, kept by the request middleware on the event loop) and the engine's own
+    queue tell a drain when it may exit; ``exit_code`` is what the process should end with; ``request_exit`` is set
+    by the server so that a fatal engine error can stop it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state: State = "loading"
         self.error: str | None = None
         self.model_name: str | None = None
+        self.draining = False
+        self.in_flight = 0
+        self.exit_code = 0
+        self.request_exit: Exit = lambda: None
         self._services: Services | None = None
         self._thread: threading.Thread | None = None
 
@@ -74,10 +85,39 @@ class Runtime:
         return self.state == "ready"
 
     def services(self) -> Services:
+        """The services for a new request, or 503 saying why there are none."""
+        if self.state == "failed":
+            raise NotReady(f"the model failed: {self.error}")
+        if self.draining:
+            raise NotReady("the server is shutting down")
         if self._services is None:
-            detail = f"model failed to load: {self.error}" if self.state == "failed" else "the model is loading"
-            raise NotReady(detail)
+            raise NotReady("the model is loading")
         return self._services
+
+    def loaded_services(self) -> Services | None:
+        """The services if the model ever loaded (metrics read them during a drain too)."""
+        return self._services
+
+    def begin_drain(self) -> None:
+        """SIGTERM: /readyz turns 503 and new requests are refused; those in flight go on."""
+        self.draining = True
+        log.info("draining: %d requests in flight", self.in_flight)
+
+    def cut_short(self) -> None:
+        """The grace period is over: what still runs ends now, answered with the text so far."""
+        if self._services is not None:
+            self._services.engine.cancel_all()
+
+    def drained(self) -> bool:
+        engine_idle = self._services is None or self._services.engine.busy() == 0
+        return self.in_flight == 0 and engine_idle
+
+    def _engine_failed(self, exc: BaseException) -> None:
+        """Called on the engine thread when it stops for good: readiness off, then exit non-zero."""
+        self.error = f"engine failed: {exc}"
+        self.state = "failed"
+        self.exit_code = 1
+        self.request_exit()
 
     def _load(self) -> None:
         started = time.monotonic()
@@ -102,6 +142,8 @@ class Runtime:
                 max_batch=settings.max_batch,
                 max_queue=settings.max_queue,
                 max_prompt_tokens=settings.max_prompt_tokens,
+                queue_timeout_s=settings.queue_timeout_s,
+                on_fatal=self._engine_failed,
             )
             engine.start()
             self._warm_up(engine)

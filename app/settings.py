@@ -41,5 +41,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(16_000_000, ge=1024, description="Largest vector upload.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request deadline for a completion.")
+    queue_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait for a batch slot; a request queued longer gets 504."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="After SIGTERM: how long in-flight requests may take to finish before the exit."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON list); empty = no CORS headers at all."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="'json': one JSON object per log line.")
     hf_offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 so nothing is fetched from a hub.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -49,9 +49,9 @@ def free_port() -> int:
 
 def start_server(
     workdir: Path, model: str, *, admin_token: str | None, d_model: int, n_layers: int,
-    extra_env: dict[str, str] | None = None, timeout: float = 240.0,
+    extra_env: dict[str, str] | None = None, timeout: float = 240.0, module: str = "app.server",
 ) -> LiveServer:
-    """Start ``python -m app.server`` and wait until ``/readyz`` answers 200."""
+    """Start ``python -m <module>`` (the server, or ``tests.fault_server``) and wait until ``/readyz`` answers 200."""
     port = free_port()
     vectors_dir = workdir / "vectors"
     vectors_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def start_server(
         env["FVSTEER_ADMIN_TOKEN"] = admin_token
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app.server"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=log)
     server = LiveServer(f"http://127.0.0.1:{port}", admin_token or "", d_model, n_layers, vectors_dir, process,
                         log_path)
     deadline = time.monotonic() + timeout

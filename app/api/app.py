@@ -6,9 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
+from app.api.metrics import make_registry
+from app.api.observability import RequestObservation
 from app.api.routes import admin, analogies, completions, health, jobs, vectors
 from app.runtime import Runtime
 from app.settings import Settings
@@ -44,4 +47,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    if settings.cors_origins:  # off unless configured: browsers on other origins get no CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    registry, http_metrics = make_registry(runtime)
+    app.state.metrics_registry = registry
+    app.add_middleware(RequestObservation, runtime=runtime, metrics=http_metrics)  # outermost: sees every answer
     return app

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.schemas import ErrorEnvelope
-from app.errors import FvsteerError
+from app.errors import FvsteerError, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,10 @@ async def _fvsteer_error(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if exc.status == 429:
-        headers["Retry-After"] = "1"
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.status == 503:
+        headers["Retry-After"] = "5"
     if exc.status >= 500 and exc.status != 503:  # 503 while loading is expected, not an error
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return envelope(exc.status, exc.type, exc.message, exc.param, **headers)

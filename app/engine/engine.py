@@ -9,6 +9,7 @@ shares its batch.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -27,7 +28,7 @@ from app.engine.loading import LoadedModel
 from app.engine.requests import FinishReason, GenerationRequest, GenerationResult
 from app.engine.sampling import make_generator, next_token
 from app.engine.steering import BatchSteering, stack_row_vectors, steered
-from app.errors import InvalidInput, NotReady, QueueFull
+from app.errors import GatewayTimeout, InvalidInput, NotReady, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,30 @@ class _Row:
 
 @dataclass
 class EngineStats:
-    """Counters the metrics endpoint and the tests read; updated only by the engine thread."""
+    """Counters the metrics endpoint and the tests read; updated by the engine thread (``rejected`` by submitters,
+    under the engine's lock)."""
 
     batch_sizes: Counter[int] = field(default_factory=Counter)
     tokens_generated: int = 0
-    requests_finished: int = 0
+    finished: Counter[str] = field(default_factory=Counter)  # rows by finish reason
+    queue_timeouts: int = 0
+    rejected: int = 0  # requests refused because the queue was full
+    failed_steps: int = 0
     queue_depth: int = 0
     active_rows: int = 0
+
+    @property
+    def requests_finished(self) -> int:
+        return sum(self.finished.values())
+
+
+# Errors after which the device cannot be trusted (a CUDA context is poisoned by these): the engine stops for good,
+# so that a supervisor restarts the process, instead of failing every later request one by one.
+FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "NCCL error")
+
+
+def is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(marker in str(exc) for marker in FATAL_MARKERS)
 
 
 class Engine:
@@ -68,11 +86,17 @@ class Engine:
         max_batch: int,
         max_queue: int,
         max_prompt_tokens: int,
+        queue_timeout_s: float | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.loaded = loaded
         self.adapter = adapter
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.on_fatal = on_fatal
+        self.fatal: BaseException | None = None
+        self._recent_finishes: deque[float] = deque(maxlen=64)  # when rows finished: the Retry-After estimate
         self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
         self._tokenizer_lock = threading.Lock()
@@ -124,13 +148,44 @@ class Engine:
         for request in requests:
             self._check_steering(request)
         with self._cond:
-            if self._stopping:
-                raise NotReady("the engine is shutting down")
+            self._refuse_if_stopped()
             if len(self._pending) + len(requests) > self.max_queue:
-                raise QueueFull(f"{len(self._pending)} requests are waiting; the queue limit is {self.max_queue}")
+                self.stats.rejected += 1
+                raise QueueFull(f"{len(self._pending)} requests are waiting; the queue limit is {self.max_queue}",
+                                retry_after_s=self._retry_after(len(self._pending)))
+            now = time.monotonic()
+            for request in requests:
+                request.submitted = now
             self._pending.extend(requests)
             self.stats.queue_depth = len(self._pending)
             self._cond.notify_all()
+
+    def _refuse_if_stopped(self) -> None:
+        if self.fatal is not None:
+            raise NotReady(f"the engine failed and is stopping: {self.fatal}")
+        if self._stopping:
+            raise NotReady("the engine is shutting down")
+
+    def _retry_after(self, waiting: int) -> int:
+        """Seconds until the queue has likely moved by ``waiting`` rows, at the recent finishing rate (1–60)."""
+        recent = self._recent_finishes
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 1
+        rate = (len(recent) - 1) / (recent[-1] - recent[0])
+        return max(1, min(60, math.ceil(waiting / rate)))
+
+    def cancel_all(self) -> None:
+        """End every row at the next step (``finish_reason: "cancelled"``, with the text so far) and refuse what
+        waits: a shutdown whose grace period is over."""
+        with self._cond:
+            for request in [row.request for row in self._rows] + list(self._pending):
+                request.cancel()
+            self._cond.notify_all()
+
+    def busy(self) -> int:
+        """Rows running or waiting plus tasks waiting: 0 when the engine has nothing left to do."""
+        with self._cond:
+            return len(self._pending) + len(self._rows) + len(self._tasks)
 
     def _check_steering(self, request: GenerationRequest) -> None:
         """Refuse steering the model cannot take before it joins a batch: applying it would fail every row there."""
@@ -146,34 +201,78 @@ class Engine:
 
     # ----------------------------------------------------------------- the loop
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._cond:
-                    while not self._pending and not self._rows and not self._tasks and not self._stopping:
-                        self._cond.wait()
-                    if self._stopping and not self._rows and not self._pending and not self._tasks:
-                        return
-                    room = self.max_batch - len(self._rows)
-                    admitted = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-                    self.stats.queue_depth = len(self._pending)
-                    task = self._tasks.popleft() if self._tasks else None
-                if task is not None:
-                    self._run_task(*task)
-                try:
-                    admitted = [req for req in admitted if not self._drop_if_cancelled(req)]
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._rows:
-                        self._decode_step()
-                except Exception as exc:  # a failed forward fails its rows, never the server
-                    # Admitted requests may already be rows: fail each request once, and count it once.
-                    failed = {id(req): req for req in [row.request for row in self._rows] + admitted}
-                    log.exception("engine step failed; failing %d rows", len(failed))
-                    for req in failed.values():
-                        if not req.future.done():
-                            req.future.set_exception(exc)
-                    self._rows, self._cache, self._mask = [], None, None
-                self.stats.active_rows = len(self._rows)
+        try:
+            with torch.inference_mode():
+                while self._iterate():
+                    pass
+        except BaseException as exc:  # the loop itself broke, or the device did: stop for good
+            self._die(exc)
+
+    def _iterate(self) -> bool:
+        """One turn of the loop: expire rows that waited too long, run one task, admit, decode one step."""
+        with self._cond:
+            while not self._pending and not self._rows and not self._tasks and not self._stopping:
+                self._cond.wait()
+            if self._stopping and not self._rows and not self._pending and not self._tasks:
+                return False
+            self._expire_waiting(time.monotonic())
+            room = self.max_batch - len(self._rows)
+            admitted = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            self.stats.queue_depth = len(self._pending)
+            task = self._tasks.popleft() if self._tasks else None
+        if task is not None:
+            self._run_task(*task)
+        try:
+            admitted = [req for req in admitted if not self._drop_if_cancelled(req)]
+            if admitted:
+                self._prefill(admitted)
+            if self._rows:
+                self._decode_step()
+        except Exception as exc:  # a failed forward fails its rows, never the server
+            if is_fatal(exc):
+                raise
+            # Admitted requests may already be rows: fail each request once, and count it once.
+            failed = {id(req): req for req in [row.request for row in self._rows] + admitted}
+            log.exception("engine step failed; failing %d rows", len(failed))
+            self.stats.failed_steps += 1
+            for req in failed.values():
+                _fail(req, exc)
+            self._rows, self._cache, self._mask = [], None, None
+        self.stats.active_rows = len(self._rows)
+        return True
+
+    def _expire_waiting(self, now: float) -> None:
+        """Refuse queued rows that waited longer than the queue-wait limit (504): better than a late answer."""
+        if self.queue_timeout_s is None or not self._pending:
+            return
+        limit = self.queue_timeout_s
+        expired = [req for req in self._pending if now - req.submitted > limit]
+        if not expired:
+            return
+        self._pending = deque(req for req in self._pending if now - req.submitted <= limit)
+        for req in expired:
+            self.stats.queue_timeouts += 1
+            _fail(req, GatewayTimeout(f"waited {now - req.submitted:.1f} s for a batch slot; the queue-wait limit "
+                                      f"is {limit:g} s (FVSTEER_QUEUE_TIMEOUT_S)"))
+
+    def _die(self, exc: BaseException) -> None:
+        """Fail everything in flight, refuse new work, and tell the owner (who exits so a supervisor restarts)."""
+        log.critical("engine stopped after a fatal error: %s", exc, exc_info=exc)
+        with self._cond:
+            self.fatal = exc
+            requests = [row.request for row in self._rows] + list(self._pending)
+            tasks = list(self._tasks)
+            self._rows, self._pending, self._tasks = [], deque(), deque()
+            self._cache = self._mask = None
+        error = NotReady(f"the engine failed: {exc}")
+        for req in requests:
+            _fail(req, error)
+        for _, future in tasks:
+            if not future.done():
+                future.set_exception(error)
+        self.stats.active_rows = self.stats.queue_depth = 0
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
 
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``fn`` on the engine thread between decode steps and return its result.
@@ -185,8 +284,7 @@ class Engine:
             return fn()
         future: Future[T] = Future()
         with self._cond:
-            if self._stopping:
-                raise NotReady("the engine is shutting down")
+            self._refuse_if_stopped()
             self._tasks.append((fn, future))
             self._cond.notify_all()
         return future.result(timeout)
@@ -202,6 +300,8 @@ class Engine:
 
     def _drop_if_cancelled(self, request: GenerationRequest) -> bool:
         if request.cancelled:
+            self.stats.finished["cancelled"] += 1
+            _resolve(request.admitted)
             request.future.set_result(GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
         return request.cancelled
 
@@ -231,6 +331,8 @@ class Engine:
         else:
             self._cache, self._mask = concat_batches(self._cache, self._mask, cache, mask.to(device))
         self._rows.extend(new_rows)
+        for req in requests:
+            _resolve(req.admitted)
         self._advance(new_rows, logits, len(requests))
 
     def _decode_step(self) -> None:
@@ -325,12 +427,14 @@ class Engine:
         keep = [i for i, row in enumerate(self._rows) if row.finish is None]
         if len(keep) == len(self._rows):
             return
+        now = time.monotonic()
         for row in self._rows:
             if row.finish is not None:
                 result = GenerationResult(
                     row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes)
                 )
-                self.stats.requests_finished += 1
+                self.stats.finished[row.finish] += 1
+                self._recent_finishes.append(now)
                 if not row.request.future.done():
                     row.request.future.set_result(result)
         if not keep:
@@ -353,3 +457,16 @@ class Engine:
             elif isinstance(source, list):
                 ids.update(int(i) for i in source)
         return ids
+
+
+def _resolve(future: Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _fail(request: GenerationRequest, error: BaseException) -> None:
+    """End a request with an error, also if it was still waiting to be admitted."""
+    if not request.admitted.done():
+        request.admitted.set_exception(error)
+    if not request.future.done():
+        request.future.set_exception(error)

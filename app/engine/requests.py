@@ -33,6 +33,7 @@ class GenerationRequest:
     deadline: float | None = None
     on_text: Callable[[str], None] | None = None  # streaming: called on the engine thread with each new text piece
     future: Future[GenerationResult] = field(default_factory=Future)
+    admitted: Future[None] = field(default_factory=Future)  # resolved when the row joins the batch
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
 

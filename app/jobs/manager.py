@@ -131,7 +131,7 @@ class JobManager:
         with self._lock:
             waiting = sum(1 for job in self._jobs.values() if job.state == "queued")
             if waiting >= MAX_WAITING:
-                raise QueueFull(f"{waiting} jobs are waiting; the limit is {MAX_WAITING}")
+                raise QueueFull(f"{waiting} jobs are waiting; the limit is {MAX_WAITING}", retry_after_s=30)
             job = Job(id=f"job-{secrets.token_hex(8)}", kind=kind)
             self._jobs[job.id] = job
         self._persist(job)

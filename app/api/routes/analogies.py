@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
+from app.api.disconnect import unless_disconnected
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import services
 from app.api.schemas import AnalogyRequest, AnalogyResponse, ErrorEnvelope
@@ -17,8 +18,10 @@ router = APIRouter(tags=["analogies"])
 @router.post(
     "/analogies",
     response_model=AnalogyResponse,
-    responses={**ERROR_RESPONSES, 429: {"model": ErrorEnvelope, "description": "Queue full"}},
+    responses={**ERROR_RESPONSES, 429: {"model": ErrorEnvelope, "description": "Queue full"},
+               504: {"model": ErrorEnvelope, "description": "Waited too long for a batch slot"}},
 )
-async def solve_analogy(body: AnalogyRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+async def solve_analogy(body: AnalogyRequest, request: Request, svc: Services = Depends(services)) -> Any:
     """A:B :: C:? — composite weights inferred from A:B over the bank, the composite added at the query for C."""
-    return await svc.analogies.solve(body.a, body.b, body.c, body.choices, body.max_new_tokens)
+    return await unless_disconnected(
+        request, svc.analogies.solve(body.a, body.b, body.c, body.choices, body.max_new_tokens))

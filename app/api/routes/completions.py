@@ -7,9 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from app.api.disconnect import unless_disconnected
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import services
 from app.api.schemas import CompleteRequest, CompleteResponse, ErrorEnvelope
@@ -28,9 +29,10 @@ STREAM_DOC = ("`token` events (`{\"text\"}`: the next piece of text), then one `
     response_model=CompleteResponse,
     responses={**ERROR_RESPONSES, 404: {"model": ErrorEnvelope, "description": "Unknown vector"},
                429: {"model": ErrorEnvelope, "description": "Queue full"},
+               504: {"model": ErrorEnvelope, "description": "Waited too long for a batch slot"},
                200: {"content": {"text/event-stream": {}}, "description": f"With `stream: true`: {STREAM_DOC}"}},
 )
-async def complete(body: CompleteRequest, svc: Services = Depends(services)) -> Any:
+async def complete(body: CompleteRequest, request: Request, svc: Services = Depends(services)) -> Any:
     """Generate a completion steered by the weighted composite of the named vectors."""
     spec = CompletionInput(
         prompt=body.prompt,
@@ -46,7 +48,7 @@ async def complete(body: CompleteRequest, svc: Services = Depends(services)) -> 
         return_baseline=body.return_baseline,
     )
     if not body.stream:
-        return await svc.completions.complete(spec)
+        return await unless_disconnected(request, svc.completions.complete(spec))
     events = await svc.completions.stream(spec)  # refusals raise here: a plain 4xx, no stream opened
     return StreamingResponse(_server_sent(events), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

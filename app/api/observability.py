@@ -1,0 +1,73 @@
+"""Per-request bookkeeping as pure ASGI middleware: a request id (the caller's ``X-Request-ID`` when it is sane,
+else a new one) put on every log line and sent back in the response header, one structured access-log line,
+the HTTP metrics, and the in-flight count that a SIGTERM drain waits on."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.metrics import HttpMetrics
+from app.logs import request_id
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+log = logging.getLogger("fvsteer.access")
+HEADER = b"x-request-id"
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# Probes and progress streams are not work a drain should wait for (a job's event stream lasts as long as the job).
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _counts_as_work(path: str) -> bool:
+    return path not in PROBES and not path.endswith("/events")
+
+
+class RequestObservation:
+    def __init__(self, app: ASGIApp, runtime: Runtime, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(HEADER)
+        rid = given.decode() if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+        work = _counts_as_work(scope["path"])
+        if work:
+            self.runtime.in_flight += 1
+            self.metrics.in_flight.inc()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), (HEADER, rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"  # templates only: no label per vector name
+            self.metrics.observe(scope["method"], template, status, seconds)
+            if work:
+                self.runtime.in_flight -= 1
+                self.metrics.in_flight.dec()
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
+                     extra={"method": scope["method"], "path": scope["path"], "route": template, "status": status,
+                            "duration_ms": round(seconds * 1000, 1),
+                            "client": (scope.get("client") or ("-",))[0]})
+            request_id.reset(token)

@@ -1,0 +1,134 @@
+"""Backpressure and deadlines on a real server whose engine is made slow (tests.fault_server): a full queue → 429
+with Retry-After, a long queue wait → 504 (streamed requests too, before any event), the per-request deadline →
+``finish_reason: "timeout"`` with the text so far, and a client that goes away frees its row at once."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, start_server, stop_server
+from tests.tiny_models import ARCH_CONFIGS
+
+STEP_S = 0.05  # every decode step sleeps this long
+QUEUE = 3
+QUEUE_TIMEOUT_S = 1.0
+REQUEST_TIMEOUT_S = 1.5
+LLAMA: dict[str, Any] = ARCH_CONFIGS["llama"]
+LONG_PROMPT = "Q: cold\nA:"  # the tiny model (seed 0) writes 80 tokens on this without an end-of-sequence
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[LiveServer]:
+    server = start_server(
+        tmp_path_factory.mktemp("slow"), str(tiny_llama_dir), admin_token=None, d_model=int(LLAMA["hidden_size"]),
+        n_layers=int(LLAMA["num_hidden_layers"]), module="tests.fault_server",
+        extra_env={"FAULT_STEP_DELAY_S": str(STEP_S), "FVSTEER_MAX_BATCH": "1", "FVSTEER_MAX_QUEUE": str(QUEUE),
+                   "FVSTEER_QUEUE_TIMEOUT_S": str(QUEUE_TIMEOUT_S),
+                   "FVSTEER_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S), "FVSTEER_MAX_NEW_TOKENS": "64",
+                   "FVSTEER_CORS_ORIGINS": '["https://lab.example"]'},
+    )
+    yield server
+    stop_server(server)
+
+
+def complete(server: LiveServer, tokens: int, **extra: Any) -> httpx.Response:
+    body = {"prompt": LONG_PROMPT, "max_new_tokens": tokens, **extra}
+    return httpx.post(f"{server.url}/complete", json=body, timeout=30)
+
+
+def metric(server: LiveServer, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    assert found, f"{name}{labels} not in /metrics"
+    return float(found[1])
+
+
+def wait_idle(server: LiveServer) -> None:
+    deadline = time.monotonic() + 20
+    while metric(server, "fvsteer_active_rows") or metric(server, "fvsteer_queue_depth"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_full_queue_gets_429_with_retry_after(slow_server: LiveServer) -> None:
+    wait_idle(slow_server)
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda _: complete(slow_server, 4), range(12)))
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 1 + QUEUE - 1 and statuses.count(429) >= 1, statuses  # 1 running + the queue
+    refused = next(response for response in responses if response.status_code == 429)
+    error = refused.json()["error"]
+    assert error["type"] == "queue_full" and f"the queue limit is {QUEUE}" in error["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert metric(slow_server, "fvsteer_queue_rejected_total") >= statuses.count(429)
+
+
+def test_long_queue_wait_gets_504_and_a_stream_gets_it_before_any_event(slow_server: LiveServer) -> None:
+    wait_idle(slow_server)
+    tokens = int(REQUEST_TIMEOUT_S / STEP_S) + 10  # the first row holds the batch until its deadline
+
+    def streamed(_: int) -> tuple[int, str, str]:
+        body = {"prompt": LONG_PROMPT, "max_new_tokens": tokens, "stream": True}
+        with httpx.stream("POST", f"{slow_server.url}/complete", json=body, timeout=30) as response:
+            return response.status_code, response.headers["content-type"], response.read().decode()
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(complete, slow_server, tokens)
+        time.sleep(0.3)
+        second = pool.submit(complete, slow_server, tokens)
+        third = pool.submit(streamed, 0)
+        running, waited, (status, content_type, body) = first.result(), second.result(), third.result()
+    assert running.status_code == 200 and running.json()["finish_reason"] == "timeout"
+    assert waited.status_code == 504, waited.text
+    error = waited.json()["error"]
+    assert error["type"] == "timeout" and f"the queue-wait limit is {QUEUE_TIMEOUT_S:g} s" in error["message"]
+    assert status == 504 and content_type.startswith("application/json") and "event:" not in body
+    assert json.loads(body)["error"]["type"] == "timeout"
+    assert metric(slow_server, "fvsteer_queue_timeouts_total") >= 2
+
+
+def test_deadline_ends_with_timeout_and_the_text_so_far(slow_server: LiveServer) -> None:
+    wait_idle(slow_server)
+    started = time.monotonic()
+    response = complete(slow_server, 64)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["finish_reason"] == "timeout"
+    assert 0 < body["usage"]["completion_tokens"] < 64 and body["text"]
+    assert REQUEST_TIMEOUT_S <= elapsed < REQUEST_TIMEOUT_S + 2
+
+
+def test_a_client_that_goes_away_frees_its_row(slow_server: LiveServer) -> None:
+    wait_idle(slow_server)
+    cancelled = metric(slow_server, "fvsteer_rows_finished_total", '{reason="cancelled"}')
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes the connection
+        httpx.post(f"{slow_server.url}/complete", json={"prompt": LONG_PROMPT, "max_new_tokens": 64}, timeout=0.3)
+    gone = time.monotonic()
+    while metric(slow_server, "fvsteer_rows_finished_total", '{reason="cancelled"}') == cancelled:
+        assert time.monotonic() - gone < REQUEST_TIMEOUT_S - 0.3, "the row ran on after its client left"
+        time.sleep(0.02)
+    assert metric(slow_server, "fvsteer_active_rows") == 0
+    while '"status": 499' not in slow_server.log():  # the access line is written once the handler returns
+        assert time.monotonic() - gone < 5, "no 499 access-log line"
+        time.sleep(0.05)
+
+
+def test_cors_allows_only_the_configured_origin(slow_server: LiveServer, live_server: LiveServer) -> None:
+    preflight = {"Origin": "https://lab.example", "Access-Control-Request-Method": "POST"}
+    allowed = httpx.options(f"{slow_server.url}/complete", headers=preflight, timeout=10)
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://lab.example"
+    other = httpx.get(f"{slow_server.url}/healthz", headers={"Origin": "https://evil.example"}, timeout=10)
+    assert "access-control-allow-origin" not in other.headers
+    unconfigured = httpx.get(f"{live_server.url}/healthz", headers={"Origin": "https://lab.example"}, timeout=10)
+    assert "access-control-allow-origin" not in unconfigured.headers
