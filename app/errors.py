@@ -47,6 +47,14 @@ class Conflict(FvsteerError):
     type = "conflict"
 
 
+class MissingBank(FvsteerError):
+    """The request needs vectors the registry does not hold yet (e.g. analogies without a starter bank): the
+    server is fine, its state does not allow the request."""
+
+    status = 409
+    type = "missing_vectors"
+
+
 class PayloadTooLarge(FvsteerError):
     status = 413
     type = "payload_too_large"

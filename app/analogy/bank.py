@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from app.analogy.scoring import ScoreRow, score_rows
-from app.errors import NotReady
+from app.errors import MissingBank
 from app.fv.extraction import ModelHandle
 from app.fv.forward import Runner, run_here
 from app.fv.prompts import Template, bos_prefix
@@ -30,7 +30,7 @@ class Bank:
         stored = ([registry.get(name, param="bank") for name in names] if names is not None else
                   [item for item in registry.list() if item.metadata.get("method") == "finetuned"])
         if len(stored) < MIN_BANK:
-            raise NotReady(f"analogies need at least {MIN_BANK} fine-tuned vectors in the registry; it has "
+            raise MissingBank(f"analogies need at least {MIN_BANK} fine-tuned vectors in the registry; it has "
                            f"{len(stored)} (run `make vectors` or fine-tune some)")
         return cls([item.name for item in stored], [item.layer for item in stored],
                    torch.stack([item.vector.float() for item in stored]))

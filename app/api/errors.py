@@ -80,6 +80,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI could not decode the body at all (bytes that are not text): invalid input
+        return envelope(422, "invalid_request", f"body could not be read as JSON: {exc.detail}", "body")
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
     return envelope(exc.status_code, type_, str(exc.detail), None, **(exc.headers or {}))
 

@@ -62,7 +62,8 @@ class NotFoundError(APIError):
 
 
 class ConflictError(APIError):
-    """409: a vector of that name already exists."""
+    """409: the request conflicts with what the server holds: a vector of that name already exists, or analogies
+    need fine-tuned vectors the registry lacks (``type`` says which)."""
 
 
 class PayloadTooLargeError(APIError):

@@ -19,6 +19,7 @@ router = APIRouter(tags=["analogies"])
     "/analogies",
     response_model=AnalogyResponse,
     responses={**ERROR_RESPONSES, 429: {"model": ErrorEnvelope, "description": "Queue full"},
+               409: {"model": ErrorEnvelope, "description": "Fewer than 2 fine-tuned vectors in the registry"},
                504: {"model": ErrorEnvelope, "description": "Waited too long for a batch slot"}},
 )
 async def solve_analogy(body: AnalogyRequest, request: Request, svc: Services = Depends(services)) -> Any:
