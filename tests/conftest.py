@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import torch
 
 from tests.tiny_models import ARCH_CONFIGS, save_tiny_model
@@ -83,6 +84,26 @@ def start_server(
         time.sleep(0.2)
     process.terminate()
     raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()}")
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A private redis-server (no persistence) that a test may kill and restart."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if client.ping():
+                client.close()
+                return process
+        except redis.RedisError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def stop_server(server: LiveServer) -> None:

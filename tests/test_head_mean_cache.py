@@ -7,7 +7,6 @@ import logging
 import secrets
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from app.cache.head_means import (
     RedisHeadMeanCache,
     make_head_mean_cache,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, start_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SHAPE = (3, 4, 5)
@@ -269,29 +268,10 @@ def test_degraded_cache_recovers_when_redis_answers(raw_redis: redis.Redis, key:
     assert got is not None and torch.equal(got, means)
 
 
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=0.5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if client.ping():
-                client.close()
-                return process
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
 def test_redis_killed_mid_way_then_restarted(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    process = _start_redis(port)
+    process = start_redis(port)
     try:
         cache = RedisHeadMeanCache(f"redis://127.0.0.1:{port}/0", socket_timeout_s=1.0)
         key, means = random_key(), random_means()
@@ -310,7 +290,7 @@ def test_redis_killed_mid_way_then_restarted(caplog: pytest.LogCaptureFixture) -
             assert cache.status() == "degraded"
             assert cache.stats.errors == 3
 
-            process = _start_redis(port)  # back, empty (no persistence)
+            process = start_redis(port)  # back, empty (no persistence)
             assert cache.get(key, SHAPE) is None  # a plain miss now
             assert cache.status() == "redis"
             cache.put(key, means)
