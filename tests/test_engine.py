@@ -545,3 +545,45 @@ def test_engine_call_returns_results_and_raises_errors(make_engine: MakeEngine) 
     request = GenerationRequest(engine.encode("a", 2), SamplingParams(max_new_tokens=2))
     engine.submit([request])
     assert request.future.result(timeout=WAIT_S).completion_tokens >= 1  # a failed task harms nothing
+
+
+def test_jobs_get_at_most_half_of_the_engine_while_rows_decode(make_engine: MakeEngine) -> None:
+    """The time share: a job's tasks (20 ms each here) wait until decoding has had as much time since the last one,
+    so a generation running beside a job advances at least at half speed."""
+    engine = make_engine()
+    spans: list[tuple[str, float, float]] = []
+    decode_step = engine._decode_step
+
+    def timed_decode() -> None:
+        started = time.monotonic()
+        decode_step()
+        spans.append(("decode", started, time.monotonic()))
+
+    def task() -> None:
+        started = time.monotonic()
+        time.sleep(0.02)
+        spans.append(("task", started, time.monotonic()))
+
+    engine._decode_step = timed_decode  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def job() -> None:
+        while not stop.is_set():
+            engine.call(task, timeout=WAIT_S)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    time.sleep(0.1)  # the job alone: its tasks run back to back
+    request = _request(engine, "Q: cold\nA:", max_new_tokens=60)
+    engine.submit([request])
+    result = request.future.result(timeout=WAIT_S)
+    stop.set()
+    worker.join(timeout=WAIT_S)
+    decodes = [span for span in spans if span[0] == "decode"]
+    begin, end = decodes[0][1], decodes[-1][2]
+    during = [span for span in spans if span[0] == "task" and begin <= span[1] < end]
+    task_time = sum(stop_ - start for _, start, stop_ in during)
+    decode_time = sum(stop_ - start for _, start, stop_ in decodes)
+    assert result.completion_tokens == len(decodes) + 1  # the first token comes from the prefill
+    assert during, "the job must go on while the row decodes"
+    assert task_time <= decode_time + 0.03, (task_time, decode_time)

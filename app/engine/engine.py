@@ -97,6 +97,8 @@ class Engine:
         self.on_fatal = on_fatal
         self.fatal: BaseException | None = None
         self._recent_finishes: deque[float] = deque(maxlen=64)  # when rows finished: the Retry-After estimate
+        self._last_task_s = 0.0  # how long the last job task held the engine …
+        self._decoded_since_task = 0.0  # … and how long decoding has had it since (the time share)
         self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
         self._tokenizer_lock = threading.Lock()
@@ -219,15 +221,20 @@ class Engine:
             room = self.max_batch - len(self._rows)
             admitted = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
             self.stats.queue_depth = len(self._pending)
-            task = self._tasks.popleft() if self._tasks else None
+            task = self._tasks.popleft() if self._tasks and self._task_due() else None
         if task is not None:
+            started = time.monotonic()
             self._run_task(*task)
+            self._last_task_s = time.monotonic() - started
+            self._decoded_since_task = 0.0
         try:
             admitted = [req for req in admitted if not self._drop_if_cancelled(req)]
+            started = time.monotonic()
             if admitted:
                 self._prefill(admitted)
             if self._rows:
                 self._decode_step()
+            self._decoded_since_task += time.monotonic() - started
         except Exception as exc:  # a failed forward fails its rows, never the server
             if is_fatal(exc):
                 raise
@@ -240,6 +247,11 @@ class Engine:
             self._rows, self._cache, self._mask = [], None, None
         self.stats.active_rows = len(self._rows)
         return True
+
+    def _task_due(self) -> bool:
+        """Time share: while rows are decoding, a job's task runs only once decoding has had as much engine time
+        since the last task as that task took, so a training job at most halves decoding speed (and vice versa)."""
+        return not self._rows or self._decoded_since_task >= self._last_task_s
 
     def _expire_waiting(self, now: float) -> None:
         """Refuse queued rows that waited longer than the queue-wait limit (504): better than a late answer."""
@@ -277,8 +289,9 @@ class Engine:
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``fn`` on the engine thread between decode steps and return its result.
 
-        Jobs (extraction, evaluation) send each model forward through here, so they share the one model
-        with live completions without a lock: a long job adds at most one forward of latency per step.
+        Jobs (extraction, fine-tuning, evaluation) send each model forward through here, so they share the one
+        model with live completions without a lock; while completions are decoding, tasks get at most half of the
+        engine's time (:meth:`_task_due`).
         """
         if threading.current_thread() is self._thread:
             return fn()
