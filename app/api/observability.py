@@ -66,7 +66,8 @@ class RequestObservation:
             if work:
                 self.runtime.in_flight -= 1
                 self.metrics.in_flight.dec()
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
+            level = logging.DEBUG if scope["path"] in PROBES else logging.INFO  # probes every few seconds: quiet
+            log.log(level, "%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
                      extra={"method": scope["method"], "path": scope["path"], "route": template, "status": status,
                             "duration_ms": round(seconds * 1000, 1),
                             "client": (scope.get("client") or ("-",))[0]})
