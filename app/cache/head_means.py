@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,6 +88,10 @@ class MemoryHeadMeanCache:
         return "memory"
 
 
+PROBE_TIMEOUT_S = 0.25
+PROBE_INTERVAL_S = 1.0
+
+
 @dataclass
 class RedisHeadMeanCache:
     """Redis-backed cache; every failure degrades to a miss (never a wrong answer, never a crash)."""
@@ -104,6 +109,11 @@ class RedisHeadMeanCache:
         self._client = redis.Redis.from_url(
             self.url, socket_timeout=self.socket_timeout_s, socket_connect_timeout=self.socket_timeout_s
         )
+        # Readiness probes must answer fast even when Redis hangs: a client with a short timeout of its own,
+        # asked at most once per PROBE_INTERVAL_S however often the probe comes.
+        timeout = min(self.socket_timeout_s, PROBE_TIMEOUT_S)
+        self._probe = redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._probed_at: float | None = None
 
     def _failed(self, action: str, exc: Exception) -> None:
         self.stats.errors += 1
@@ -177,9 +187,14 @@ class RedisHeadMeanCache:
         return "degraded" if self.degraded else "redis"
 
     def ping(self) -> bool:
-        """Probe Redis (for readiness); updates ``degraded``."""
+        """Probe Redis (for readiness) with a short timeout, at most once per ``PROBE_INTERVAL_S``; updates
+        ``degraded``. Returns whether Redis answered (the last probe's answer when it is recent)."""
+        now = time.monotonic()
+        if self._probed_at is not None and now - self._probed_at < PROBE_INTERVAL_S:
+            return not self.degraded
+        self._probed_at = now
         try:
-            self._client.ping()
+            self._probe.ping()
         except Exception as exc:
             self._failed("ping", exc)
             return False
