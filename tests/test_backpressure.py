@@ -4,8 +4,10 @@ with Retry-After, a long queue wait → 504 (streamed requests too, before any e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from app.api.admission import Admission
+from app.errors import QueueFull
 from tests.conftest import LiveServer, start_server, stop_server
+from tests.test_api import upload, vector_bytes
 from tests.tiny_models import ARCH_CONFIGS
 
 STEP_S = 0.05  # every decode step sleeps this long
@@ -29,7 +34,8 @@ LONG_PROMPT = "Q: cold\nA:"  # the tiny model (seed 0) writes 80 tokens on this 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[LiveServer]:
     server = start_server(
-        tmp_path_factory.mktemp("slow"), str(tiny_llama_dir), admin_token=None, d_model=int(LLAMA["hidden_size"]),
+        tmp_path_factory.mktemp("slow"), str(tiny_llama_dir), admin_token=secrets.token_hex(8),
+        d_model=int(LLAMA["hidden_size"]),
         n_layers=int(LLAMA["num_hidden_layers"]), module="tests.fault_server",
         extra_env={"FAULT_STEP_DELAY_S": str(STEP_S), "FVSTEER_MAX_BATCH": "1", "FVSTEER_MAX_QUEUE": str(QUEUE),
                    "FVSTEER_QUEUE_TIMEOUT_S": str(QUEUE_TIMEOUT_S),
@@ -132,3 +138,41 @@ def test_cors_allows_only_the_configured_origin(slow_server: LiveServer, live_se
     assert "access-control-allow-origin" not in other.headers
     unconfigured = httpx.get(f"{live_server.url}/healthz", headers={"Origin": "https://lab.example"}, timeout=10)
     assert "access-control-allow-origin" not in unconfigured.headers
+
+
+def test_admission_refuses_beyond_its_limit_and_frees_slots() -> None:
+    gate = Admission(2)
+
+    async def scenario() -> None:
+        async with gate.slot(), gate.slot():
+            with pytest.raises(QueueFull) as refused:
+                async with gate.slot():
+                    pass
+            assert "the limit is 2" in refused.value.message and refused.value.retry_after_s >= 1
+        assert gate.active == 0
+        with pytest.raises(RuntimeError):
+            async with gate.slot():
+                raise RuntimeError("a failed request frees its slot too")
+        assert gate.active == 0
+
+    asyncio.run(scenario())
+
+
+def test_model_work_routes_get_429_beyond_the_admission_limit(slow_server: LiveServer) -> None:
+    """Evaluation, decoding and analogies run as engine tasks: a burst of them is bounded (here by
+    FVSTEER_MAX_QUEUE = 3) like completions are."""
+    name = f"gate-{secrets.token_hex(3)}"
+    assert upload(slow_server, name, vector_bytes(slow_server.d_model)).status_code == 201
+    pairs = [{"input": f"a{i}", "output": f"b{i}"} for i in range(40)]
+
+    def evaluate(_: int) -> httpx.Response:
+        body = {"pairs": pairs, "shots": 10}
+        return httpx.post(f"{slow_server.url}/vectors/{name}/evaluate", json=body, timeout=120)
+
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(evaluate, range(24)))
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 1, statuses
+    refused = next(response for response in responses if response.status_code == 429)
+    assert "the limit is 3" in refused.json()["error"]["message"] and refused.headers["retry-after"]

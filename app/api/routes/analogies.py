@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from app.api.admission import Admission
 from app.api.disconnect import unless_disconnected
 from app.api.errors import ERROR_RESPONSES
-from app.api.routes.deps import services
+from app.api.routes.deps import admission, services
 from app.api.schemas import AnalogyRequest, AnalogyResponse, ErrorEnvelope
 from app.runtime import Services
 
@@ -22,7 +23,9 @@ router = APIRouter(tags=["analogies"])
                409: {"model": ErrorEnvelope, "description": "Fewer than 2 fine-tuned vectors in the registry"},
                504: {"model": ErrorEnvelope, "description": "Waited too long for a batch slot"}},
 )
-async def solve_analogy(body: AnalogyRequest, request: Request, svc: Services = Depends(services)) -> Any:
+async def solve_analogy(body: AnalogyRequest, request: Request, svc: Services = Depends(services),
+                        gate: Admission = Depends(admission)) -> Any:
     """A:B :: C:? — composite weights inferred from A:B over the bank, the composite added at the query for C."""
-    return await unless_disconnected(
-        request, svc.analogies.solve(body.a, body.b, body.c, body.choices, body.max_new_tokens))
+    async with gate.slot():
+        return await unless_disconnected(
+            request, svc.analogies.solve(body.a, body.b, body.c, body.choices, body.max_new_tokens))

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
+from app.api.admission import Admission
 from app.api.errors import ERROR_RESPONSES
-from app.api.routes.deps import services
+from app.api.routes.deps import admission, services
 from app.api.schemas import (
     DecodedVector,
     ErrorEnvelope,
@@ -46,6 +47,9 @@ def get_vector(name: str, svc: Services = Depends(services)) -> dict[str, Any]:
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorEnvelope, "description": "Unknown vector or relation"}
+}
+BUSY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorEnvelope, "description": "Too many requests using the model at once"}
 }
 
 
@@ -94,16 +98,22 @@ def finetune_vector(body: FinetuneRequest, svc: Services = Depends(services)) ->
     )
 
 
-@router.post("/vectors/{name}/evaluate", response_model=EvaluationResult, responses={**ERROR_RESPONSES, **NOT_FOUND})
-async def evaluate_vector(name: str, body: EvaluateRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+@router.post("/vectors/{name}/evaluate", response_model=EvaluationResult,
+             responses={**ERROR_RESPONSES, **NOT_FOUND, **BUSY})
+async def evaluate_vector(name: str, body: EvaluateRequest, svc: Services = Depends(services),
+                          gate: Admission = Depends(admission)) -> dict[str, Any]:
     """First-token accuracy on held-out pairs: zero-shot, + vector, 10-shot, shuffled 10-shot, shuffled + vector."""
     pairs = [pair.model_dump() for pair in body.pairs] if body.pairs is not None else None
-    return await asyncio.to_thread(svc.vectors.evaluate, name, body.relation, pairs, body.seed, body.shots)
+    async with gate.slot():
+        return await asyncio.to_thread(svc.vectors.evaluate, name, body.relation, pairs, body.seed, body.shots)
 
 
-@router.get("/vectors/{name}/decode", response_model=DecodedVector, responses={**ERROR_RESPONSES, **NOT_FOUND})
+@router.get("/vectors/{name}/decode", response_model=DecodedVector,
+            responses={**ERROR_RESPONSES, **NOT_FOUND, **BUSY})
 async def decode_vector(
-    name: str, k: Annotated[int, Query(ge=1, le=100)] = 10, svc: Services = Depends(services)
+    name: str, k: Annotated[int, Query(ge=1, le=100)] = 10, svc: Services = Depends(services),
+    gate: Admission = Depends(admission),
 ) -> dict[str, Any]:
     """Logit lens: the tokens the vector promotes, ``softmax(lm_head(final_norm(v)))``."""
-    return await asyncio.to_thread(svc.vectors.decode, name, k)
+    async with gate.slot():
+        return await asyncio.to_thread(svc.vectors.decode, name, k)
