@@ -84,7 +84,7 @@ class CompletionService:
         rows = prepared.rows
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(row.future) for row in rows))
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or one row failed (e.g. the baseline waited too long): free the others
             for row in rows:
                 row.cancel()
             raise

@@ -109,7 +109,7 @@ class Runtime:
             self._services.engine.cancel_all()
 
     def drained(self) -> bool:
-        engine_idle = self._services is None or self._services.engine.busy() == 0
+        engine_idle = self._services is None or self._services.engine.requests_in_flight() == 0
         return self.in_flight == 0 and engine_idle
 
     def _engine_failed(self, exc: BaseException) -> None:

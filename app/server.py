@@ -36,8 +36,11 @@ class DrainingServer(uvicorn.Server):
         runtime.request_exit = self._exit_now
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_started or self.runtime.state != "ready":
-            super().handle_exit(sig, frame)  # a second signal, or nothing to drain: stop now
+        if self._drain_started:
+            super().handle_exit(sig, frame)  # a second signal: stop now (uvicorn re-raises it on the way out)
+            return
+        if self.runtime.state != "ready":  # loading or failed: nothing to drain; exit with the runtime's code
+            self.should_exit = True
             return
         self._drain_started = True
         self.runtime.begin_drain()

@@ -587,3 +587,62 @@ def test_jobs_get_at_most_half_of_the_engine_while_rows_decode(make_engine: Make
     assert result.completion_tokens == len(decodes) + 1  # the first token comes from the prefill
     assert during, "the job must go on while the row decodes"
     assert task_time <= decode_time + 0.03, (task_time, decode_time)
+
+
+def test_a_waiter_that_cancelled_its_future_never_fails_the_batch(make_engine: MakeEngine) -> None:
+    """A client that goes away while queued cancels its future; settling it later must not fail the running rows."""
+    engine = make_engine(max_batch=2)
+    running = _request(engine, "Q: cold\nA:", max_new_tokens=40)
+    engine.submit([running])
+    running.admitted.result(timeout=WAIT_S)
+    queued = _request(engine, "a", max_new_tokens=4)
+    assert queued.future.cancel()  # what asyncio does to the wrapped future when the awaiting task is cancelled
+    queued.cancel()
+    engine.submit([queued])  # admitted beside the running row at the next step, and dropped there
+    result = running.future.result(timeout=WAIT_S)
+    assert result.completion_tokens == 40 and result.finish_reason == "length"
+    assert engine.stats.failed_steps == 0 and engine.fatal is None
+    assert engine.stats.finished["cancelled"] == 1
+
+
+def test_a_fatal_error_in_the_prefill_fails_the_requests_being_admitted(make_engine: MakeEngine) -> None:
+    engine = make_engine(start=False)
+    died: list[BaseException] = []
+    engine.on_fatal = died.append
+
+    def broken_prefill(requests: list[GenerationRequest]) -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered (injected)")
+
+    engine._prefill = broken_prefill  # type: ignore[method-assign]
+    requests = [_request(engine, prompt) for prompt in PROMPTS[:2]]
+    engine.submit(requests)
+    engine.start()
+    for request in requests:
+        with pytest.raises(NotReady, match="CUDA error"):
+            request.future.result(timeout=WAIT_S)
+        with pytest.raises(NotReady):
+            request.admitted.result(timeout=WAIT_S)
+    assert len(died) == 1 and engine.fatal is died[0]
+    with pytest.raises(NotReady, match="engine failed"):
+        engine.submit([_request(engine, "a")])
+    with pytest.raises(NotReady):
+        engine.call(lambda: 1)
+
+
+def test_a_fatal_error_in_a_job_task_stops_the_engine(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    died: list[BaseException] = []
+    engine.on_fatal = died.append
+
+    def broken() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        engine.call(broken, timeout=WAIT_S)
+    deadline = time.monotonic() + WAIT_S
+    while not died:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert engine.fatal is died[0]
+    with pytest.raises(NotReady):
+        engine.submit([_request(engine, "a")])

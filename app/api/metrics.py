@@ -49,12 +49,13 @@ class RuntimeCollector(Collector):
         if services is None:
             return
         stats = services.engine.stats
+        batch_sizes = dict(stats.batch_sizes)  # one copy: the engine thread may add a size meanwhile
         steps = CounterMetricFamily("fvsteer_decode_steps", "Forward passes of the engine, by rows in the batch.",
                                     labels=["batch_size"])
-        for size, count in sorted(stats.batch_sizes.items()):
+        for size, count in sorted(batch_sizes.items()):
             steps.add_metric([str(size)], count)
         yield steps
-        yield _batch_histogram(stats.batch_sizes)
+        yield _batch_histogram(batch_sizes)
         yield _counter("fvsteer_tokens_generated", "Tokens generated.", stats.tokens_generated)
         finished = CounterMetricFamily("fvsteer_rows_finished", "Generation rows finished, by finish reason.",
                                        labels=["reason"])

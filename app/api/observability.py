@@ -23,6 +23,8 @@ HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # Probes and progress streams are not work a drain should wait for (a job's event stream lasts as long as the job).
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# Metric labels from a closed set: any other method token (h11 accepts them) would make a label per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _counts_as_work(path: str) -> bool:
@@ -62,7 +64,8 @@ class RequestObservation:
             seconds = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"  # templates only: no label per vector name
-            self.metrics.observe(scope["method"], template, status, seconds)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.observe(method, template, status, seconds)
             if work:
                 self.runtime.in_flight -= 1
                 self.metrics.in_flight.dec()

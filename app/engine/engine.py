@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -106,6 +106,7 @@ class Engine:
         self._pending: deque[GenerationRequest] = deque()
         self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._rows: list[_Row] = []
+        self._admitting: list[GenerationRequest] = []  # taken from the queue, prefill not done yet
         self._cache: DynamicCache | None = None
         self._mask: Tensor | None = None
         self._stopping = False
@@ -180,14 +181,14 @@ class Engine:
         """End every row at the next step (``finish_reason: "cancelled"``, with the text so far) and refuse what
         waits: a shutdown whose grace period is over."""
         with self._cond:
-            for request in [row.request for row in self._rows] + list(self._pending):
+            for request in [row.request for row in self._rows] + self._admitting + list(self._pending):
                 request.cancel()
             self._cond.notify_all()
 
-    def busy(self) -> int:
-        """Rows running or waiting plus tasks waiting: 0 when the engine has nothing left to do."""
+    def requests_in_flight(self) -> int:
+        """Generation rows running, being admitted or waiting (job tasks not counted: jobs stop on their own)."""
         with self._cond:
-            return len(self._pending) + len(self._rows) + len(self._tasks)
+            return len(self._pending) + len(self._admitting) + len(self._rows)
 
     def _check_steering(self, request: GenerationRequest) -> None:
         """Refuse steering the model cannot take before it joins a batch: applying it would fail every row there."""
@@ -220,6 +221,7 @@ class Engine:
             self._expire_waiting(time.monotonic())
             room = self.max_batch - len(self._rows)
             admitted = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            self._admitting = admitted  # neither pending nor rows until the prefill: _die must still see them
             self.stats.queue_depth = len(self._pending)
             task = self._tasks.popleft() if self._tasks and self._task_due() else None
         if task is not None:
@@ -232,6 +234,7 @@ class Engine:
             started = time.monotonic()
             if admitted:
                 self._prefill(admitted)
+            self._admitting = []
             if self._rows:
                 self._decode_step()
             self._decoded_since_task += time.monotonic() - started
@@ -244,7 +247,7 @@ class Engine:
             self.stats.failed_steps += 1
             for req in failed.values():
                 _fail(req, exc)
-            self._rows, self._cache, self._mask = [], None, None
+            self._rows, self._cache, self._mask, self._admitting = [], None, None, []
         self.stats.active_rows = len(self._rows)
         return True
 
@@ -272,16 +275,15 @@ class Engine:
         log.critical("engine stopped after a fatal error: %s", exc, exc_info=exc)
         with self._cond:
             self.fatal = exc
-            requests = [row.request for row in self._rows] + list(self._pending)
+            requests = [row.request for row in self._rows] + self._admitting + list(self._pending)
             tasks = list(self._tasks)
-            self._rows, self._pending, self._tasks = [], deque(), deque()
+            self._rows, self._pending, self._tasks, self._admitting = [], deque(), deque(), []
             self._cache = self._mask = None
         error = NotReady(f"the engine failed: {exc}")
         for req in requests:
             _fail(req, error)
         for _, future in tasks:
-            if not future.done():
-                future.set_exception(error)
+            _settle(future, error=error)
         self.stats.active_rows = self.stats.queue_depth = 0
         if self.on_fatal is not None:
             self.on_fatal(exc)
@@ -308,14 +310,16 @@ class Engine:
             return
         try:
             future.set_result(fn())
-        except BaseException as exc:  # handed to the caller, never fatal to the engine
+        except BaseException as exc:  # handed to the caller; fatal to the engine only if the device is broken
             future.set_exception(exc)
+            if is_fatal(exc):
+                raise
 
     def _drop_if_cancelled(self, request: GenerationRequest) -> bool:
         if request.cancelled:
             self.stats.finished["cancelled"] += 1
-            _resolve(request.admitted)
-            request.future.set_result(GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
+            _settle(request.admitted)
+            _settle(request.future, GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
         return request.cancelled
 
     def _prefill(self, requests: list[GenerationRequest]) -> None:
@@ -345,7 +349,7 @@ class Engine:
             self._cache, self._mask = concat_batches(self._cache, self._mask, cache, mask.to(device))
         self._rows.extend(new_rows)
         for req in requests:
-            _resolve(req.admitted)
+            _settle(req.admitted)
         self._advance(new_rows, logits, len(requests))
 
     def _decode_step(self) -> None:
@@ -448,8 +452,7 @@ class Engine:
                 )
                 self.stats.finished[row.finish] += 1
                 self._recent_finishes.append(now)
-                if not row.request.future.done():
-                    row.request.future.set_result(result)
+                _settle(row.request.future, result)
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
@@ -472,14 +475,19 @@ class Engine:
         return ids
 
 
-def _resolve(future: Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _settle(future: Future[T], result: T | None = None, error: BaseException | None = None) -> None:
+    """Set a future's outcome unless it already has one — also when its waiter cancelled it a moment ago (a
+    client that went away): that must never become an error of the engine's step."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
 
 
 def _fail(request: GenerationRequest, error: BaseException) -> None:
     """End a request with an error, also if it was still waiting to be admitted."""
-    if not request.admitted.done():
-        request.admitted.set_exception(error)
-    if not request.future.done():
-        request.future.set_exception(error)
+    _settle(request.admitted, error=error)
+    _settle(request.future, error=error)
