@@ -3,12 +3,15 @@ the structured log line of the request, and Prometheus metrics by route template
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 
 import httpx
 
+from app.logs import JsonFormatter
 from tests.conftest import LiveServer
 
 
@@ -66,3 +69,45 @@ def test_metrics_count_requests_by_route_template_and_status(live_server: LiveSe
         value(sample)
     assert value("fvsteer_ready") == 1 and value("fvsteer_draining") == 0
     assert value("fvsteer_tokens_generated_total") >= 3
+
+
+def test_a_bug_still_answers_the_envelope_with_the_request_id() -> None:
+    """An exception no handler knows (a bug, injected here) gets the 500 envelope and the request id, on the response
+    and on the log line that holds the traceback."""
+    from prometheus_client import CollectorRegistry
+
+    from app.api.metrics import HttpMetrics
+    from app.api.observability import RequestObservation
+    from app.runtime import Runtime
+    from app.settings import Settings
+
+    async def buggy(scope: dict[str, object], receive: object, send: object) -> None:
+        raise ZeroDivisionError("injected")
+
+    middleware = RequestObservation(buggy, Runtime(Settings()), HttpMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/anything", headers={"X-Request-ID": "bug-1"})
+
+    lines: list[str] = []
+
+    class Capture(logging.Handler):  # formats when the line is logged, as the server's handler does
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Capture(level=logging.ERROR)
+    handler.setFormatter(JsonFormatter())
+    access_log = logging.getLogger("fvsteer.access")
+    access_log.addHandler(handler)
+    try:
+        response = asyncio.run(call())
+    finally:
+        access_log.removeHandler(handler)
+    assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
+    assert response.json() == {"error": {"type": "internal_error", "message": "internal error; see the server log",
+                                         "param": None}}
+    (line,) = lines
+    entry = json.loads(line)
+    assert entry["request_id"] == "bug-1" and "ZeroDivisionError" in entry["exception"]

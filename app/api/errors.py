@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from app.api.schemas import ErrorEnvelope
 from app.errors import FvsteerError, QueueFull
@@ -86,9 +88,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return envelope(exc.status_code, type_, str(exc.detail), None, **(exc.headers or {}))
 
 
+INTERNAL_ERROR_MESSAGE = "internal error; see the server log"
+
+
+async def internal_error(send: Send) -> None:
+    """The 500 envelope, sent by hand (for middleware that catches a bug before a response has started)."""
+    body = json.dumps({"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE, "param": None}}).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return envelope(500, "internal_error", "internal error; see the server log")
+    return envelope(500, "internal_error", INTERNAL_ERROR_MESSAGE)
 
 
 def install_error_handlers(app: FastAPI) -> None:

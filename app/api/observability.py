@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import internal_error
 from app.api.metrics import HttpMetrics
 from app.logs import request_id
 
@@ -51,15 +52,24 @@ class RequestObservation:
             self.runtime.in_flight += 1
             self.metrics.in_flight.inc()
 
+        started_response = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started_response = int(message["status"]), True
                 message = {**message, "headers": [*message.get("headers", []), (HEADER, rid.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started_response:  # a streamed body broke half-way: nothing can be sent any more
+                raise
+            # A bug: answered here rather than by Starlette's outermost handler, so that the 500 and its log line
+            # carry the request id.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await internal_error(send_with_id)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
