@@ -7,6 +7,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,3 +142,25 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSe
     )
     yield server
     stop_server(server)
+
+
+@pytest.fixture
+def hung_redis() -> Iterator[int]:
+    """The port of a TCP server that accepts connections and never answers: a hung Redis."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield int(listener.getsockname()[1])
+    listener.close()
+    for connection in accepted:
+        connection.close()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import secrets
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,37 +96,15 @@ def test_redis_killed_mid_extraction(tmp_path: Path, tiny_llama_dir: Path,
         stop_server(server)
 
 
-@pytest.fixture
-def silent_redis() -> Iterator[int]:
-    """A TCP server that accepts connections and never answers: a hung Redis."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield int(listener.getsockname()[1])
-    listener.close()
-    for connection in accepted:
-        connection.close()
-
-
 def test_slow_redis_times_out_and_results_stay_correct(tmp_path: Path, tiny_llama_dir: Path,
-                                                       silent_redis: int) -> None:
+                                                       hung_redis: int) -> None:
     body = {"pairs": pairs(secrets.token_hex(3)), "seed": 3, **QUICK_JOB}
     reference = start(tmp_path / "reference", tiny_llama_dir, "")  # no Redis: the in-process cache
     try:
         expected = stored_vector(reference, extract_and_wait(reference, name="reference", **body)["result"]["vector"])
     finally:
         stop_server(reference)
-    server = start(tmp_path / "slow", tiny_llama_dir, f"redis://127.0.0.1:{silent_redis}/0")
+    server = start(tmp_path / "slow", tiny_llama_dir, f"redis://127.0.0.1:{hung_redis}/0")
     try:
         for _ in range(3):  # a hung Redis must not make the readiness probe hang
             started = time.monotonic()
