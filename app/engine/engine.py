@@ -261,11 +261,9 @@ class Engine:
         if self.queue_timeout_s is None or not self._pending:
             return
         limit = self.queue_timeout_s
-        expired = [req for req in self._pending if now - req.submitted > limit]
-        if not expired:
-            return
-        self._pending = deque(req for req in self._pending if now - req.submitted <= limit)
-        for req in expired:
+        # The queue is in submission order: the oldest are at its head, so this looks at one row per step.
+        while self._pending and now - self._pending[0].submitted > limit:
+            req = self._pending.popleft()
             self.stats.queue_timeouts += 1
             _fail(req, GatewayTimeout(f"waited {now - req.submitted:.1f} s for a batch slot; the queue-wait limit "
                                       f"is {limit:g} s (FVSTEER_QUEUE_TIMEOUT_S)"))
