@@ -10,8 +10,9 @@ import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from app.engine.engine import Engine
 from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
@@ -36,6 +37,7 @@ class CompletionInput:
 
 
 _ids = itertools.count()
+T = TypeVar("T")
 
 
 Event = tuple[str, dict[str, Any]]  # (server-sent event name, its JSON data)
@@ -46,6 +48,17 @@ class _Prepared:
     spec: CompletionInput
     composite: Composite
     rows: list[GenerationRequest]
+
+
+async def _all_or_cancel(rows: list[GenerationRequest], futures: list[Future[T]]) -> list[T]:
+    """Await the rows' futures; if that is cancelled or one fails (e.g. the baseline waited too long), cancel every
+    row so none decodes on for nobody."""
+    try:
+        return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures)))
+    except BaseException:
+        for row in rows:
+            row.cancel()
+        raise
 
 
 class CompletionService:
@@ -81,13 +94,7 @@ class CompletionService:
         return await self._finish(prepared)
 
     async def _finish(self, prepared: _Prepared) -> dict[str, Any]:
-        rows = prepared.rows
-        try:
-            results = await asyncio.gather(*(asyncio.wrap_future(row.future) for row in rows))
-        except BaseException:  # cancelled, or one row failed (e.g. the baseline waited too long): free the others
-            for row in rows:
-                row.cancel()
-            raise
+        results = await _all_or_cancel(prepared.rows, [row.future for row in prepared.rows])
         return self._response(prepared, results)
 
     async def stream(self, spec: CompletionInput) -> AsyncIterator[Event]:
@@ -102,17 +109,9 @@ class CompletionService:
 
         prepared.rows[0].on_text = hand_over
         self.engine.submit(prepared.rows)
-        await self._admitted(prepared.rows)  # a queue-wait 504 is a plain response too, not an error event
+        # Wait for the batch slot first: a queue-wait 504 is a plain response too, not an error event.
+        await _all_or_cancel(prepared.rows, [row.admitted for row in prepared.rows])
         return self._events(prepared, pieces)
-
-    @staticmethod
-    async def _admitted(rows: list[GenerationRequest]) -> None:
-        try:
-            await asyncio.gather(*(asyncio.wrap_future(row.admitted) for row in rows))
-        except BaseException:
-            for row in rows:
-                row.cancel()
-            raise
 
     async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[str]) -> AsyncIterator[Event]:
         finished = asyncio.ensure_future(self._finish(prepared))
