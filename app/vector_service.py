@@ -15,6 +15,7 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.fv.evaluation import evaluate
 from app.fv.extraction import ExtractionSpec, ModelHandle, check_spec, extract
 from app.fv.finetuned import FinetuneOptions, InitKind, check_options, make_finetuned
+from app.fv.forward import Runner
 from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
 from app.fv.prompts import Template, bos_prefix
 from app.fv.vector import decode_vector
@@ -171,13 +172,14 @@ class VectorService:
             self._pending_names.pop(name, None)
 
     def evaluate(
-        self, name: str, relation: str | None, pairs: list[dict[str, Any]] | None, seed: int, shots: int
+        self, name: str, relation: str | None, pairs: list[dict[str, Any]] | None, seed: int, shots: int,
+        run: Runner[Any] | None = None,
     ) -> dict[str, Any]:
         """Todd et al.'s five-way evaluation of a stored vector on held-out pairs.
 
         When the pairs are the vector's own dataset, its test split (same seed) is evaluated with
         demonstrations from its train split; otherwise every pair is a test item and its demonstrations
-        come from the other pairs.
+        come from the other pairs. ``run`` sends each forward to the engine (default: :meth:`Engine.call`).
         """
         stored = self.registry.get(check_name(name))
         label, resolved = resolve_pairs(relation, pairs)
@@ -190,7 +192,7 @@ class VectorService:
         adapter, tokenizer = self.model.adapter, self.model.tokenizer
         result = evaluate(
             adapter, tokenizer, Template(), bos_prefix(tokenizer, adapter.adds_bos), demo_pool, test,
-            (stored.layer, stored.vector), seed=seed, shots=shots, run=self.engine.call,
+            (stored.layer, stored.vector), seed=seed, shots=shots, run=run or self.engine.call,
         )
         return {"vector": name, "relation": label, "layer": stored.layer, **result.as_dict()}
 

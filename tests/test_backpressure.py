@@ -24,6 +24,7 @@ from tests.test_api import upload, vector_bytes
 from tests.tiny_models import ARCH_CONFIGS
 
 STEP_S = 0.05  # every decode step sleeps this long
+TASK_S = 0.1  # and every task forward (evaluations, analogies, jobs)
 QUEUE = 3
 QUEUE_TIMEOUT_S = 1.0
 REQUEST_TIMEOUT_S = 1.5
@@ -37,7 +38,8 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) 
         tmp_path_factory.mktemp("slow"), str(tiny_llama_dir), admin_token=secrets.token_hex(8),
         d_model=int(LLAMA["hidden_size"]),
         n_layers=int(LLAMA["num_hidden_layers"]), module="tests.fault_server",
-        extra_env={"FAULT_STEP_DELAY_S": str(STEP_S), "FVSTEER_MAX_BATCH": "1", "FVSTEER_MAX_QUEUE": str(QUEUE),
+        extra_env={"FAULT_STEP_DELAY_S": str(STEP_S), "FAULT_TASK_DELAY_S": str(TASK_S),
+                   "FVSTEER_MAX_BATCH": "1", "FVSTEER_MAX_QUEUE": str(QUEUE),
                    "FVSTEER_QUEUE_TIMEOUT_S": str(QUEUE_TIMEOUT_S),
                    "FVSTEER_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S), "FVSTEER_MAX_NEW_TOKENS": "64",
                    "FVSTEER_CORS_ORIGINS": '["https://lab.example"]'},
@@ -128,6 +130,27 @@ def test_a_client_that_goes_away_frees_its_row(slow_server: LiveServer) -> None:
     while '"status": 499' not in slow_server.log():  # the access line is written once the handler returns
         assert time.monotonic() - gone < 5, "no 499 access-log line"
         time.sleep(0.05)
+
+
+def test_an_evaluation_whose_client_goes_away_stops_its_forwards(slow_server: LiveServer) -> None:
+    name = f"leave-{secrets.token_hex(3)}"
+    assert upload(slow_server, name, vector_bytes(slow_server.d_model)).status_code == 201
+    body = {"pairs": [{"input": f"a{i}", "output": f"b{i}"} for i in range(120)], "shots": 10}
+    url = f"{slow_server.url}/vectors/{name}/evaluate"
+    before = metric(slow_server, "fvsteer_engine_tasks_total")
+    assert httpx.post(url, json=body, timeout=120).status_code == 200
+    whole = metric(slow_server, "fvsteer_engine_tasks_total") - before
+    before = metric(slow_server, "fvsteer_engine_tasks_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes the connection
+        httpx.post(url, json=body, timeout=0.3)
+    gone = time.monotonic()
+    while not any(f"/vectors/{name}/evaluate" in line and '"status": 499' in line
+                  for line in slow_server.log().splitlines()):
+        assert time.monotonic() - gone < 5, "no 499 access-log line"
+        time.sleep(0.05)
+    time.sleep(whole * TASK_S + 1)  # long enough for the rest of the evaluation, had it gone on
+    partial = metric(slow_server, "fvsteer_engine_tasks_total") - before
+    assert partial < whole / 2, (partial, whole)
 
 
 def test_cors_allows_only_the_configured_origin(slow_server: LiveServer, live_server: LiveServer) -> None:

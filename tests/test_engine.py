@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -16,6 +17,7 @@ from transformers import PreTrainedModel
 from app.engine.adapter import adapt
 from app.engine.engine import Engine
 from app.engine.loading import LoadedModel
+from app.engine.offload import Abandoned, on_engine
 from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput, NotReady, QueueFull
 from tests.tiny_models import tiny_model, tiny_tokenizer
@@ -646,3 +648,34 @@ def test_a_fatal_error_in_a_job_task_stops_the_engine(make_engine: MakeEngine) -
     assert engine.fatal is died[0]
     with pytest.raises(NotReady):
         engine.submit([_request(engine, "a")])
+
+
+def test_work_whose_caller_went_away_sends_no_more_forwards(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    forwards: list[int] = []
+    first, ended = threading.Event(), threading.Event()
+    outcome: list[BaseException] = []
+
+    def work(run: Callable[[Callable[[], int]], int]) -> int:
+        try:
+            for step in range(20):
+                forwards.append(run(lambda step=step: step))  # each forward runs on the engine thread
+                first.set()
+                time.sleep(0.05)
+        except Abandoned as exc:
+            outcome.append(exc)
+        finally:
+            ended.set()
+        return len(forwards)
+
+    async def caller_gives_up() -> None:
+        task = asyncio.ensure_future(on_engine(engine, work))
+        assert await asyncio.to_thread(first.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(caller_gives_up())
+    assert ended.wait(5) and outcome and isinstance(outcome[0], Abandoned)
+    assert len(forwards) <= 2, forwards  # the forward in progress may finish; none is queued after
+    assert asyncio.run(on_engine(engine, lambda run: [run(lambda: 7) for _ in range(3)])) == [7, 7, 7]

@@ -2,13 +2,13 @@
 
 The bank is the fitted combiner's relations when ``vectors/<model>/combiner.json`` is there and all of them are
 loaded; otherwise every fine-tuned vector in the registry with plain softmax weights (the answer says which).
-The relation scores and a multiple-choice pick run on the engine thread; a generated answer goes through the
-ordinary completion path with the composite as relation weights, so it is batched with other requests.
+The relation scores and a multiple-choice pick run on the engine thread and stop when the client leaves; a
+generated answer goes through the ordinary completion path with the composite as relation weights, so it is
+batched with other requests.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from app.analogy.datasets import AnalogyProblem
 from app.analogy.solver import candidate_scores, infer_weights
 from app.completions import CompletionInput, CompletionService
 from app.engine.engine import Engine
+from app.engine.offload import on_engine
 from app.errors import InvalidInput
 from app.fv.extraction import ModelHandle
 from app.registry.registry import VectorRegistry
@@ -43,15 +44,15 @@ class AnalogyService:
                 raise InvalidInput(f"{param} is empty; every term of an analogy needs text", param=param)
         a, b, c = a.strip(), b.strip(), c.strip()
         bank, combiner = self.bank()
-        scores, weights = await asyncio.to_thread(
-            infer_weights, self.model, bank, combiner, [(a, b)], run=self.engine.call)
+        scores, weights = await on_engine(
+            self.engine, lambda run: infer_weights(self.model, bank, combiner, [(a, b)], run=run))
         by_relation = {name: float(weight) for name, weight in zip(bank.names, weights[0].tolist(), strict=True)}
         answer: dict[str, Any]
         if choices:
             problem = AnalogyProblem(None, (a, b), [(c, choice.strip()) for choice in choices], 0)
             vector = {layer: block[0] for layer, block in bank.composite(weights).items()}
-            (per_choice,) = await asyncio.to_thread(
-                candidate_scores, self.model, [problem], [vector], run=self.engine.call)
+            (per_choice,) = await on_engine(
+                self.engine, lambda run: candidate_scores(self.model, [problem], [vector], run=run))
             best = int(per_choice.argmax())
             answer = {"answer": choices[best].strip(), "choice_scores": [float(x) for x in per_choice.tolist()]}
         else:

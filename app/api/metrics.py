@@ -69,6 +69,8 @@ class RuntimeCollector(Collector):
                        stats.queue_timeouts)
         yield _counter("fvsteer_engine_failed_steps", "Engine steps that failed (their rows got an error).",
                        stats.failed_steps)
+        yield _counter("fvsteer_engine_tasks", "Model forwards of jobs, evaluations and analogies run by the engine.",
+                       stats.tasks_run)
         yield _gauge("fvsteer_queue_depth", "Requests waiting for a batch slot.", stats.queue_depth)
         yield _gauge("fvsteer_active_rows", "Rows in the running batch.", stats.active_rows)
         cache = services.cache

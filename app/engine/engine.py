@@ -58,6 +58,7 @@ class EngineStats:
     queue_timeouts: int = 0
     rejected: int = 0  # requests refused because the queue was full
     failed_steps: int = 0
+    tasks_run: int = 0  # forwards of jobs, evaluations and analogies run between decode steps
     queue_depth: int = 0
     active_rows: int = 0
 
@@ -227,6 +228,7 @@ class Engine:
         if task is not None:
             started = time.monotonic()
             self._run_task(*task)
+            self.stats.tasks_run += 1
             self._last_task_s = time.monotonic() - started
             self._decoded_since_task = 0.0
         try:

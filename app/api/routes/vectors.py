@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.admission import Admission
+from app.api.disconnect import unless_disconnected
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import admission, services
 from app.api.schemas import (
@@ -21,6 +22,7 @@ from app.api.schemas import (
     VectorInfo,
     VectorList,
 )
+from app.engine.offload import on_engine
 from app.registry.names import check_name
 from app.runtime import Services
 
@@ -100,12 +102,15 @@ def finetune_vector(body: FinetuneRequest, svc: Services = Depends(services)) ->
 
 @router.post("/vectors/{name}/evaluate", response_model=EvaluationResult,
              responses={**ERROR_RESPONSES, **NOT_FOUND, **BUSY})
-async def evaluate_vector(name: str, body: EvaluateRequest, svc: Services = Depends(services),
-                          gate: Admission = Depends(admission)) -> dict[str, Any]:
-    """First-token accuracy on held-out pairs: zero-shot, + vector, 10-shot, shuffled 10-shot, shuffled + vector."""
+async def evaluate_vector(name: str, body: EvaluateRequest, request: Request, svc: Services = Depends(services),
+                          gate: Admission = Depends(admission)) -> Any:
+    """First-token accuracy on held-out pairs: zero-shot, + vector, 10-shot, shuffled 10-shot, shuffled + vector.
+
+    A client that leaves stops the evaluation's forwards (499 in the access log)."""
     pairs = [pair.model_dump() for pair in body.pairs] if body.pairs is not None else None
     async with gate.slot():
-        return await asyncio.to_thread(svc.vectors.evaluate, name, body.relation, pairs, body.seed, body.shots)
+        return await unless_disconnected(request, on_engine(svc.engine, lambda run: svc.vectors.evaluate(
+            name, body.relation, pairs, body.seed, body.shots, run=run)))
 
 
 @router.get("/vectors/{name}/decode", response_model=DecodedVector,
