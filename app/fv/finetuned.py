@@ -31,7 +31,8 @@ InitKind = Literal["mediation", "zero", "random", "vector"]
 Report = Callable[[str, float, dict[str, Any] | None], None]
 
 # Tuned on the embedded model (docs/results.md, "Fine-tuned function vectors"); recorded in every vector's metadata.
-DEFAULT_EPOCHS = 40
+# 80 epochs over 40: hold-out top-1 better on 3 core relations, equal on 3 (the pairs' hold-out, never the test split).
+DEFAULT_EPOCHS = 80
 DEFAULT_LR = 0.1
 DEFAULT_L2 = 0.0
 DEFAULT_LAYER_FRACTION = 0.3  # block ≈ 30 % of the depth (9 of 30 on SmolLM2-135M)
