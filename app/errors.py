@@ -77,10 +77,3 @@ class NotReady(FvsteerError):
 class GatewayTimeout(FvsteerError):
     status = 504
     type = "timeout"
-
-
-class SteeringFailed(FvsteerError):
-    """Steering was asked for and could not be applied: the request fails rather than run unsteered."""
-
-    status = 500
-    type = "steering_failed"

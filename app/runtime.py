@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from app.analogy.service import AnalogyService
-from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache, make_head_mean_cache
-from app.completions import CompletionService
-from app.engine.adapter import adapt
+from app.bundle import load_bundle
+from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
+from app.engine.backend import GenerationBackend
+from app.engine.bank import VectorBank
 from app.engine.engine import Engine
-from app.engine.loading import load_model, model_fingerprint, model_slug
 from app.engine.requests import GenerationRequest, SamplingParams
 from app.errors import NotReady
-from app.fv.extraction import ModelHandle
 from app.jobs.manager import JobManager
-from app.registry.registry import ModelIdentity, VectorRegistry
+from app.model.runner import ModelRunner
+from app.registry.registry import VectorRegistry
+from app.services.analogies import AnalogyService
+from app.services.completions import CompletionService
+from app.services.vectors import VectorService
 from app.settings import Settings
-from app.vector_service import VectorService
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,11 @@ Exit = Callable[[], None]
 
 @dataclass
 class Services:
-    engine: Engine
+    """``backend`` serves completions (the generation seam); ``runner`` runs the science's forwards on the HF model
+    (the science seam). With the ``hf`` backend both are the same :class:`Engine`."""
+
+    backend: GenerationBackend
+    runner: ModelRunner
     registry: VectorRegistry
     completions: CompletionService
     vectors: VectorService
@@ -68,7 +72,7 @@ class Runtime:
     def stop(self) -> None:
         if self._services is not None:
             self._services.jobs.stop()
-            self._services.engine.stop()
+            self._services.backend.stop()
 
     def cache_status(self) -> str:
         """``memory``, ``redis``, or ``degraded`` (Redis configured but not answering)."""
@@ -106,10 +110,10 @@ class Runtime:
     def cut_short(self) -> None:
         """The grace period is over: what still runs ends now, answered with the text so far."""
         if self._services is not None:
-            self._services.engine.cancel_all()
+            self._services.backend.cancel_all()
 
     def drained(self) -> bool:
-        engine_idle = self._services is None or self._services.engine.requests_in_flight() == 0
+        engine_idle = self._services is None or self._services.backend.requests_in_flight() == 0
         return self.in_flight == 0 and engine_idle
 
     def _engine_failed(self, exc: BaseException) -> None:
@@ -122,23 +126,15 @@ class Runtime:
     def _load(self) -> None:
         started = time.monotonic()
         settings = self.settings
-        if settings.hf_offline:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            loaded = load_model(settings.model, settings.device, settings.dtype, settings.cache_dir)
-            adapter = adapt(loaded.model, loaded.tokenizer)
-            identity = ModelIdentity(
-                name=loaded.name,
-                slug=model_slug(loaded.name),
-                fingerprint=model_fingerprint(loaded.model),
-                d_model=adapter.d_model,
-                n_layers=adapter.n_layers,
-            )
-            registry = VectorRegistry(settings.vectors_dir, identity)
-            registry.load()
+            bundle = load_bundle(settings)
+            bank = VectorBank(bundle.model.adapter.n_layers, bundle.model.adapter.d_model, bundle.loaded.device,
+                              bundle.model.name)
+            bundle.registry.subscribe(bank.apply)
             engine = Engine(
-                loaded,
-                adapter,
+                bundle.loaded,
+                bundle.model,
+                bank,
                 max_batch=settings.max_batch,
                 max_queue=settings.max_queue,
                 max_prompt_tokens=settings.max_prompt_tokens,
@@ -148,23 +144,23 @@ class Runtime:
             engine.start()
             self._warm_up(engine)
             completions = CompletionService(
-                engine, registry, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
+                engine, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
             )
-            cache = make_head_mean_cache(settings.redis_url, settings.redis_ttl_s)
             jobs = JobManager(settings.jobs_dir or settings.cache_dir / "jobs")
             jobs.start()
-            handle = ModelHandle(adapter, loaded.tokenizer, identity.fingerprint, loaded.name)
-            vectors = VectorService(handle, engine, registry, cache, jobs)
+            vectors = VectorService(engine, bundle.registry, bundle.cache, jobs)
         except Exception as exc:
             log.exception("model %s failed to load", settings.model)
             self.error = str(exc)
             self.state = "failed"
             return
-        self.model_name = loaded.name
-        analogies = AnalogyService(handle, engine, registry, completions)
-        self._services = Services(engine, registry, completions, vectors, cache, jobs, analogies)
+        self.model_name = bundle.model.name
+        analogies = AnalogyService(engine, bundle.registry, completions)
+        self._services = Services(engine, engine, bundle.registry, completions, vectors, bundle.cache, jobs,
+                                  analogies)
         self.state = "ready"
-        log.info("ready in %.1f s: %s, %d vectors", time.monotonic() - started, loaded.name, len(registry.list()))
+        log.info("ready in %.1f s: %s, %d vectors", time.monotonic() - started, bundle.model.name,
+                 len(bundle.registry.list()))
 
     @staticmethod
     def _warm_up(engine: Engine) -> None:

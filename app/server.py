@@ -16,6 +16,7 @@ import time
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.api.app import create_app
 from app.logs import configure_logging
@@ -66,12 +67,13 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run(settings: Settings) -> int:
-    """Serve until stopped; binds ``FVSTEER_HOST:FVSTEER_PORT`` (127.0.0.1:8000 by default). Returns the exit code."""
+def run(settings: Settings, app: FastAPI | None = None) -> int:
+    """Serve ``app`` (default: :func:`create_app` of the settings) until stopped; binds ``FVSTEER_HOST:FVSTEER_PORT``
+    (127.0.0.1:8000 by default). Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
     if settings.hf_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app = create_app(settings)
+    app = app or create_app(settings)
     runtime: Runtime = app.state.runtime
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             log_config=None, access_log=False, timeout_graceful_shutdown=5)

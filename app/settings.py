@@ -1,4 +1,4 @@
-"""Runtime configuration: every knob is an ``FVSTEER_*`` environment variable (DESIGN.md §7)."""
+"""Runtime configuration: every knob is an ``FVSTEER_*`` environment variable (the README's "Configuration" table)."""
 
 from __future__ import annotations
 

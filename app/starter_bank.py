@@ -12,16 +12,15 @@ dataset and options is skipped, so an interrupted build resumes. ``--force`` reb
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 
 from app.analogy.bank import Bank
 from app.analogy.combiner import FILE_NAME, FitOptions, fit_combiner
+from app.bundle import load_bundle
 from app.fv.finetuned import FinetuneOptions, make_finetuned
 from app.fv.pairs import dataset_sha256, relation_pairs, shipped_relations
-from app.local import load_local
 from app.registry.registry import VectorRegistry
 
 
@@ -34,9 +33,9 @@ def _up_to_date(registry: VectorRegistry, relation: str, options: FinetuneOption
         stored = registry.get(relation)
     except Exception:
         return False
-    metrics = json.loads(stored.metadata.get("metrics", "{}"))
-    return (stored.metadata.get("method") == "finetuned"
-            and stored.metadata.get("dataset_sha256") == dataset_sha256(relation_pairs(relation))
+    metrics = stored.meta.metrics
+    return (stored.meta.method == "finetuned"
+            and stored.meta.dataset_sha256 == dataset_sha256(relation_pairs(relation))
             and all(metrics.get(key) == getattr(options, key) for key in ("epochs", "lr", "l2", "seed"))
             and metrics.get("init") == options.init)
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--combiner-only", action="store_true", help="refit the combiner over the existing bank")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    local = load_local()
+    local = load_bundle()
     model, registry, cache = local.model, local.registry, local.cache
     relations = args.relations.split(",") if args.relations else shipped_relations()
     options = FinetuneOptions()

@@ -27,11 +27,11 @@ from typing import Any
 from torch import Tensor
 
 from app.analogy.offline import alignment, analogy_accuracy
+from app.bundle import ModelBundle, load_bundle
 from app.fv.evaluation import accuracy, ranks_of_answers
 from app.fv.extraction import ExtractionSpec, extract
 from app.fv.pairs import Pair, relation_pairs, split_pairs
 from app.fv.prompts import Template, bos_prefix, icl_prompts, zero_shot_prompts
-from app.local import LocalModel, load_local
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
@@ -45,20 +45,20 @@ def say(line: str) -> None:
 class Mediation:
     """Mediation FVs extracted once per relation with the extraction defaults (layer swept)."""
 
-    def __init__(self, local: LocalModel) -> None:
+    def __init__(self, local: ModelBundle) -> None:
         self.local = local
         self.made: dict[str, tuple[int, Tensor]] = {}
 
     def __call__(self, relation: str) -> tuple[int, Tensor]:
         if relation not in self.made:
             started = time.monotonic()
-            result = extract(self.local.model, ExtractionSpec(relation_pairs(relation)), self.local.cache)
+            result = extract(self.local.model, ExtractionSpec(pairs=relation_pairs(relation)), self.local.cache)
             self.made[relation] = (result.layer, result.vector)
             say(f"mediation FV of {relation}: layer {result.layer} ({time.monotonic() - started:.0f} s)")
         return self.made[relation]
 
 
-def compare(local: LocalModel, mediation: Mediation, relation: str, held_out: list[Pair],
+def compare(local: ModelBundle, mediation: Mediation, relation: str, held_out: list[Pair],
             demonstrations: list[Pair]) -> dict[str, Any]:
     """Zero-shot, mediation FV, the bank's fine-tuned FV and 10-shot prompting on the same held-out pairs.
 
@@ -71,7 +71,7 @@ def compare(local: LocalModel, mediation: Mediation, relation: str, held_out: li
     icl = icl_prompts(tokenizer, template, prefix, demonstrations, held_out, random.Random(0), 10)
     layer, vector = mediation(relation)
     tuned = local.registry.get(relation)
-    metrics = tuned.describe()["metrics"]
+    metrics = tuned.meta.metrics
     by_mediation = ranks_of_answers(adapter, tokenizer, zero, (layer, vector)) == 0
     by_finetuned = ranks_of_answers(adapter, tokenizer, zero, (tuned.layer, tuned.vector)) == 0
     row = {
@@ -87,7 +87,7 @@ def compare(local: LocalModel, mediation: Mediation, relation: str, held_out: li
     return row
 
 
-def core_table(local: LocalModel, mediation: Mediation) -> list[dict[str, Any]]:
+def core_table(local: ModelBundle, mediation: Mediation) -> list[dict[str, Any]]:
     """The shipped relations' own test split (never trained on, nor used to pick a checkpoint)."""
     rows = []
     for relation in CORE:
@@ -96,7 +96,7 @@ def core_table(local: LocalModel, mediation: Mediation) -> list[dict[str, Any]]:
     return rows
 
 
-def external_table(local: LocalModel, mediation: Mediation, folder: Path, limit: int) -> list[dict[str, Any]]:
+def external_table(local: ModelBundle, mediation: Mediation, folder: Path, limit: int) -> list[dict[str, Any]]:
     """Todd et al.'s pairs for the same six tasks, minus every input the shipped relation has (in any split): a
     larger held-out set written by others, so a one-item difference on a 20-item split is not the whole story."""
     rows = []
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--external-limit", type=int, default=200, help="seeded sample of Todd et al.'s pairs per task")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args()
-    local = load_local()
+    local = load_bundle()
     mediation = Mediation(local)
     core = core_table(local, mediation)
     external = external_table(local, mediation, args.data / "todd", args.external_limit)
@@ -183,9 +183,9 @@ def main() -> None:
     write(args.out, local, core, external, analogies, aligned, args)
 
 
-def write(path: Path, local: LocalModel, core: list[dict[str, Any]], external: list[dict[str, Any]],
+def write(path: Path, local: ModelBundle, core: list[dict[str, Any]], external: list[dict[str, Any]],
           analogies: list[tuple[str, Path, Any, Any]], aligned: dict[str, Any], args: argparse.Namespace) -> None:
-    tuned = local.registry.get("antonym").describe()["metrics"]
+    tuned = local.registry.get("antonym").meta.metrics
     lines = [MARKER, "", "## Fine-tuned function vectors", "",
              f"The starter bank (`make vectors`, committed in `vectors/{local.registry.folder.name}/`): one vector per "
              "shipped relation, trained with the model frozen (FV_METHOD.md §6) from the mediation FV of the same "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fvsteer_client import Client, Evaluation, Job, ServiceUnavailableError
 
-from app.plots import plot_vector
+from fvsteer_cli.plots import plot_vector
 
 ROOT = Path(__file__).resolve().parent.parent
 FINETUNED_MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"

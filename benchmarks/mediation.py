@@ -20,12 +20,12 @@ import time
 
 import torch
 
-from app.engine.adapter import adapt
-from app.engine.loading import load_model
 from app.fv.activations import mean_head_outputs
 from app.fv.mediation import ScoredPrompt, aie_fast, aie_reference, all_heads
 from app.fv.pairs import relation_pairs, split_pairs
 from app.fv.prompts import Template, bos_prefix, icl_prompts
+from app.model.adapter import adapt
+from app.model.loading import load_model
 from app.settings import Settings
 
 

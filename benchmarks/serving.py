@@ -23,8 +23,8 @@ The three vectors ``bench-a``, ``bench-b``, ``bench-c`` are seeded random direct
 towards nothing in particular: this benchmark measures throughput, not science.
 
 Correctness on the fly: every request is greedy, so each concurrent (c) response must equal the same
-request's (d) response, produced alone (DESIGN.md §3: batch-vs-alone identity). Differences are counted
-and reported as ``mismatches``.
+request's (d) response, produced alone (docs/architecture.md, "Steering semantics": batch-vs-alone
+identity). Differences are counted and reported as ``mismatches``.
 
 The last line printed holds the figures as ``key=value`` pairs.
 """
@@ -250,7 +250,7 @@ def print_report(measures: list[Measure], mismatches: int, compared: int) -> Non
     print(f"concurrent / sequential (c/d):   {c_over_d:.3f}")
     print(f"batch-vs-alone text mismatches:  {mismatches} of {compared}")
     if mismatches:
-        print("WARNING: greedy outputs differed between batched and alone runs (DESIGN.md §3 invariant)")
+        print("WARNING: greedy outputs differed between batched and alone runs (a steering invariant)")
     print(
         f"unsteered_tps={unsteered.tps:.3f} steered_tps={steered.tps:.3f} "
         f"concurrent_tps={concurrent.tps:.3f} sequential_tps={sequential.tps:.3f} "

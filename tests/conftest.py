@@ -134,6 +134,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) 
 
 
 @pytest.fixture(scope="session")
+def gated_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[LiveServer]:
+    """The server of :mod:`tests.fault_server` on the tiny llama: a test holds its engine at a gate (tests.faults)
+    to fix the order of events, e.g. to cancel a job that is certainly still running."""
+    config = ARCH_CONFIGS["llama"]
+    server = start_server(
+        tmp_path_factory.mktemp("gated"), str(tiny_llama_dir), admin_token=secrets.token_hex(16),
+        d_model=int(config["hidden_size"]), n_layers=int(config["num_hidden_layers"]), module="tests.fault_server",
+        extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "128"},
+    )
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
 def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real server on the embedded SmolLM2-135M-Instruct (the dequantized copy is cached across runs)."""
     server = start_server(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from app.engine.adapter import ARCHITECTURES, ModelAdapter, UnsupportedArchitecture, adapt, tokenizer_adds_bos
+from app.model.adapter import ARCHITECTURES, ModelAdapter, UnsupportedArchitecture, adapt, tokenizer_adds_bos
 from tests.tiny_models import ARCH_CONFIGS, VOCAB_SIZE, tiny_model, tiny_tokenizer
 
 # Tiny models run faster on one thread, and much faster when other processes share the cores.

@@ -14,9 +14,9 @@ from app.analogy.combiner import Combiner, FitOptions, fit_combiner, training_an
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.scoring import ScoreRow, score_rows
 from app.analogy.solver import ORACLE_RELATIONS, evaluate_analogies
-from app.engine.adapter import adapt
-from app.fv.extraction import ModelHandle
 from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
+from app.model.adapter import adapt
+from app.model.handle import ModelHandle
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 

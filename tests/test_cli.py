@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from app.cli import main
+from fvsteer_cli import main
 from tests.conftest import LiveServer, free_port
 
 PROMPT = "Q: hot\nA:"
@@ -199,10 +199,10 @@ def test_url_and_token_from_env(
 
 
 def test_cli_import_does_not_load_torch() -> None:
-    """Every command but ``serve`` must start fast: importing the CLI may not pull in torch or the engine."""
+    """Every command but ``serve`` must start fast: importing the CLI may not pull in torch or the server."""
     code = (
-        "import sys, app.cli; "
-        "bad = [m for m in ('torch', 'app.engine', 'app.server') if m in sys.modules]; "
+        "import sys, fvsteer_cli; "
+        "bad = [m for m in ('torch', 'app', 'app.engine', 'app.server') if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

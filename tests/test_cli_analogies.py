@@ -73,12 +73,12 @@ def test_analogy_over_the_server(live_server: LiveServer, tmp_path: Path, capsys
 def offline_registry(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VectorRegistry:
     """The tiny model's registry with a random 'fine-tuned' vector per relation SemEval maps to, plus mediation
     stand-ins (``<relation>-cma``), so the offline commands run without a long extraction."""
-    from app.local import load_local
+    from app.bundle import load_bundle
 
     monkeypatch.setenv("FVSTEER_MODEL", str(tiny_llama_dir))
     monkeypatch.setenv("FVSTEER_VECTORS_DIR", str(tmp_path / "vectors"))
     monkeypatch.delenv("FVSTEER_REDIS_URL", raising=False)
-    local = load_local()
+    local = load_bundle()
     generator = torch.Generator().manual_seed(0)
     for relation in sorted(set(SEMEVAL_RELATIONS.values())):
         for name, method in ((relation, "finetuned"), (f"{relation}-cma", "cma")):

@@ -1,6 +1,6 @@
 """``fvsteer extract | jobs | eval | vectors decode`` against a real server (tiny random llama), through ``main``.
 
-Ctrl-C is tested on a real process (``python -m app.cli``) receiving SIGINT.
+Ctrl-C is tested on a real process (``python -m fvsteer_cli``) receiving SIGINT.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from app.cli import main
+from fvsteer_cli import main
 from tests.conftest import LiveServer
+from tests.faults import Faults
 
 ROOT = Path(__file__).resolve().parent.parent
 RELATIONS = ROOT / "app" / "fv" / "relations"
 SMALL = ["--n-prompts", "8", "--n-trials", "3", "--n-heads", "3"]
-BIG = ["--n-prompts", "1000", "--n-trials", "3", "--n-heads", "3"]  # seconds of work on the tiny model
 EVAL_KEYS = {"zero_shot", "zero_shot_fv", "icl", "icl_shuffled", "icl_shuffled_fv", "n",
              "top3", "n_dropped", "vector", "layer"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,58 +205,59 @@ def test_no_wait_jobs_show_and_cancel_finished(live_server: LiveServer, sdk: fv.
     cleanup.append(str(final.vector))
 
 
-def test_jobs_cancel_running(live_server: LiveServer, sdk: fv.Client, cleanup: list[str],
-                             capsys: pytest.CaptureFixture[str]) -> None:
-    url = ["--url", live_server.url]
-    name = unique("big")
-    cleanup.append(name)
-    code, out, _ = run(capsys, *url, "extract", name, "--relation", "antonym", *BIG, "--seed", fresh_seed(),
-                       "--no-wait")
-    assert code == 0
-    job_id = out.strip()
-    code, out, err = run(capsys, *url, "jobs", "cancel", job_id)
-    assert code == 0, err
-    assert out in (f"cancelled {job_id}\n", f"cancelling {job_id} (it stops at its next step and saves nothing)\n",
-                   f"{job_id} had already succeeded; nothing to cancel\n")
-    final = sdk.wait_for_job(job_id, timeout=60)
-    if final.state == "succeeded":
-        pytest.skip("the job finished before the cancellation reached it")
-    assert final.state == "cancelled"
-    code, out, _ = run(capsys, *url, "jobs", "show", job_id)
-    assert "state     cancelled" in out
-    with pytest.raises(fv.NotFoundError):
-        sdk.get_vector(name)
+def test_jobs_cancel_running(gated_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ["--url", gated_server.url]
+    faults = Faults(gated_server)
+    name = unique("held")
+    with fv.Client(gated_server.url, admin_token=gated_server.admin_token, timeout=60) as sdk:
+        with faults.held("tasks"):  # the job is running and cannot finish
+            code, out, _ = run(capsys, *url, "extract", name, "--relation", "antonym", *SMALL, "--seed",
+                               fresh_seed(), "--no-wait")
+            assert code == 0
+            job_id = out.strip()
+            faults.wait_parked("tasks")
+            code, out, err = run(capsys, *url, "jobs", "cancel", job_id)
+        assert code == 0, err
+        assert out == f"cancelling {job_id} (it stops at its next step and saves nothing)\n"
+        assert sdk.wait_for_job(job_id, timeout=60).state == "cancelled"
+        code, out, _ = run(capsys, *url, "jobs", "show", job_id)
+        assert "state     cancelled" in out
+        code, out, _ = run(capsys, *url, "jobs", "cancel", job_id)
+        assert out == f"cancelled {job_id}\n"
+        with pytest.raises(fv.NotFoundError):
+            sdk.get_vector(name)
 
 
-def test_extract_ctrl_c_cancels(live_server: LiveServer, sdk: fv.Client, cleanup: list[str]) -> None:
+def test_extract_ctrl_c_cancels(gated_server: LiveServer) -> None:
+    faults = Faults(gated_server)
     name = unique("intr")
-    cleanup.append(name)
-    env = {**os.environ, "FVSTEER_URL": live_server.url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "extract", name, "--relation", "antonym", *BIG, "--seed", fresh_seed()],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()  # "submitted job-…", printed before the bar starts
-        assert first.startswith("submitted job-"), first
-        job_id = first.split()[1]
-        while proc.stderr.read(1) not in ("%", ""):  # the bar is drawn: the CLI is following the job
-            pass
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    final = sdk.wait_for_job(job_id, timeout=60)
-    if final.state == "succeeded":
-        pytest.skip("the job finished before Ctrl-C reached the CLI")
+    env = {**os.environ, "FVSTEER_URL": gated_server.url}
+    with faults.held("tasks"):  # the job cannot finish before Ctrl-C reaches the CLI
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fvsteer_cli", "extract", name, "--relation", "antonym", *SMALL, "--seed",
+             fresh_seed()],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()  # "submitted job-…", printed before the bar starts
+            assert first.startswith("submitted job-"), first
+            job_id = first.split()[1]
+            while proc.stderr.read(1) not in ("%", ""):  # the bar is drawn: the CLI is following the job
+                pass
+            faults.wait_parked("tasks")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 130, err
     assert out == ""
-    assert f"cancelled {job_id}" in err or f"asked {job_id} to stop" in err
-    assert final.state == "cancelled"
-    with pytest.raises(fv.NotFoundError):
-        sdk.get_vector(name)
+    assert f"asked {job_id} to stop" in err or f"cancelled {job_id}" in err
+    with fv.Client(gated_server.url, timeout=60) as sdk:
+        assert sdk.wait_for_job(job_id, timeout=60).state == "cancelled"
+        with pytest.raises(fv.NotFoundError):
+            sdk.get_vector(name)
 
 
 def test_eval_json(live_server: LiveServer, vector: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,7 +343,7 @@ def test_vectors_decode(live_server: LiveServer, vector: str, capsys: pytest.Cap
 def test_cli_import_stays_light() -> None:
     """The new commands import tqdm and matplotlib only when they draw."""
     code = (
-        "import sys, app.cli; "
+        "import sys, fvsteer_cli; "
         "bad = [m for m in ('torch', 'matplotlib', 'tqdm') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from app.engine.loading import LoadedModel, load_model
+from app.model.loading import LoadedModel, load_model
 from app.settings import Settings
 from tests.conftest import LiveServer
 

@@ -7,6 +7,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 import pytest
@@ -14,12 +15,12 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from app.engine.adapter import adapt
 from app.engine.engine import Engine
-from app.engine.loading import LoadedModel
-from app.engine.offload import Abandoned, on_engine
 from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
-from app.errors import InvalidInput, NotReady, QueueFull
+from app.errors import InvalidInput, NotFound, NotReady, QueueFull
+from app.model.adapter import adapt
+from app.model.runner import Abandoned, offload
+from tests.engine_helpers import bank_steering, tiny_engine
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 # Tiny models run faster on one thread, and much faster when other processes share the cores.
@@ -63,12 +64,8 @@ def make_engine() -> Iterator[MakeEngine]:
         start: bool = True,
     ) -> Engine:
         model = model if model is not None else _shared_model(arch)
-        tokenizer = tiny_tokenizer()
-        loaded = LoadedModel(model, tokenizer, arch, torch.device("cpu"), torch.float32)
-        engine = Engine(
-            loaded, adapt(model, tokenizer), max_batch=max_batch, max_queue=max_queue,
-            max_prompt_tokens=max_prompt_tokens,
-        )
+        engine = tiny_engine(model, tiny_tokenizer(), arch, max_batch=max_batch, max_queue=max_queue,
+                             max_prompt_tokens=max_prompt_tokens)
         engines.append(engine)
         if start:
             engine.start()
@@ -107,7 +104,7 @@ def _request(
 ) -> GenerationRequest:
     params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop)
     return GenerationRequest(
-        engine.encode(prompt, max_new_tokens), params, steering=steering, all_positions=all_positions,
+        engine.encode(prompt, max_new_tokens), params, steering=bank_steering(engine.bank, steering, all_positions),
         deadline=deadline,
     )
 
@@ -508,6 +505,11 @@ def test_steering_at_a_layer_the_model_lacks_fails_only_that_request(make_engine
     for layer, vector in [(4, _vector(1)), (-1, _vector(1)), (1, torch.zeros(7))]:
         with pytest.raises(InvalidInput):
             engine.submit([_request(engine, PROMPTS[1], steering={layer: vector})])
+    steering = bank_steering(engine.bank, {1: _vector(1)})
+    assert steering is not None
+    for moved in (replace(steering, layer=4), replace(steering, weights={"no-such-vector": 1.0})):
+        with pytest.raises((InvalidInput, NotFound)):
+            engine.submit([GenerationRequest(engine.encode(PROMPTS[1], 4), SamplingParams(4), steering=moved)])
     engine.start()
     assert good.future.result(timeout=WAIT_S).completion_tokens == 4
 
@@ -575,7 +577,10 @@ def test_jobs_get_at_most_half_of_the_engine_while_rows_decode(make_engine: Make
 
     worker = threading.Thread(target=job)
     worker.start()
-    time.sleep(0.1)  # the job alone: its tasks run back to back
+    deadline = time.monotonic() + WAIT_S
+    while len(spans) < 3:  # the job alone first: its tasks run back to back
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
     request = _request(engine, "Q: cold\nA:", max_new_tokens=60)
     engine.submit([request])
     result = request.future.result(timeout=WAIT_S)
@@ -669,7 +674,7 @@ def test_work_whose_caller_went_away_sends_no_more_forwards(make_engine: MakeEng
         return len(forwards)
 
     async def caller_gives_up() -> None:
-        task = asyncio.ensure_future(on_engine(engine, work))
+        task = asyncio.ensure_future(offload(engine, work))
         assert await asyncio.to_thread(first.wait, 5)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -678,4 +683,4 @@ def test_work_whose_caller_went_away_sends_no_more_forwards(make_engine: MakeEng
     asyncio.run(caller_gives_up())
     assert ended.wait(5) and outcome and isinstance(outcome[0], Abandoned)
     assert len(forwards) <= 2, forwards  # the forward in progress may finish; none is queued after
-    assert asyncio.run(on_engine(engine, lambda run: [run(lambda: 7) for _ in range(3)])) == [7, 7, 7]
+    assert asyncio.run(offload(engine, lambda run: [run(lambda: 7) for _ in range(3)])) == [7, 7, 7]

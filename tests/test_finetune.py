@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from app.engine.adapter import adapt
-from app.fv.extraction import ModelHandle
 from app.fv.finetune import FinetuneSpec, finetune, split_holdout
 from app.fv.pairs import Pair
+from app.model.adapter import adapt
+from app.model.handle import ModelHandle
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 PAIRS = [Pair(a, b) for a, b in zip("abcdefghijklmnopqrst", "bcdefghijklmnopqrstu", strict=True)]

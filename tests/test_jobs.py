@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from app.errors import InvalidInput, NotFound, QueueFull
 from app.jobs.manager import MAX_WAITING, Job, JobCancelled, JobContext, JobManager
@@ -23,6 +24,15 @@ def jobs(tmp_path: Path) -> Iterator[JobManager]:
     manager.stop()
 
 
+class Released(BaseModel):
+    released: bool = True
+
+
+class Made(BaseModel):
+    vector: str
+    n: int
+
+
 def wait_for(job: Job, states: set[str], timeout: float = 10.0) -> Job:
     deadline = time.monotonic() + timeout
     while job.state not in states:
@@ -31,14 +41,14 @@ def wait_for(job: Job, states: set[str], timeout: float = 10.0) -> Job:
     return job
 
 
-def blocker() -> tuple[threading.Event, threading.Event, Callable[[JobContext], dict[str, Any]]]:
+def blocker() -> tuple[threading.Event, threading.Event, Callable[[JobContext], Released]]:
     """Work that signals it started and holds the worker until released."""
     started, release = threading.Event(), threading.Event()
 
-    def work(ctx: JobContext) -> dict[str, Any]:
+    def work(ctx: JobContext) -> Released:
         started.set()
         assert release.wait(10)
-        return {"released": True}
+        return Released()
 
     return started, release, work
 
@@ -57,14 +67,14 @@ def test_job_goes_queued_running_succeeded(jobs: JobManager) -> None:
     seen: list[tuple[str, str, float]] = []
     go = threading.Event()
 
-    def work(ctx: JobContext) -> dict[str, Any]:
+    def work(ctx: JobContext) -> BaseModel:
         seen.append((ctx._job.state, ctx._job.phase, ctx._job.progress))
         assert go.wait(10)
         ctx.report("half", 0.5)
         seen.append((ctx._job.state, ctx._job.phase, ctx._job.progress))
         ctx.report("clamped", 7.0)
         seen.append((ctx._job.state, ctx._job.phase, ctx._job.progress))
-        return {"vector": "v1", "n": 3}
+        return Made(vector="v1", n=3)
 
     job = jobs.submit("extract", work)
     assert job.id.startswith("job-") and job.kind == "extract"
@@ -85,7 +95,7 @@ def test_job_goes_queued_running_succeeded(jobs: JobManager) -> None:
 
 
 def test_fvsteer_error_keeps_its_envelope(jobs: JobManager) -> None:
-    def work(ctx: JobContext) -> dict[str, Any]:
+    def work(ctx: JobContext) -> BaseModel:
         raise InvalidInput("n_heads is 0; the model has 16 heads", param="n_heads")
 
     job = wait_for(jobs.submit("extract", work), {"failed"})
@@ -96,14 +106,14 @@ def test_fvsteer_error_keeps_its_envelope(jobs: JobManager) -> None:
 
 
 def test_unexpected_exception_is_an_internal_error(jobs: JobManager) -> None:
-    def work(ctx: JobContext) -> dict[str, Any]:
+    def work(ctx: JobContext) -> BaseModel:
         raise KeyError("oops")
 
     job = wait_for(jobs.submit("extract", work), {"failed"})
     assert job.error is not None and job.error["type"] == "internal_error"
     assert "KeyError" in job.error["message"] and "oops" in job.error["message"]
     # The worker survives a failed job.
-    assert wait_for(jobs.submit("extract", lambda ctx: {"ok": 1}), {"succeeded"}).result == {"ok": 1}
+    assert wait_for(jobs.submit("extract", lambda ctx: Released()), {"succeeded"}).result == {"released": True}
 
 
 def test_cancel_while_queued_never_runs(jobs: JobManager) -> None:
@@ -112,9 +122,9 @@ def test_cancel_while_queued_never_runs(jobs: JobManager) -> None:
     assert started.wait(10)
     ran = threading.Event()
 
-    def second_work(ctx: JobContext) -> dict[str, Any]:
+    def second_work(ctx: JobContext) -> Released:
         ran.set()
-        return {}
+        return Released()
 
     second = jobs.submit("extract", second_work)
     assert second.state == "queued"
@@ -122,7 +132,7 @@ def test_cancel_while_queued_never_runs(jobs: JobManager) -> None:
     assert record(jobs, second)["state"] == "cancelled"
     release.set()
     wait_for(first, {"succeeded"})
-    third = wait_for(jobs.submit("extract", lambda ctx: {}), {"succeeded"})  # the worker has passed `second`
+    third = wait_for(jobs.submit("extract", lambda ctx: Released()), {"succeeded"})  # the worker has passed `second`
     assert third.state == "succeeded"
     assert not ran.is_set()
     assert second.public()["state"] == "cancelled" and second.result is None
@@ -133,7 +143,7 @@ def test_cancel_while_running(jobs: JobManager, check: str) -> None:
     started = threading.Event()
     after_cancel: list[str] = []
 
-    def work(ctx: JobContext) -> dict[str, Any]:
+    def work(ctx: JobContext) -> BaseModel:
         started.set()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -143,7 +153,7 @@ def test_cancel_while_running(jobs: JobManager, check: str) -> None:
                 ctx.check_cancelled()
             time.sleep(0.002)
         after_cancel.append("not cancelled")
-        return {"vector": "never"}
+        return Made(vector="never", n=0)
 
     job = jobs.submit("extract", work)
     assert started.wait(10)
@@ -157,9 +167,9 @@ def test_cancel_while_running(jobs: JobManager, check: str) -> None:
 
 
 def test_cancel_a_finished_job_is_a_no_op(jobs: JobManager) -> None:
-    job = wait_for(jobs.submit("extract", lambda ctx: {"ok": True}), {"succeeded"})
+    job = wait_for(jobs.submit("extract", lambda ctx: Released()), {"succeeded"})
     assert jobs.cancel(job.id).state == "succeeded"
-    assert job.result == {"ok": True}
+    assert job.result == {"released": True}
 
 
 def test_context_raises_job_cancelled() -> None:
@@ -179,13 +189,13 @@ def test_records_survive_a_restart_and_unfinished_ones_become_interrupted(tmp_pa
     directory = tmp_path / "jobs"
     first = JobManager(directory)
     first.start()
-    done = wait_for(first.submit("extract", lambda ctx: {"vector": "a"}), {"succeeded"})
+    done = wait_for(first.submit("extract", lambda ctx: Made(vector="a", n=1)), {"succeeded"})
     failed = wait_for(first.submit("extract", lambda ctx: (_ for _ in ()).throw(InvalidInput("bad", "pairs"))),
                       {"failed"})
     started, release, work = blocker()
     running = first.submit("extract", work)
     assert started.wait(10)
-    queued = first.submit("finetune", lambda ctx: {})
+    queued = first.submit("finetune", lambda ctx: Released())
     assert record(first, running, "running")["state"] == "running" and record(first, queued)["state"] == "queued"
     # Simulate a crash: the new manager reads the records while the old one never finished them.
     (directory / "job-zzzz.json").write_text("{not json")  # unreadable records are skipped
@@ -193,7 +203,7 @@ def test_records_survive_a_restart_and_unfinished_ones_become_interrupted(tmp_pa
     second = JobManager(directory)
     second.start()
     try:
-        assert second.get(done.id).state == "succeeded" and second.get(done.id).result == {"vector": "a"}
+        assert second.get(done.id).state == "succeeded" and second.get(done.id).result == {"vector": "a", "n": 1}
         assert second.get(failed.id).error == failed.error
         for job in (running, queued):
             again = second.get(job.id)
@@ -236,13 +246,13 @@ def test_queue_limit(jobs: JobManager) -> None:
     started, release, work = blocker()
     running = jobs.submit("extract", work)
     assert started.wait(10)
-    waiting = [jobs.submit("extract", lambda ctx: {}) for _ in range(MAX_WAITING)]
+    waiting = [jobs.submit("extract", lambda ctx: Released()) for _ in range(MAX_WAITING)]
     with pytest.raises(QueueFull) as info:
-        jobs.submit("extract", lambda ctx: {})
+        jobs.submit("extract", lambda ctx: Released())
     assert info.value.status == 429
     assert str(MAX_WAITING) in info.value.message
     jobs.cancel(waiting[0].id)  # a cancelled job no longer counts
-    extra = jobs.submit("extract", lambda ctx: {})
+    extra = jobs.submit("extract", lambda ctx: Released())
     release.set()
     for job in [running, *waiting[1:], extra]:
         wait_for(job, {"succeeded"})
@@ -257,8 +267,8 @@ def test_unwritable_directory_does_not_break_jobs(tmp_path: Path, monkeypatch: p
             raise OSError("disk full")
 
         monkeypatch.setattr("app.jobs.manager.tempfile.mkstemp", fail)
-        job = wait_for(manager.submit("extract", lambda ctx: {"ok": 1}), {"succeeded"})
-        assert job.result == {"ok": 1}
+        job = wait_for(manager.submit("extract", lambda ctx: Released()), {"succeeded"})
+        assert job.result == {"released": True}
     finally:
         monkeypatch.undo()
         manager.stop()
@@ -272,7 +282,7 @@ def test_a_graceful_stop_interrupts_jobs_rather_than_cancelling_them(tmp_path: P
     manager.start()
     started = threading.Event()
 
-    def work(ctx: JobContext) -> dict[str, Any]:
+    def work(ctx: JobContext) -> BaseModel:
         started.set()
         while True:
             ctx.report("means", 0.1)
@@ -281,8 +291,8 @@ def test_a_graceful_stop_interrupts_jobs_rather_than_cancelling_them(tmp_path: P
     running = manager.submit("extract", work)
     assert started.wait(10)
     ran = threading.Event()
-    queued = manager.submit("extract", lambda ctx: ran.set() or {})
-    user_cancelled = manager.submit("extract", lambda ctx: {})
+    queued = manager.submit("extract", lambda ctx: ran.set() or Released())
+    user_cancelled = manager.submit("extract", lambda ctx: Released())
     manager.cancel(user_cancelled.id)
     manager.stop()
     assert not ran.is_set()

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from app.engine import loading
-from app.engine.loading import (
+from app.model import loading
+from app.model.loading import (
     ModelNotFound,
     ModelSource,
     load_model,

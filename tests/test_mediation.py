@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.engine.adapter import ModelAdapter, adapt
 from app.fv.activations import capture_last_token_heads, mean_head_outputs
 from app.fv.mediation import ScoredPrompt, aie_fast, aie_reference, all_heads, patched_heads, top_heads
+from app.model.adapter import ModelAdapter, adapt
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 TOKENIZER = tiny_tokenizer()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,6 @@ from app.fv.pairs import (
     RELATIONS_DIR,
     Pair,
     dataset_sha256,
-    parse_csv_pairs,
-    read_pairs_file,
     relation_pairs,
     shipped_relations,
     split_pairs,
@@ -81,61 +78,6 @@ def test_unknown_relation_is_not_found_and_lists_the_known_ones() -> None:
 def test_capitalize_relation_is_exactly_built_from_its_input() -> None:
     for pair in relation_pairs("capitalize"):
         assert pair.output == pair.input[0].upper() + pair.input[1:]
-
-
-# --- files ---------------------------------------------------------------------------------------------
-
-
-def test_json_file_roundtrip(tmp_path: Path) -> None:
-    pairs = make_pairs(15)
-    path = tmp_path / "pairs.json"
-    path.write_text(json.dumps(raw(pairs)), encoding="utf-8")
-    assert read_pairs_file(path) == pairs
-
-
-def test_json_file_values_are_stripped(tmp_path: Path) -> None:
-    pairs = make_pairs(13)
-    items = raw(pairs)
-    items[0] = {"input": "  w0 ", "output": " out0\t"}
-    path = tmp_path / "pairs.json"
-    path.write_text(json.dumps(items), encoding="utf-8")
-    assert read_pairs_file(path) == pairs
-
-
-@pytest.mark.parametrize("header", [True, False])
-def test_two_column_csv_with_and_without_header(tmp_path: Path, header: bool) -> None:
-    pairs = [*make_pairs(14), Pair("a, b", 'say "hi"')]  # quoting survives
-    lines = ['"a, b","say ""hi"""' if pair.input == "a, b" else f"{pair.input},{pair.output}" for pair in pairs]
-    text = ("input,output\n" if header else "") + "\n".join(lines) + "\n\n"
-    path = tmp_path / "pairs.CSV"
-    path.write_text(text, encoding="utf-8")
-    assert read_pairs_file(path) == pairs
-
-
-def test_csv_header_is_only_skipped_when_it_is_the_header() -> None:
-    # A first row that is a real pair must be kept (it would otherwise silently vanish).
-    text = "\n".join(f"w{index},out{index}" for index in range(12))
-    assert len(parse_csv_pairs(text)) == 12
-    assert parse_csv_pairs("Input , OUTPUT\n" + text) == make_pairs(12)
-
-
-def test_three_column_csv_is_refused_naming_the_row(tmp_path: Path) -> None:
-    rows = [f"w{index},out{index}" for index in range(13)]
-    rows[4] = "w4,out4,extra"
-    path = tmp_path / "pairs.csv"
-    path.write_text("\n".join(rows), encoding="utf-8")
-    with pytest.raises(InvalidInput) as info:
-        read_pairs_file(path)
-    assert info.value.param == "pairs"
-    assert "row 5" in info.value.message and "3 columns" in info.value.message
-
-
-def test_non_json_non_csv_file_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "pairs.txt"
-    path.write_text("hot cold\n", encoding="utf-8")
-    with pytest.raises(InvalidInput) as info:
-        read_pairs_file(path)
-    assert "pairs.txt" in info.value.message
 
 
 # --- validation ----------------------------------------------------------------------------------------

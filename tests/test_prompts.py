@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 
-from app.engine.adapter import tokenizer_adds_bos
 from app.fv.pairs import Pair
 from app.fv.prompts import (
     DEFAULT_SHOTS,
@@ -18,6 +17,7 @@ from app.fv.prompts import (
     icl_prompts,
     zero_shot_prompts,
 )
+from app.model.adapter import tokenizer_adds_bos
 from tests.tiny_models import tiny_tokenizer
 
 POOL = [Pair(f"in{index}", f"out{index}") for index in range(30)]

@@ -36,7 +36,7 @@ def test_add_writes_full_metadata_and_reloads(tmp_path: Path) -> None:
     assert meta["format"] == FORMAT and meta["model_fingerprint"] == "abc123" and meta["d_model"] == "8"
     assert float(meta["norm"]) == pytest.approx(float(vector.norm()), rel=1e-5)
     described = stored.describe()
-    assert described["heads"] == [[1, 2, 0.5]] and described["metrics"] == {"acc": 0.9} and described["layer"] == 2
+    assert described.heads == [[1, 2, 0.5]] and described.metrics == {"acc": 0.9} and described.layer == 2
     again = make_registry(tmp_path)
     assert [item.name for item in again.list()] == ["ramp"] and not again.refused
     assert not list((tmp_path / "tiny").glob("*.tmp"))

@@ -12,7 +12,6 @@ import csv
 import json
 import random
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,12 +24,10 @@ import torch
 from safetensors.torch import save
 
 from tests.conftest import LiveServer
+from tests.faults import Faults
 
 RELATIONS = Path(__file__).resolve().parent.parent / "app" / "fv" / "relations"
 SMALL: dict[str, Any] = {"n_prompts": 8, "n_trials": 3, "n_heads": 3}
-# Long enough on the tiny model (~1 s per 100 prompts) to be cancelled mid-way; a fresh seed avoids the
-# head-mean cache, which would otherwise make a repeat finish at once.
-BIG: dict[str, Any] = {"n_prompts": 1000, "n_trials": 3, "n_heads": 3}
 PROMPT = "Q: hot\nA:"
 
 
@@ -133,54 +130,73 @@ def test_extract_by_pairs(client: fv.Client, tmp_path: Path, form: str) -> None:
         delete_quietly(client, name)
 
 
-def test_job_events_progress_then_end(client: fv.Client) -> None:
+def test_job_events_progress_then_end(gated_server: LiveServer) -> None:
+    faults = Faults(gated_server)
     name = unique("ev")
-    try:
-        # Long enough (~1 s on the tiny model) that the server's 0.2 s event polling sees it mid-way.
-        job = client.extract(name, relation="synonym", n_prompts=400, n_trials=3, n_heads=3, seed=fresh_seed())
-        snapshots = list(client.job_events(job))
-        assert len(snapshots) >= 2
-        *during, last = snapshots
-        assert all(s.id == job.id and not s.done for s in during)
-        assert last.done and last.state == "succeeded" and last.vector == name
-        progress = [s.progress for s in snapshots]
-        assert progress == sorted(progress)
-        assert any(s.state == "running" and 0.0 < s.progress < 1.0 for s in during)
-        # a finished job's stream is just its end event; get_job agrees with it
-        assert list(client.job_events(job.id)) == [last]
-        assert client.get_job(job) == last
-        # cancelling a finished job changes nothing
-        assert client.cancel_job(job) == last
-    finally:
-        delete_quietly(client, name)
+    with fv.Client(gated_server.url, admin_token=gated_server.admin_token, timeout=60) as client:
+        try:
+            with faults.held("tasks", after=1):  # the job waits at its second forward, having reported progress
+                job = client.extract(name, relation="synonym", seed=fresh_seed(), **SMALL)
+                events = client.job_events(job)
+                snapshots = []
+                for snapshot in events:
+                    snapshots.append(snapshot)
+                    if snapshot.state == "running" and snapshot.progress > 0.0:
+                        break  # seen mid-way: the job waits at the gate
+                mid = snapshots[-1]
+            snapshots += list(events)
+            *during, last = snapshots
+            assert during and all(s.id == job.id and not s.done for s in during)
+            assert last.done and last.state == "succeeded" and last.vector == name
+            progress = [s.progress for s in snapshots]
+            assert progress == sorted(progress)
+            assert mid in during and 0.0 < mid.progress < 1.0
+            # a finished job's stream is just its end event; get_job agrees with it
+            assert list(client.job_events(job.id)) == [last]
+            assert client.get_job(job) == last
+            # cancelling a finished job changes nothing
+            assert client.cancel_job(job) == last
+        finally:
+            delete_quietly(client, name)
 
 
-def test_wait_timeout_then_cancel(client: fv.Client) -> None:
-    name = unique("big")
-    job = client.extract(name, relation="antonym", seed=fresh_seed(), **BIG)
-    started = time.monotonic()
-    try:
-        finished = client.wait_for_job(job, timeout=0.3)
-    except fv.JobTimeoutError as exc:
-        assert exc.job_id == job.id
-        assert exc.job is None or not exc.job.done
-        assert time.monotonic() - started < 5
-    else:
-        delete_quietly(client, name)
-        pytest.skip(f"the {BIG['n_prompts']}-prompt job ended ({finished.state}) within 0.3 s; nothing to time out")
-    seen: list[fv.Job] = []
-    answer = client.cancel_job(job)
-    assert answer.id == job.id and answer.state in {"queued", "running", "cancelled", "succeeded"}
-    final = client.wait_for_job(job, timeout=60, on_progress=seen.append)  # a cancelled job is returned, not raised
-    if final.state == "succeeded":
-        delete_quietly(client, name)
-        pytest.skip("the job finished before the cancellation reached it")
-    assert final.state == "cancelled"
-    assert final.result is None
-    assert seen and seen[-1] == final
-    with pytest.raises(fv.NotFoundError):
-        client.get_vector(name)
-    assert name not in {v.name for v in client.list_vectors()}
+def test_wait_timeout_then_cancel(gated_server: LiveServer) -> None:
+    faults = Faults(gated_server)
+    name = unique("held")
+    with fv.Client(gated_server.url, admin_token=gated_server.admin_token, timeout=60) as client:
+        with faults.held("tasks"):  # the job is running and cannot finish
+            job = client.extract(name, relation="antonym", seed=fresh_seed(), **SMALL)
+            faults.wait_parked("tasks")
+            with pytest.raises(fv.JobTimeoutError) as caught:
+                client.wait_for_job(job, timeout=0.3)
+            assert caught.value.job_id == job.id
+            assert caught.value.job is None or not caught.value.job.done
+            answer = client.cancel_job(job)
+            assert answer.id == job.id and answer.state == "running"
+        seen: list[fv.Job] = []
+        final = client.wait_for_job(job, timeout=60, on_progress=seen.append)  # a cancelled job is returned
+        assert final.state == "cancelled"
+        assert final.result is None
+        assert seen and seen[-1] == final
+        with pytest.raises(fv.NotFoundError):
+            client.get_vector(name)
+        assert name not in {v.name for v in client.list_vectors()}
+
+
+def test_async_wait_timeout_then_cancel(gated_server: LiveServer) -> None:
+    faults = Faults(gated_server)
+
+    async def scenario() -> None:
+        async with fv.AsyncClient(gated_server.url, admin_token=gated_server.admin_token, timeout=60) as c:
+            with faults.held("tasks"):
+                held = await c.extract(unique("aheld"), relation="antonym", seed=fresh_seed(), **SMALL)
+                await asyncio.to_thread(faults.wait_parked, "tasks")
+                with pytest.raises(fv.JobTimeoutError):
+                    await c.wait_for_job(held, timeout=0.2)
+                assert (await c.cancel_job(held)).state == "running"
+            assert (await c.wait_for_job(held, timeout=60)).state == "cancelled"
+
+    asyncio.run(scenario())
 
 
 def test_a_name_being_made_is_refused_at_once(client: fv.Client) -> None:
@@ -309,11 +325,6 @@ def test_async_client(live_server: LiveServer) -> None:
                 with pytest.raises(fv.NotFoundError):
                     await c.wait_for_job("job-" + "f" * 16)
 
-                big = await c.extract(unique("abig"), relation="antonym", seed=fresh_seed(), **BIG)
-                with pytest.raises(fv.JobTimeoutError):
-                    await c.wait_for_job(big, timeout=0.2)
-                await c.cancel_job(big)
-                assert (await c.wait_for_job(big, timeout=60)).state in {"cancelled", "succeeded"}
             finally:
                 with contextlib.suppress(fv.NotFoundError):
                     await c.admin.delete_vector(name)

@@ -1,4 +1,5 @@
-"""Steering invariants (DESIGN.md §3) on tiny random models of every supported architecture.
+"""Steering invariants (docs/architecture.md, "Steering semantics") on tiny random models of every supported
+architecture.
 
 The cached path below mirrors what the engine does (left-padded prefill, then one token per forward
 with ``position_ids``); the reference path re-runs the whole sequence every step without a cache.
@@ -14,11 +15,10 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from app.engine.adapter import ModelAdapter, adapt
-from app.engine.engine import Engine
-from app.engine.loading import LoadedModel
 from app.engine.requests import GenerationRequest, SamplingParams
-from app.engine.steering import BatchSteering, _add_to_output, stack_row_vectors, steered
+from app.model.adapter import ModelAdapter, adapt
+from app.model.steering import BatchSteering, _add_to_output, stack_row_vectors, steered
+from tests.engine_helpers import bank_steering, tiny_engine
 from tests.tiny_models import ARCH_CONFIGS, tiny_model, tiny_tokenizer
 
 # Tiny models run faster on one thread, and much faster when other processes share the cores.
@@ -166,16 +166,15 @@ def test_engine_steered_batch_equals_the_uncached_reference(arch: str) -> None:
     """The engine (cache, left padding, mixed rows) generates what the uncached single-row reference does."""
     adapter = _adapter(arch)
     tokenizer = tiny_tokenizer()
-    loaded = LoadedModel(adapter.model, tokenizer, arch, torch.device("cpu"), torch.float32)
-    engine = Engine(loaded, adapter, max_batch=8, max_queue=8, max_prompt_tokens=64)
+    engine = tiny_engine(adapter.model, tokenizer, arch, max_batch=8, max_queue=8, max_prompt_tokens=64)
     specs: list[tuple[str, dict[int, Tensor] | None, bool]] = [
         (PROMPTS[0], {LAYER: _vector(adapter, 20)}, False),
         (PROMPTS[1], None, False),
         (PROMPTS[2], {LAYER: _vector(adapter, 21), adapter.n_layers - 1: _vector(adapter, 22, norm=3.0)}, True),
     ]
     requests = [
-        GenerationRequest(_encode(prompt), SamplingParams(max_new_tokens=STEPS), steering=vectors,
-                          all_positions=every)
+        GenerationRequest(_encode(prompt), SamplingParams(max_new_tokens=STEPS),
+                          steering=bank_steering(engine.bank, vectors, every))
         for prompt, vectors, every in specs
     ]
     engine.submit(requests)

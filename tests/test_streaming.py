@@ -16,6 +16,8 @@ import pytest
 
 from app.api.routes.completions import _server_sent
 from app.errors import NotFound
+from app.services.completions import Event
+from app.services.results import TextPiece
 from tests.conftest import LiveServer
 from tests.test_api import assert_envelope, upload, vector_bytes
 from tests.test_cli_jobs import run
@@ -84,15 +86,15 @@ def test_refusals_come_before_any_event(live_server: LiveServer, body: dict[str,
 
 
 def test_a_failure_mid_stream_ends_with_an_error_event() -> None:
-    async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        yield "token", {"text": "he"}
+    async def events() -> AsyncIterator[Event]:
+        yield "token", TextPiece(text="he")
         raise NotFound("the vector went away", param="relations.x")
 
     async def collect() -> list[str]:
         return [item async for item in _server_sent(events())]
 
     out = asyncio.run(collect())
-    assert out[0] == 'event: token\ndata: {"text": "he"}\n\n'
+    assert out[0] == 'event: token\ndata: {"text":"he"}\n\n'
     assert out[-1].startswith("event: error\n")
     envelope = json.loads(out[-1].split("data: ", 1)[1])
     assert envelope == {"error": {"type": "not_found", "message": "the vector went away", "param": "relations.x"}}

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from app.analogy.scoring import ScoreRow, score_rows
 from app.errors import MissingBank
-from app.fv.extraction import ModelHandle
-from app.fv.forward import Runner, run_here
 from app.fv.prompts import Template, bos_prefix
+from app.model.handle import ModelHandle
+from app.model.runner import Runner, run_here
 from app.registry.registry import VectorRegistry
 
 MIN_BANK = 2
@@ -28,7 +28,7 @@ class Bank:
     def from_registry(cls, registry: VectorRegistry, names: list[str] | None = None) -> Bank:
         """``names`` in that order, or every fine-tuned vector of the registry (the starter bank and users')."""
         stored = ([registry.get(name, param="bank") for name in names] if names is not None else
-                  [item for item in registry.list() if item.metadata.get("method") == "finetuned"])
+                  [item for item in registry.list() if item.meta.method == "finetuned"])
         if len(stored) < MIN_BANK:
             raise MissingBank(f"analogies need at least {MIN_BANK} fine-tuned vectors in the registry; it has "
                            f"{len(stored)} (run `make vectors` or fine-tune some)")

@@ -25,9 +25,9 @@ from torch import Tensor
 
 from app.analogy.bank import Bank, query, relation_scores
 from app.analogy.scoring import ScoreRow, encode_rows, sequence_log_probs
-from app.fv.extraction import ModelHandle
-from app.fv.forward import Runner, run_here
 from app.fv.pairs import relation_pairs, split_pairs
+from app.model.handle import ModelHandle
+from app.model.runner import Runner, run_here
 from app.registry.registry import VectorRegistry
 
 log = logging.getLogger(__name__)

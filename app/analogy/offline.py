@@ -21,15 +21,15 @@ from app.analogy.combiner import bank_in_force
 from app.analogy.datasets import SEMEVAL_RELATIONS, read_analogies, read_semeval, spearman
 from app.analogy.scoring import ScoreRow, score_rows
 from app.analogy.solver import evaluate_analogies
+from app.bundle import ModelBundle
 from app.errors import InvalidInput, NotFound
 from app.fv.extraction import ExtractionSpec, extract
 from app.fv.pairs import relation_pairs
-from app.local import LocalModel
 
 Say = Callable[[str], None]
 
 
-def analogy_accuracy(local: LocalModel, dataset: Path, *, limit: int | None = None, seed: int = 0,
+def analogy_accuracy(local: ModelBundle, dataset: Path, *, limit: int | None = None, seed: int = 0,
                      say: Say = lambda line: None) -> dict[str, Any]:
     """Baseline / softmax / composite / oracle accuracy on a UCLA VAT CSV or multiple-choice JSONL file."""
     problems = read_analogies(dataset)
@@ -45,7 +45,7 @@ def analogy_accuracy(local: LocalModel, dataset: Path, *, limit: int | None = No
 MediationSource = Callable[[str], tuple[int, Tensor]]
 
 
-def registry_or_extracted(local: LocalModel, say: Say) -> MediationSource:
+def registry_or_extracted(local: ModelBundle, say: Say) -> MediationSource:
     """``<relation>-cma`` from the registry, else extracted now with the default settings (head means cached)."""
     made: dict[str, tuple[int, Tensor]] = {}
 
@@ -56,14 +56,14 @@ def registry_or_extracted(local: LocalModel, say: Say) -> MediationSource:
                 made[relation] = (stored.layer, stored.vector)
             except NotFound:
                 say(f"  extracting the mediation FV of {relation} (not in the registry as {relation}-cma)")
-                result = extract(local.model, ExtractionSpec(relation_pairs(relation)), local.cache)
+                result = extract(local.model, ExtractionSpec(pairs=relation_pairs(relation)), local.cache)
                 made[relation] = (result.layer, result.vector)
         return made[relation]
 
     return source
 
 
-def alignment(local: LocalModel, semeval: Path, *, mediation: MediationSource | None = None,
+def alignment(local: ModelBundle, semeval: Path, *, mediation: MediationSource | None = None,
               say: Say = lambda line: None) -> dict[str, Any]:
     subcategories = [sub for sub in read_semeval(semeval) if sub.id in SEMEVAL_RELATIONS]
     loaded = {stored.name: stored for stored in local.registry.list()}

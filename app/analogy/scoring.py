@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from app.engine.adapter import ModelAdapter
-from app.engine.steering import BatchSteering, steered
-from app.fv.forward import Runner, model_device, run_here
+from app.fv.forward import model_device
+from app.model.adapter import ModelAdapter
+from app.model.runner import Runner, run_here
+from app.model.steering import BatchSteering, steered
 
 
 @dataclass(frozen=True)

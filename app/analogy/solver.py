@@ -19,9 +19,9 @@ from app.analogy.bank import Bank, query, relation_scores
 from app.analogy.combiner import Combiner
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.scoring import ScoreRow, score_rows
-from app.fv.extraction import ModelHandle
-from app.fv.forward import Runner, run_here
 from app.fv.prompts import bos_prefix
+from app.model.handle import ModelHandle
+from app.model.runner import Runner, run_here
 
 # Dataset relation labels → the bank relation that expresses the same relation in the same direction.
 ORACLE_RELATIONS: dict[str, str] = {

@@ -48,7 +48,7 @@ class RuntimeCollector(Collector):
         services = runtime.loaded_services()
         if services is None:
             return
-        stats = services.engine.stats
+        stats = services.backend.stats
         batch_sizes = dict(stats.batch_sizes)  # one copy: the engine thread may add a size meanwhile
         steps = CounterMetricFamily("fvsteer_decode_steps", "Forward passes of the engine, by rows in the batch.",
                                     labels=["batch_size"])

@@ -1,14 +1,37 @@
-"""Request and response bodies of the v1 HTTP contract (DESIGN.md §6). Unknown fields are refused."""
+"""Request and response bodies of the v1 HTTP contract (README, "HTTP API"). Unknown request fields are refused.
+
+Request models convert themselves into the services' typed inputs (``to_input``); response bodies are the models
+the services return (:mod:`app.services.results`, :mod:`app.registry.metadata`), re-exported here.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.analogy.service import MAX_CHOICES, MAX_TERM_CHARS
-from app.fv.composite import MAX_ABS_WEIGHT, MAX_RELATIONS
-from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, LIMITS
+from app.engine.requests import MAX_ABS_WEIGHT, MAX_RELATIONS
+from app.fv.extraction import ExtractionOptions
+from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, LIMITS, FinetuneOptions
+from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
+from app.services.analogies import MAX_CHOICES, MAX_TERM_CHARS, AnalogyInput
+from app.services.completions import CompletionInput
+from app.services.results import (
+    AnalogyResponse,
+    CompleteResponse,
+    DecodedVector,
+    ErrorBody,
+    ErrorEnvelope,
+    EvaluationResult,
+    JobView,
+)
+from app.services.vectors import EvaluationInput, ExtractionInput, FinetuneInput, PairSource
+
+__all__ = [
+    "AnalogyResponse", "CompleteResponse", "DecodedVector", "ErrorBody", "ErrorEnvelope", "EvaluationResult",
+    "JobView", "VectorInfo", "VectorMetadata", "VectorSummary",
+]
+EXTRACTION_DEFAULTS = ExtractionOptions()
 
 MAX_PROMPT_CHARS = 100_000
 MAX_STOP = 8
@@ -41,62 +64,13 @@ class CompleteRequest(Strict):
                          "whole response, or 'error' with the error envelope.")
     return_baseline: bool = Field(False, description="Also return the unsteered text, generated in the same batch.")
 
-
-class LayerNorm(BaseModel):
-    norm: float
-
-
-class Steering(BaseModel):
-    relations: dict[str, float]
-    layers: dict[str, LayerNorm]
-
-
-class Baseline(BaseModel):
-    text: str
-    finish_reason: str
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class CompleteResponse(BaseModel):
-    id: str
-    model: str
-    text: str
-    finish_reason: Literal["stop", "length", "timeout", "cancelled"]
-    steering: Steering | None
-    baseline: Baseline | None
-    usage: Usage
-
-
-class VectorSummary(BaseModel):
-    name: str
-    relation: str
-    layer: int
-    norm: float
-    method: str
-    model: str
-
-
-class VectorInfo(VectorSummary):
-    d_model: int
-    created: str
-    heads: list[Any] = Field(description="[[layer, head, aie], …] of a mediation vector; empty otherwise.")
-    metrics: dict[str, Any] = Field(description="What was measured when the vector was made (e.g. layer sweep).")
+    def to_input(self) -> CompletionInput:
+        return CompletionInput(**{**self.model_dump(exclude={"stream"}), "relations": dict(self.relations or {}),
+                                  "stop": tuple(self.stop or ())})
 
 
 class VectorList(BaseModel):
     vectors: list[VectorSummary]
-
-
-class VectorMetadata(VectorInfo):
-    format: str
-    model_fingerprint: str
-    dataset_sha256: str
-    n_pairs: int
-    template: str
 
 
 class RefusedFile(BaseModel):
@@ -128,21 +102,34 @@ class PairIn(Strict):
     output: str = Field(min_length=1, max_length=200)
 
 
-class ExtractRequest(Strict):
-    name: str = Field(description="Name of the vector to create.")
+class WithPairs(Strict):
     relation: str | None = Field(None, description="A shipped relation (see the README); or give 'pairs'.")
     pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
-    n_prompts: int = Field(100, ge=1, le=1000, description="Clean 10-shot prompts averaged for head means (N).")
-    n_trials: int = Field(25, ge=1, le=500, description="Corrupted prompts over which each head's AIE is averaged.")
-    n_heads: int = Field(10, ge=1, description="Heads summed into the vector (top-k by AIE).")
-    layer: int | Literal["auto"] = Field("auto", description="Block to add the vector at; 'auto' sweeps them all.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, prompts and shuffles.")
+
+    def pair_source(self) -> PairSource:
+        pairs = None if self.pairs is None else [pair.model_dump() for pair in self.pairs]
+        return PairSource(self.relation, pairs)
 
 
-class FinetuneRequest(Strict):
+class ExtractRequest(WithPairs):
     name: str = Field(description="Name of the vector to create.")
-    relation: str | None = Field(None, description="A shipped relation (see the README); or give 'pairs'.")
-    pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
+    n_prompts: int = Field(EXTRACTION_DEFAULTS.n_prompts, ge=1, le=1000,
+                           description="Clean 10-shot prompts averaged for head means (N).")
+    n_trials: int = Field(EXTRACTION_DEFAULTS.n_trials, ge=1, le=500,
+                          description="Corrupted prompts over which each head's AIE is averaged.")
+    n_heads: int = Field(EXTRACTION_DEFAULTS.n_heads, ge=1, description="Heads summed into the vector (top-k by AIE).")
+    layer: int | Literal["auto"] = Field(EXTRACTION_DEFAULTS.layer,
+                                         description="Block to add the vector at; 'auto' sweeps them all.")
+    seed: int = Field(EXTRACTION_DEFAULTS.seed, ge=0, le=2**31 - 1,
+                      description="Seeds the split, prompts and shuffles.")
+
+    def to_input(self) -> ExtractionInput:
+        options = ExtractionOptions(**self.model_dump(exclude={"name", "relation", "pairs"}))
+        return ExtractionInput(self.name, self.pair_source(), options)
+
+
+class FinetuneRequest(WithPairs):
+    name: str = Field(description="Name of the vector to create.")
     init: Literal["mediation", "zero", "random", "vector"] = Field(
         "mediation", description="Start from the mediation FV of the same pairs, zeros, a seeded random vector, "
         "or the stored vector named by init_vector."
@@ -157,6 +144,10 @@ class FinetuneRequest(Strict):
                       description="Weight of ‖v − v₀‖² in the loss.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, the hold-out and a random init.")
 
+    def to_input(self) -> FinetuneInput:
+        options = FinetuneOptions(**self.model_dump(exclude={"name", "relation", "pairs", "init_vector"}))
+        return FinetuneInput(self.name, self.pair_source(), options, self.init_vector)
+
 
 class AnalogyRequest(Strict):
     a: str = Field(min_length=1, max_length=MAX_TERM_CHARS, description="Source term A of A:B :: C:?")
@@ -168,76 +159,13 @@ class AnalogyRequest(Strict):
     )
     max_new_tokens: int = Field(8, ge=1, le=64, description="Tokens generated for an answer without choices.")
 
-
-class AnalogyResponse(BaseModel):
-    a: str
-    b: str
-    c: str
-    answer: str
-    choice_scores: list[float] | None = Field(description="log p(choice | C, composite) per choice, in order.")
-    weights: dict[str, float] = Field(description="Composite weight of each bank relation.")
-    scores: dict[str, float] = Field(description="log p(B | A, vector) of each bank relation: what the weights "
-                                               "are inferred from.")
-    combiner: Literal["affine", "softmax"] = Field(description="'affine': the fitted combiner; 'softmax': none "
-                                                              "fitted for this bank, plain softmax weights.")
+    def to_input(self) -> AnalogyInput:
+        return AnalogyInput(**self.model_dump())
 
 
-class EvaluateRequest(Strict):
-    relation: str | None = Field(None, description="A shipped relation; or give 'pairs'.")
-    pairs: list[PairIn] | None = Field(None, max_length=10_000, description="Your own pairs (at least 12).")
+class EvaluateRequest(WithPairs):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     shots: int = Field(10, ge=1, le=20, description="Demonstrations per in-context prompt.")
 
-
-class Job(BaseModel):
-    id: str
-    kind: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    phase: str
-    progress: float = Field(ge=0.0, le=1.0)
-    detail: dict[str, Any] | None = Field(
-        None, description="The current phase's figures, e.g. a fine-tuning epoch's loss and hold-out accuracy."
-    )
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
-    created: str
-    updated: str
-
-
-class Accuracy(BaseModel):
-    top1: float
-    top3: float
-
-
-class EvaluationResult(BaseModel):
-    vector: str
-    relation: str
-    layer: int
-    zero_shot: Accuracy
-    zero_shot_fv: Accuracy
-    icl: Accuracy
-    icl_shuffled: Accuracy
-    icl_shuffled_fv: Accuracy
-    n: int
-    n_dropped: int
-
-
-class DecodedToken(BaseModel):
-    token: str
-    prob: float
-
-
-class DecodedVector(BaseModel):
-    name: str
-    layer: int
-    tokens: list[DecodedToken]
-
-
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-    param: str | None
-
-
-class ErrorEnvelope(BaseModel):
-    error: ErrorBody
+    def to_input(self) -> EvaluationInput:
+        return EvaluationInput(self.pair_source(), self.seed, self.shots)

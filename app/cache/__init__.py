@@ -1,1 +1,3 @@
-"""Per-head mean activations, cached: Redis when configured, in-process otherwise (DESIGN.md §5)."""
+"""Per-head mean activations, cached: Redis when configured, in-process otherwise.
+
+The key and layout are in docs/architecture.md, "Head-mean cache"."""

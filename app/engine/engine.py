@@ -1,9 +1,10 @@
-"""The batching loop: one thread owns the model and decodes every live request together.
+"""The ``hf`` generation backend: one thread owns the HF model and decodes every live request together.
 
 New requests are prefilled as a group and joined to the running batch between decode steps
-(continuous batching); finished rows leave at once. Each row keeps its own steering vectors,
-sampling generator, stop strings and deadline, so what a request gets never depends on what else
-shares its batch.
+(continuous batching); finished rows leave at once. Each row keeps its own composite (built from the resident
+vector bank when it joins), sampling generator, stop strings and deadline, so what a request gets never depends
+on what else shares its batch. The same thread runs the science's forwards between decode steps
+(:meth:`Engine.call`): the engine is also the HF model runner of the science seam.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,13 +23,15 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from app.engine.adapter import ModelAdapter
+from app.engine.bank import VectorBank
 from app.engine.kv_batch import concat_batches, select_rows
-from app.engine.loading import LoadedModel
-from app.engine.requests import FinishReason, GenerationRequest, GenerationResult
+from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult
 from app.engine.sampling import make_generator, next_token
-from app.engine.steering import BatchSteering, stack_row_vectors, steered
-from app.errors import GatewayTimeout, InvalidInput, NotReady, QueueFull
+from app.engine.stats import EngineStats
+from app.errors import FvsteerError, GatewayTimeout, InvalidInput, NotReady, QueueFull
+from app.model.handle import ModelHandle
+from app.model.loading import LoadedModel
+from app.model.steering import BatchSteering, stack_row_vectors, steered
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +43,13 @@ class _Row:
     request: GenerationRequest
     generator: torch.Generator | None
     length: int
+    steering: dict[int, Tensor] | None = None  # layer → this row's composite
+    norms: dict[int, float] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     batch_sizes: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
     streamed: str = ""  # text already handed to ``request.on_text``
-
-
-@dataclass
-class EngineStats:
-    """Counters the metrics endpoint and the tests read; updated by the engine thread (``rejected`` by submitters,
-    under the engine's lock)."""
-
-    batch_sizes: Counter[int] = field(default_factory=Counter)
-    tokens_generated: int = 0
-    finished: Counter[str] = field(default_factory=Counter)  # rows by finish reason
-    queue_timeouts: int = 0
-    rejected: int = 0  # requests refused because the queue was full
-    failed_steps: int = 0
-    tasks_run: int = 0  # forwards of jobs, evaluations and analogies run between decode steps
-    queue_depth: int = 0
-    active_rows: int = 0
-
-    @property
-    def requests_finished(self) -> int:
-        return sum(self.finished.values())
 
 
 # Errors after which the device cannot be trusted (a CUDA context is poisoned by these): the engine stops for good,
@@ -77,12 +62,16 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 class Engine:
-    """Owns the model; :meth:`submit` is thread-safe and returns at once, results arrive on futures."""
+    """Owns the model; :meth:`submit` is thread-safe and returns at once, results arrive on futures.
+
+    Implements both seams: :class:`~app.engine.backend.GenerationBackend` (submit, cancel, drain, stats, health)
+    and :class:`~app.model.runner.ModelRunner` (``handle`` and ``call``)."""
 
     def __init__(
         self,
         loaded: LoadedModel,
-        adapter: ModelAdapter,
+        handle: ModelHandle,
+        bank: VectorBank,
         *,
         max_batch: int,
         max_queue: int,
@@ -91,7 +80,9 @@ class Engine:
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.loaded = loaded
-        self.adapter = adapter
+        self._handle = handle
+        self.adapter = adapter = handle.adapter
+        self.bank = bank
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
@@ -118,6 +109,20 @@ class Engine:
         )
 
     # ----------------------------------------------------------------- public API
+    @property
+    def handle(self) -> ModelHandle:
+        return self._handle
+
+    @property
+    def model_name(self) -> str:
+        return self._handle.name
+
+    def health(self) -> str | None:
+        """Why the engine cannot serve (a fatal device error, or stopping), or None while it can."""
+        if self.fatal is not None:
+            return f"the engine failed: {self.fatal}"
+        return "the engine is shutting down" if self._stopping else None
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fvsteer-engine", daemon=True)
         self._thread.start()
@@ -147,10 +152,11 @@ class Engine:
             )
         return ids
 
-    def submit(self, requests: list[GenerationRequest]) -> None:
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
         """Queue requests together (they are admitted in the same step, e.g. a steered row and its baseline)."""
         for request in requests:
-            self._check_steering(request)
+            if request.steering is not None:
+                self.check_steering(request.steering)
         with self._cond:
             self._refuse_if_stopped()
             if len(self._pending) + len(requests) > self.max_queue:
@@ -191,17 +197,9 @@ class Engine:
         with self._cond:
             return len(self._pending) + len(self._admitting) + len(self._rows)
 
-    def _check_steering(self, request: GenerationRequest) -> None:
-        """Refuse steering the model cannot take before it joins a batch: applying it would fail every row there."""
-        n_layers, d_model = self.adapter.n_layers, self.adapter.d_model
-        for layer, vector in (request.steering or {}).items():
-            if not 0 <= layer < n_layers:
-                raise InvalidInput(f"steering layer {layer} is outside the model's 0..{n_layers - 1}", param="layer")
-            if tuple(vector.shape) != (d_model,):
-                raise InvalidInput(
-                    f"steering vector for layer {layer} has shape {tuple(vector.shape)}; the model needs ({d_model},)",
-                    param="relations",
-                )
+    def check_steering(self, steering: BankSteering) -> None:
+        """Refuse steering the bank cannot build before the row is queued (unknown vector, a layer the model lacks)."""
+        self.bank.check(steering)
 
     # ----------------------------------------------------------------- the loop
     def _run(self) -> None:
@@ -235,7 +233,7 @@ class Engine:
             admitted = [req for req in admitted if not self._drop_if_cancelled(req)]
             started = time.monotonic()
             if admitted:
-                self._prefill(admitted)
+                admitted = self._prefill(admitted)
             self._admitting = []
             if self._rows:
                 self._decode_step()
@@ -322,7 +320,30 @@ class Engine:
             _settle(request.future, GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
         return request.cancelled
 
-    def _prefill(self, requests: list[GenerationRequest]) -> None:
+    def _resolve(self, requests: list[GenerationRequest]) -> list[tuple[GenerationRequest, _Row]]:
+        """Each request's row with its composite built from the bank now; a request whose vector was deleted since
+        it was queued fails alone (never unsteered)."""
+        rows = []
+        for req in requests:
+            row = _Row(req, None if req.params.temperature <= 0 else make_generator(req.params.seed),
+                       len(req.prompt_ids))
+            if req.steering is not None:
+                try:
+                    resolved = self.bank.resolve(req.steering)
+                except FvsteerError as exc:
+                    _fail(req, exc)
+                    continue
+                row.steering, row.norms = resolved.layers or None, resolved.norms()
+            rows.append((req, row))
+        return rows
+
+    def _prefill(self, admitted: list[GenerationRequest]) -> list[GenerationRequest]:
+        """Prefill the admitted requests as one batch and join them to the running one; returns those admitted."""
+        resolved = self._resolve(admitted)
+        if not resolved:
+            return []
+        requests = [req for req, _ in resolved]
+        new_rows = [row for _, row in resolved]
         device = self.loaded.device
         width = max(len(req.prompt_ids) for req in requests)
         pad = int(self.loaded.tokenizer.pad_token_id or 0)
@@ -334,15 +355,11 @@ class Engine:
         positions = torch.zeros((len(requests), width), dtype=torch.bool)
         positions[:, -1] = True
         for index, req in enumerate(requests):
-            if req.all_positions:
+            if req.steering is not None and req.steering.positions == "all":
                 positions[index] = mask[index].bool()
-        steering = self._steering([req.steering for req in requests], positions)
+        steering = self._steering([row.steering for row in new_rows], positions)
         cache = DynamicCache()
         logits = self._forward(ids.to(device), mask.to(device), cache, steering)
-        new_rows = [
-            _Row(req, None if req.params.temperature <= 0 else make_generator(req.params.seed), len(req.prompt_ids))
-            for req in requests
-        ]
         if self._cache is None or self._mask is None:
             self._cache, self._mask = cache, mask.to(device)
         else:
@@ -351,6 +368,7 @@ class Engine:
         for req in requests:
             _settle(req.admitted)
         self._advance(new_rows, logits, len(requests))
+        return requests
 
     def _decode_step(self) -> None:
         assert self._cache is not None and self._mask is not None
@@ -358,7 +376,7 @@ class Engine:
         ids = torch.tensor([[row.tokens[-1]] for row in self._rows], dtype=torch.long, device=device)
         self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=device)], 1)
         positions = torch.ones((len(self._rows), 1), dtype=torch.bool)
-        steering = self._steering([row.request.steering for row in self._rows], positions)
+        steering = self._steering([row.steering for row in self._rows], positions)
         position_ids = torch.tensor([[row.length] for row in self._rows], dtype=torch.long, device=device)
         logits = self._forward(ids, self._mask, self._cache, steering, position_ids)
         for row in self._rows:
@@ -448,7 +466,7 @@ class Engine:
         for row in self._rows:
             if row.finish is not None:
                 result = GenerationResult(
-                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes)
+                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.norms
                 )
                 self.stats.finished[row.finish] += 1
                 self._recent_finishes.append(now)

@@ -1,16 +1,24 @@
-"""What a caller hands the engine and what it gets back."""
+"""What serving hands a generation backend and what it gets back: the types of the generation seam.
+
+Steering crosses the seam as weights over named bank vectors (:class:`BankSteering`), never as summed tensors, so
+a backend can keep the bank on its device and build each row's composite itself. Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
 
-from torch import Tensor
+from app.errors import InvalidInput
 
 FinishReason = Literal["stop", "length", "timeout", "cancelled"]
+Positions = Literal["fv", "all"]
+MAX_RELATIONS = 64
+MAX_ABS_WEIGHT = 1000.0
 
 
 @dataclass(frozen=True)
@@ -22,33 +30,73 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class BankSteering:
+    """``scale · Σ wᵢ · vᵢ`` over bank vectors named in ``weights``, each added at its own layer (or all at
+    ``layer``), at the positions the FV policy steers (``"fv"``: the last prompt token and every generated token;
+    ``"all"``: every prompt token too). Zero weights are kept here (their names must still exist) and add nothing.
+    """
+
+    weights: Mapping[str, float]
+    scale: float = 1.0
+    layer: int | None = None
+    positions: Positions = "fv"
+
+    @classmethod
+    def checked(cls, weights: Mapping[str, float], *, scale: float = 1.0, layer: int | None = None,
+                positions: Positions = "fv") -> BankSteering:
+        """Refuse what no backend can apply, naming the parameter and the limit."""
+        if len(weights) > MAX_RELATIONS:
+            raise InvalidInput(f"relations has {len(weights)} entries; the limit is {MAX_RELATIONS}",
+                               param="relations")
+        if not math.isfinite(scale):
+            raise InvalidInput("scale must be a finite number", param="scale")
+        for name, weight in weights.items():
+            if not math.isfinite(weight) or abs(weight) > MAX_ABS_WEIGHT:
+                raise InvalidInput(f"weight of {name!r} must be finite and within ±{MAX_ABS_WEIGHT:g}",
+                                   param=f"relations.{name}")
+        return cls(dict(weights), scale, layer, positions)
+
+    @property
+    def applied(self) -> dict[str, float]:
+        """The weights that add something (zero weights dropped)."""
+        return {name: weight for name, weight in self.weights.items() if weight != 0.0}
+
+
 @dataclass
 class GenerationRequest:
-    """One row to generate. ``steering`` maps layer → vector (already weighted and scaled); None = unsteered."""
+    """One row to generate; ``steering`` None = unsteered.
+
+    The backend resolves ``admitted`` when the row joins a batch and ``future`` when it ends; ``on_text`` (streaming)
+    is called from the backend's thread with each new piece of text; :meth:`cancel` asks it to drop the row.
+    """
 
     prompt_ids: list[int]
     params: SamplingParams
-    steering: dict[int, Tensor] | None = None
-    all_positions: bool = False
+    steering: BankSteering | None = None
     deadline: float | None = None
-    on_text: Callable[[str], None] | None = None  # streaming: called on the engine thread with each new text piece
+    on_text: Callable[[str], None] | None = None
     future: Future[GenerationResult] = field(default_factory=Future)
-    admitted: Future[None] = field(default_factory=Future)  # resolved when the row joins the batch
+    admitted: Future[None] = field(default_factory=Future)
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
 
     def cancel(self) -> None:
-        """Ask the engine to drop this row at its next step (e.g. the client went away)."""
+        """Ask the backend to drop this row at its next step (e.g. the client went away)."""
         self.cancelled = True
 
 
 @dataclass(frozen=True)
 class GenerationResult:
+    """``steering_norms``: layer → norm of what the backend added there (empty for an unsteered row), reported by
+    the backend that applied it, so that a response never claims steering that did not happen."""
+
     text: str
     token_ids: list[int]
     finish_reason: FinishReason
     prompt_tokens: int
     batch_sizes: tuple[int, ...]
+    steering_norms: dict[int, float] = field(default_factory=dict)
 
     @property
     def completion_tokens(self) -> int:

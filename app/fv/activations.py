@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from app.engine.adapter import ModelAdapter
-from app.fv.forward import Runner, encode_left_padded, last_token_logits, model_device, run_here
+from app.fv.forward import encode_left_padded, last_token_logits, model_device
+from app.model.adapter import ModelAdapter
+from app.model.runner import Runner, run_here
 
 
 @contextmanager

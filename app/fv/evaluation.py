@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from app.engine.adapter import ModelAdapter
-from app.engine.steering import BatchSteering, steered
-from app.fv.forward import Runner, encode_left_padded, last_token_logits, model_device, run_here
+from app.fv.forward import encode_left_padded, last_token_logits, model_device
 from app.fv.pairs import Pair
 from app.fv.prompts import PromptItem, Template, icl_prompts, zero_shot_prompts
+from app.model.adapter import ModelAdapter
+from app.model.runner import Runner, run_here
+from app.model.steering import BatchSteering, steered
 
 TOP_K = (1, 3)
 
@@ -108,6 +109,9 @@ def layer_sweep(
     return scores
 
 
+SETTINGS = ("zero_shot", "zero_shot_fv", "icl", "icl_shuffled", "icl_shuffled_fv")
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Top-1 and top-3 accuracy of the five conditions.
@@ -125,10 +129,6 @@ class Evaluation:
     n: int
     n_dropped: int
 
-    def as_dict(self) -> dict[str, object]:
-        return {"zero_shot": self.zero_shot, "zero_shot_fv": self.zero_shot_fv, "icl": self.icl,
-                "icl_shuffled": self.icl_shuffled, "icl_shuffled_fv": self.icl_shuffled_fv,
-                "n": self.n, "n_dropped": self.n_dropped}
 
 
 def _scores(ranks: Tensor) -> dict[str, float]:

@@ -6,6 +6,7 @@ decode steps; ``report`` receives (phase, fraction) progress and may raise to ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -15,18 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from app.cache.head_means import HeadMeanCache, HeadMeanKey
-from app.engine.adapter import ModelAdapter
 from app.errors import InvalidInput
 from app.fv.activations import mean_head_outputs
 from app.fv.evaluation import accuracy, layer_sweep, mean_answer_log_prob, ranks_of_answers
-from app.fv.forward import Runner, run_here
 from app.fv.mediation import ScoredPrompt, aie_fast, top_heads
 from app.fv.pairs import Pair, dataset_sha256, split_pairs
 from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts, zero_shot_prompts
 from app.fv.vector import function_vector
+from app.model.adapter import ModelAdapter
+from app.model.handle import ModelHandle
+from app.model.runner import Runner, run_here
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +39,25 @@ SWEEP_TRAIN_PAIRS = 24
 
 
 @dataclass(frozen=True)
-class ExtractionSpec:
-    pairs: list[Pair]
+class ExtractionOptions:
+    """What a user chooses about an extraction (the API's fields and their defaults)."""
+
     n_prompts: int = 100
     n_trials: int = 25
     n_heads: int = 10
     layer: int | Literal["auto"] = "auto"
     seed: int = 0
-    shots: int = DEFAULT_SHOTS
-    template: Template = field(default_factory=Template)
 
 
 @dataclass(frozen=True)
-class ModelHandle:
-    """The loaded model as the FV science needs it."""
+class ExtractionSpec(ExtractionOptions):
+    pairs: list[Pair] = field(default_factory=list)
+    shots: int = DEFAULT_SHOTS
+    template: Template = field(default_factory=Template)
 
-    adapter: ModelAdapter
-    tokenizer: PreTrainedTokenizerBase
-    fingerprint: str
-    name: str
+    @classmethod
+    def of(cls, pairs: list[Pair], options: ExtractionOptions) -> ExtractionSpec:
+        return cls(pairs=pairs, **dataclasses.asdict(options))
 
 
 @dataclass

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.engine.steering import BatchSteering, steered
 from app.errors import InvalidInput
-from app.fv.extraction import ModelHandle
-from app.fv.forward import Runner, encode_left_padded, last_token_logits, model_device, run_here
+from app.fv.forward import encode_left_padded, last_token_logits, model_device
 from app.fv.pairs import Pair
 from app.fv.prompts import PromptItem, Template, bos_prefix, zero_shot_prompts
+from app.model.handle import ModelHandle
+from app.model.runner import Runner, run_here
+from app.model.steering import BatchSteering, steered
 
 Progress = Callable[[str, float, dict[str, Any]], None]
 

@@ -21,11 +21,12 @@ from torch import Tensor
 from app.cache.head_means import HeadMeanCache
 from app.errors import InvalidInput
 from app.fv.evaluation import accuracy, ranks_of_answers
-from app.fv.extraction import ExtractionSpec, ModelHandle, extract
+from app.fv.extraction import ExtractionSpec, extract
 from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune, split_holdout
-from app.fv.forward import Runner, run_here
 from app.fv.pairs import Pair, dataset_sha256, split_pairs
 from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts
+from app.model.handle import ModelHandle
+from app.model.runner import Runner, run_here
 
 InitKind = Literal["mediation", "zero", "random", "vector"]
 Report = Callable[[str, float, dict[str, Any] | None], None]
@@ -151,7 +152,7 @@ def make_finetuned(
     started = time.monotonic()
     if options.init == "mediation":
         share = MEDIATION_SHARE
-        spec = ExtractionSpec(pairs, n_prompts=INIT_PROMPTS, n_trials=INIT_TRIALS, layer=layer, seed=options.seed)
+        spec = ExtractionSpec(pairs=pairs, n_prompts=INIT_PROMPTS, n_trials=INIT_TRIALS, layer=layer, seed=options.seed)
         extraction = extract(model, spec, cache, run=run,
                              report=lambda phase, fraction: report(f"mediation:{phase}", share * fraction, None))
         init, heads, cache_hit = extraction.vector, extraction.heads, extraction.cache_hit

@@ -1,24 +1,14 @@
-"""Small helpers every FV computation shares: left-padded batches, a forward with position ids, and
-the runner that decides which thread a forward runs on (the engine's, when called from a job)."""
+"""Small helpers every FV computation shares: left-padded batches and a forward with position ids."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from app.engine.adapter import ModelAdapter
-
-T = TypeVar("T")
-Runner = Callable[[Callable[[], T]], T]
-
-
-def run_here(fn: Callable[[], T]) -> T:
-    """The default runner: run the forward in the calling thread."""
-    return fn()
+from app.model.adapter import ModelAdapter
 
 
 def encode_left_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str], device: torch.device) -> tuple[

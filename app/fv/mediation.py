@@ -22,8 +22,9 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from app.engine.adapter import ModelAdapter
-from app.fv.forward import Runner, model_device, run_here
+from app.fv.forward import model_device
+from app.model.adapter import ModelAdapter
+from app.model.runner import Runner, run_here
 
 Head = tuple[int, int]
 

@@ -1,4 +1,4 @@
-"""Word-pair datasets: the shipped relations, user files (JSON or two-column CSV), validation, splits.
+"""Word-pair datasets: the shipped relations, validation of pairs as the API takes them, the dataset hash, splits.
 
 A dataset is identified by the SHA-256 of its canonical JSON, which keys the head-mean cache and is
 recorded in every vector's provenance.
@@ -6,9 +6,7 @@ recorded in every vector's provenance.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -49,28 +47,6 @@ def relation_pairs(name: str, param: str = "relation") -> list[Pair]:
         known = ", ".join(shipped_relations())
         raise NotFound(f"no relation named {name[:80]!r}; shipped relations: {known}", param=param)
     return validate_pairs(json.loads(path.read_text(encoding="utf-8")), param=param)
-
-
-def read_pairs_file(path: Path) -> list[Pair]:
-    """Pairs from a JSON list of ``{"input", "output"}`` objects or a two-column CSV (header optional)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".csv":
-        return parse_csv_pairs(text)
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{path.name} is neither JSON pairs nor a .csv file: {exc}", param="pairs") from exc
-    return validate_pairs(raw)
-
-
-def parse_csv_pairs(text: str) -> list[Pair]:
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
-    if rows and [cell.strip().lower() for cell in rows[0]] == ["input", "output"]:
-        rows = rows[1:]
-    bad = next((index for index, row in enumerate(rows) if len(row) != 2), None)
-    if bad is not None:
-        raise InvalidInput(f"CSV row {bad + 1} has {len(rows[bad])} columns; pairs need exactly 2", param="pairs")
-    return validate_pairs([{"input": row[0], "output": row[1]} for row in rows])
 
 
 def validate_pairs(raw: Any, param: str = "pairs") -> list[Pair]:

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from app.engine.adapter import ModelAdapter
 from app.fv.forward import model_device
+from app.model.adapter import ModelAdapter
 
 
 def head_contribution(adapter: ModelAdapter, means: Tensor, layer: int, head: int) -> Tensor:

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from app.errors import FvsteerError, InvalidInput, NotFound, QueueFull
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,8 @@ class JobContext:
             raise JobCancelled()
 
 
-Work = Callable[[JobContext], dict[str, Any]]
+Work = Callable[[JobContext], BaseModel]
+"""A job's work: returns its typed result (stored as JSON: records outlive the process)."""
 
 
 class JobManager:
@@ -195,7 +198,7 @@ class JobManager:
                     continue
                 self._update(job, state="running", phase="starting")
             try:
-                result = work(JobContext(self, job))
+                result = work(JobContext(self, job)).model_dump(mode="json")
             except JobCancelled:
                 if job.cancel_requested.is_set():
                     self._update(job, state="cancelled", phase="cancelled")

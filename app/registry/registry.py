@@ -1,7 +1,8 @@
 """The vectors of the loaded model: loaded from ``<vectors_dir>/<model-slug>/`` at start, then kept in memory.
 
 A file made for another model (other ``d_model`` or fingerprint), or unreadable, is refused with a log
-line and listed in :attr:`VectorRegistry.refused`; the rest load and the server starts.
+line and listed in :attr:`VectorRegistry.refused`; the rest load and the server starts. Every change (a save, a
+deletion, a reload) is announced to the registry's listeners (the generation backend's vector bank).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -48,6 +51,19 @@ class RefusedFile:
     reason: str
 
 
+@dataclass(frozen=True)
+class RegistryChange:
+    """``saved`` (``stored`` set), ``deleted`` (``name`` set) or ``reloaded`` (``vectors``: everything now held)."""
+
+    kind: Literal["saved", "deleted", "reloaded"]
+    name: str | None = None
+    stored: StoredVector | None = None
+    vectors: tuple[StoredVector, ...] = field(default=())
+
+
+Listener = Callable[[RegistryChange], None]
+
+
 class VectorRegistry:
     """Thread-safe name → :class:`StoredVector` map backed by one folder of safetensors files."""
 
@@ -56,7 +72,19 @@ class VectorRegistry:
         self.folder = root / model.slug
         self.refused: list[RefusedFile] = []
         self._vectors: dict[str, StoredVector] = {}
+        self._listeners: list[Listener] = []
         self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every later change, under the registry's lock (so changes arrive in order), and
+        once now with everything held."""
+        with self._lock:
+            self._listeners.append(listener)
+            listener(RegistryChange("reloaded", vectors=tuple(self._vectors[name] for name in sorted(self._vectors))))
+
+    def _announce(self, change: RegistryChange) -> None:
+        for listener in self._listeners:
+            listener(change)
 
     def load(self) -> None:
         """(Re)read every file of the model's folder."""
@@ -73,6 +101,7 @@ class VectorRegistry:
             vectors[stored.name] = stored
         with self._lock:
             self._vectors, self.refused = vectors, refused
+            self._announce(RegistryChange("reloaded", vectors=tuple(vectors[name] for name in sorted(vectors))))
         log.info("registry %s: %d vectors loaded, %d refused", self.folder, len(vectors), len(refused))
 
     def _check_compatible(self, stored: StoredVector, path: Path) -> None:
@@ -129,6 +158,7 @@ class VectorRegistry:
                 raise Conflict(f"a vector named {name!r} exists; delete it first", param="name")
             write_vector_file(path, stored.vector, full)
             self._vectors[name] = stored
+            self._announce(RegistryChange("saved", name=name, stored=stored))
         log.info("saved vector %s (layer %s, norm %.3f)", name, full["layer"], float(full["norm"]))
         return stored
 
@@ -147,6 +177,7 @@ class VectorRegistry:
                 raise NotFound(f"no vector named {name[:80]!r} for model {self.model.name}", param="name")
             (self.folder / f"{name}{SUFFIX}").unlink(missing_ok=True)
             del self._vectors[name]
+            self._announce(RegistryChange("deleted", name=name))
         log.info("deleted vector %s", name)
 
     def _complete_metadata(self, vector: torch.Tensor, given: dict[str, str]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Reading, checking and writing one vector file (DESIGN.md §4).
+"""Reading, checking and writing one vector file (the format is in docs/architecture.md, "Vectors on disk").
 
 The header of an untrusted file is parsed and checked by hand before any tensor is read: a file
 that is not safetensors, holds no ``vector``, has the wrong shape or dtype, or non-finite values is
@@ -12,7 +12,7 @@ import math
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +22,43 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
 from app.errors import InvalidInput
+from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
 
 FORMAT = "fvsteer/1"
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
-JSON_FIELDS = ("heads", "metrics")
-INT_FIELDS = ("d_model", "layer", "n_pairs")
-FLOAT_FIELDS = ("norm",)
 MAX_HEADER_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
 class StoredVector:
-    """A vector and its string metadata, as in the file."""
+    """A vector, its metadata as stored in the file (strings), and that metadata parsed once (``meta``)."""
 
     vector: torch.Tensor
     metadata: dict[str, str]
+    meta: VectorMetadata = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "meta", VectorMetadata.from_strings(self.metadata))
 
     @property
     def name(self) -> str:
-        return self.metadata["name"]
+        return self.meta.name
 
     @property
     def layer(self) -> int:
-        return int(self.metadata["layer"])
+        return self.meta.layer
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> VectorSummary:
         """The public view: what a user needs to pick a vector."""
-        full = self.describe()
-        return {key: full[key] for key in ("name", "relation", "layer", "norm", "method", "model")}
+        return self.meta.summary()
 
-    def describe(self) -> dict[str, Any]:
-        """The full metadata with JSON and numeric fields decoded (the admin view)."""
-        out: dict[str, Any] = dict(self.metadata)
-        for key in JSON_FIELDS:
-            out[key] = json.loads(self.metadata.get(key) or ("[]" if key == "heads" else "{}"))
-        for key in INT_FIELDS:
-            out[key] = int(self.metadata.get(key) or 0)
-        for key in FLOAT_FIELDS:
-            out[key] = float(self.metadata.get(key) or 0.0)
-        return out
+    def info(self) -> VectorInfo:
+        """One vector's public description."""
+        return self.meta.info()
+
+    def describe(self) -> VectorMetadata:
+        """The full metadata (the admin view)."""
+        return self.meta
 
 
 def parse_header(data: bytes) -> dict[str, Any]:

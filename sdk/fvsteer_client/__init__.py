@@ -3,16 +3,7 @@
 Imports only httpx and pydantic (never torch), so it installs anywhere a server can be reached from.
 """
 
-from fvsteer_client.client import (
-    DEFAULT_BASE_URL,
-    AsyncClient,
-    Client,
-    CompletionOptions,
-    EvaluateOptions,
-    ExtractOptions,
-    FinetuneOptions,
-    JobRef,
-)
+from fvsteer_client.client import DEFAULT_BASE_URL, AsyncClient, Client
 from fvsteer_client.errors import (
     APIConnectionError,
     APIError,
@@ -43,7 +34,13 @@ from fvsteer_client.models import (
     DecodedToken,
     DecodedVector,
     DeletedVector,
+    EpochRecord,
     Evaluation,
+    ExtractMetrics,
+    ExtractResult,
+    FinetuneMetrics,
+    FinetuneResult,
+    HeadMeansCache,
     Health,
     Job,
     Readiness,
@@ -55,6 +52,7 @@ from fvsteer_client.models import (
     VectorMetadata,
     VectorSummary,
 )
+from fvsteer_client.options import CompletionOptions, EvaluateOptions, ExtractOptions, FinetuneOptions, JobRef
 from fvsteer_client.pairs import PairsSource, load_pairs
 
 __version__ = "0.1.0"
@@ -79,12 +77,18 @@ __all__ = [
     "DecodedToken",
     "DecodedVector",
     "DeletedVector",
+    "EpochRecord",
     "EvaluateOptions",
     "Evaluation",
+    "ExtractMetrics",
     "ExtractOptions",
+    "ExtractResult",
+    "FinetuneMetrics",
     "FinetuneOptions",
+    "FinetuneResult",
     "FvsteerClientError",
     "GatewayTimeoutError",
+    "HeadMeansCache",
     "Health",
     "InternalServerError",
     "InvalidPairsError",

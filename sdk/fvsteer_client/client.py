@@ -1,39 +1,42 @@
 """Sync and async clients of the fvsteer HTTP API.
 
-Each API operation is described once, as a ``_Call`` (method, path, body, how to parse the answer);
-``Client`` and ``AsyncClient`` differ only in how they send it, so the two can never drift apart.
-Job event streams are read the same way: ``_JobStream`` turns server-sent-event lines into ``Job``
-snapshots and ``_Waiter`` decides when waiting is over; the clients only move the lines.
+What each route sends and returns is in ``_calls`` and what a stream means is in ``_sse``; the clients here
+only move requests and lines, each with one ``_send`` and one streaming loop (``_stream_lines``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import os
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import aclosing, closing, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypedDict, TypeVar, Unpack, overload
-from urllib.parse import quote
+from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, Unpack, overload
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
 
-from fvsteer_client.errors import (
-    APIConnectionError,
-    APIError,
-    APIResponseValidationError,
-    APITimeoutError,
-    JobFailedError,
-    JobTimeoutError,
-    error_from_envelope,
-    error_from_response,
+from fvsteer_client._calls import (
+    _admin_list_call,
+    _analogy_call,
+    _Call,
+    _cancel_job_call,
+    _complete_call,
+    _decode_call,
+    _delete_call,
+    _evaluate_call,
+    _extract_call,
+    _finetune_call,
+    _get_job_call,
+    _get_vector_call,
+    _health_call,
+    _list_vectors_call,
+    _parse,
+    _ready_call,
+    _upload_call,
 )
+from fvsteer_client._sse import _CompletionStream, _JobStream, _LineParser, _Waiter
+from fvsteer_client.errors import APIConnectionError, APITimeoutError, error_from_response
 from fvsteer_client.models import (
     AdminVectorListing,
     Analogy,
@@ -49,7 +52,15 @@ from fvsteer_client.models import (
     VectorMetadata,
     VectorSummary,
 )
-from fvsteer_client.pairs import PairsSource, normalize_pairs
+from fvsteer_client.options import (
+    CompletionOptions,
+    EvaluateOptions,
+    ExtractOptions,
+    FinetuneOptions,
+    JobRef,
+    ProgressCallback,
+    VectorSource,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL", "AsyncClient", "Client", "CompletionOptions", "EvaluateOptions", "ExtractOptions",
@@ -63,366 +74,10 @@ _VERSION = "0.1.0"
 # The server sends a keep-alive comment on an idle job event stream every 15 s, so one silent this long is dead;
 # a client timeout shorter than this (fine for ordinary requests) would cut streams during long phases.
 MIN_STREAM_READ_TIMEOUT_S = 60.0
-EVENT_STREAM = "text/event-stream"
 
 T = TypeVar("T")
-VectorSource = str | os.PathLike[str] | bytes
-JobRef = str | Job
-"""A job id, or a ``Job`` (its ``id`` is used), wherever a job is named."""
-ProgressCallback = Callable[[Job], object]
-"""Called with every job snapshot while waiting; an ``AsyncClient`` also awaits what it returns, if awaitable."""
-
-
-class CompletionOptions(TypedDict, total=False):
-    """Optional fields of ``POST /complete``; a field left out (or None) is not sent, so the server default applies."""
-
-    relations: Mapping[str, float] | None
-    layer: int | None
-    scale: float | None
-    positions: Literal["fv", "all"] | None
-    max_new_tokens: int | None
-    temperature: float | None
-    top_p: float | None
-    seed: int | None
-    stop: str | Sequence[str] | None
-    return_baseline: bool | None
-
-
-class ExtractOptions(TypedDict, total=False):
-    """Fields of ``POST /vectors/extract`` besides ``name``: exactly one of ``relation`` (a shipped relation) or
-    ``pairs`` (see ``PairsSource``); the rest default on the server (100 prompts, 25 trials, 10 heads,
-    ``layer="auto"``, seed 0)."""
-
-    relation: str | None
-    pairs: PairsSource | None
-    n_prompts: int | None
-    n_trials: int | None
-    n_heads: int | None
-    layer: int | Literal["auto"] | None
-    seed: int | None
-
-
-class FinetuneOptions(TypedDict, total=False):
-    """Fields of ``POST /vectors/finetune`` besides ``name``: exactly one of ``relation`` or ``pairs``; ``init`` is
-    ``"mediation"`` (default), ``"zero"``, ``"random"`` or ``"vector"`` (with ``init_vector``, a stored vector's
-    name); ``layer``, ``epochs``, ``lr``, ``l2`` and ``seed`` default on the server (the tuned values)."""
-
-    relation: str | None
-    pairs: PairsSource | None
-    init: Literal["mediation", "zero", "random", "vector"] | None
-    init_vector: str | None
-    layer: int | None
-    epochs: int | None
-    lr: float | None
-    l2: float | None
-    seed: int | None
-
-
-class EvaluateOptions(TypedDict, total=False):
-    """Fields of ``POST /vectors/{name}/evaluate``: exactly one of ``relation`` or ``pairs``; ``seed`` and
-    ``shots`` (demonstrations per in-context prompt, default 10) are optional."""
-
-    relation: str | None
-    pairs: PairsSource | None
-    seed: int | None
-    shots: int | None
-
-
-_COMPLETION_FIELDS = frozenset(CompletionOptions.__optional_keys__)
-_EXTRACT_FIELDS = frozenset(ExtractOptions.__optional_keys__)
-_FINETUNE_FIELDS = frozenset(FinetuneOptions.__optional_keys__)
-_EVALUATE_FIELDS = frozenset(EvaluateOptions.__optional_keys__)
-_VECTOR_LIST = TypeAdapter(list[VectorSummary])
-# How an option's Python value becomes its JSON value; options not listed are sent as they are.
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "stop": lambda value: [value] if isinstance(value, str) else list(value),
-    "relations": dict,
-    "pairs": normalize_pairs,  # may read a file: AsyncClient builds these calls in a worker thread
-}
-
-
-@dataclass(frozen=True)
-class _Call(Generic[T]):
-    """One HTTP exchange: what to send and how to turn the decoded JSON answer into a model."""
-
-    method: str
-    path: str
-    parse: Callable[[Any], T]
-    json: dict[str, Any] | None = None
-    data: dict[str, str] | None = None
-    files: dict[str, tuple[str, bytes, str]] | None = None
-    params: dict[str, Any] | None = None
-    accept: str | None = None
-    admin: bool = False
-
-
-def _segment(value: str) -> str:
-    """Quote a path segment so a name can never reach another route (``../admin``)."""
-    return quote(value, safe="")
-
-
-def _job_id(job: JobRef) -> str:
-    return job.id if isinstance(job, Job) else job
-
-
-def _body(method: str, allowed: frozenset[str], options: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
-    """The server rejects unknown fields and applies its own defaults, so send only what the caller set."""
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(f"{method}() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    body = dict(fixed)
-    for key, value in options.items():
-        if value is not None:
-            body[key] = _CONVERTERS[key](value) if key in _CONVERTERS else value
-    return body
-
-
-def _complete_call(prompt: str, options: Mapping[str, Any], stream: bool = False) -> _Call[Completion]:
-    body = _body("complete", _COMPLETION_FIELDS, options, prompt=prompt)
-    if stream:
-        body["stream"] = True
-        return _Call("POST", "/complete", Completion.model_validate, json=body, accept=EVENT_STREAM)
-    return _Call("POST", "/complete", Completion.model_validate, json=body)
-
-
-def _list_vectors_call() -> _Call[list[VectorSummary]]:
-    return _Call("GET", "/vectors", lambda body: _VECTOR_LIST.validate_python(body["vectors"]))
-
-
-def _get_vector_call(name: str) -> _Call[VectorInfo]:
-    return _Call("GET", f"/vectors/{_segment(name)}", VectorInfo.model_validate)
-
-
-def _extract_call(name: str, options: Mapping[str, Any]) -> _Call[Job]:
-    body = _body("extract", _EXTRACT_FIELDS, options, name=name)
-    return _Call("POST", "/vectors/extract", Job.model_validate, json=body)
-
-
-def _finetune_call(name: str, options: Mapping[str, Any]) -> _Call[Job]:
-    body = _body("finetune", _FINETUNE_FIELDS, options, name=name)
-    return _Call("POST", "/vectors/finetune", Job.model_validate, json=body)
-
-
-def _evaluate_call(name: str, options: Mapping[str, Any]) -> _Call[Evaluation]:
-    body = _body("evaluate", _EVALUATE_FIELDS, options)
-    return _Call("POST", f"/vectors/{_segment(name)}/evaluate", Evaluation.model_validate, json=body)
-
-
-def _analogy_call(a: str, b: str, c: str, choices: Sequence[str] | None, max_new_tokens: int | None) -> _Call[Analogy]:
-    body: dict[str, Any] = {"a": a, "b": b, "c": c}
-    if choices is not None:
-        body["choices"] = list(choices)
-    if max_new_tokens is not None:
-        body["max_new_tokens"] = max_new_tokens
-    return _Call("POST", "/analogies", Analogy.model_validate, json=body)
-
-
-def _decode_call(name: str, k: int) -> _Call[DecodedVector]:
-    return _Call("GET", f"/vectors/{_segment(name)}/decode", DecodedVector.model_validate, params={"k": int(k)})
-
-
-def _get_job_call(job: JobRef) -> _Call[Job]:
-    return _Call("GET", f"/jobs/{_segment(_job_id(job))}", Job.model_validate)
-
-
-def _cancel_job_call(job: JobRef) -> _Call[Job]:
-    return _Call("DELETE", f"/jobs/{_segment(_job_id(job))}", Job.model_validate)
-
-
-def _job_events_call(job: JobRef) -> _Call[Job]:
-    """``parse`` applies to each event's data, not to the (streamed) body as a whole."""
-    return _Call("GET", f"/jobs/{_segment(_job_id(job))}/events", Job.model_validate, accept=EVENT_STREAM)
-
-
-def _health_call() -> _Call[Health]:
-    return _Call("GET", "/healthz", Health.model_validate)
-
-
-def _ready_call() -> _Call[Readiness]:
-    return _Call("GET", "/readyz", Readiness.model_validate)
-
-
-def _admin_list_call() -> _Call[AdminVectorListing]:
-    return _Call("GET", "/admin/vectors", AdminVectorListing.model_validate, admin=True)
-
-
-def _upload_call(source: VectorSource, name: str, layer: int, relation: str | None) -> _Call[VectorMetadata]:
-    """Read the file up front: uploads are small (one [d_model] tensor) and a bytes body can be retried."""
-    if isinstance(source, bytes):
-        filename, content = f"{name}.safetensors", source
-    else:
-        path = Path(source)
-        filename, content = path.name, path.read_bytes()
-    data = {"name": name, "layer": str(int(layer))}
-    if relation is not None:
-        data["relation"] = relation
-    files = {"file": (filename, content, "application/octet-stream")}
-    return _Call("POST", "/admin/vectors", VectorMetadata.model_validate, data=data, files=files, admin=True)
-
-
-def _delete_call(name: str) -> _Call[DeletedVector]:
-    return _Call("DELETE", f"/admin/vectors/{_segment(name)}", DeletedVector.model_validate, admin=True)
-
-
-def _parse(call: _Call[T], status_code: int, load: Callable[[], Any]) -> T:
-    """``call.parse`` of the decoded JSON; a body of the wrong shape is the server's (or a proxy's) fault."""
-    try:
-        return call.parse(load())
-    except (ValueError, KeyError, TypeError) as exc:  # JSON decode errors and ValidationError are ValueErrors
-        detail = str(exc) if isinstance(exc, ValidationError) else repr(exc)
-        raise APIResponseValidationError(
-            f"unexpected response body from {call.method} {call.path}: {detail}",
-            status_code=status_code,
-            type="invalid_response",
-        ) from exc
-
-
-@dataclass(frozen=True)
-class _Event:
-    name: str
-    data: str
-
-
-class _EventDecoder:
-    """Server-sent events, fed line by line: ``event:`` and ``data:`` fields, ``:`` comments, a blank line ends one."""
-
-    def __init__(self) -> None:
-        self._name = ""
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> _Event | None:
-        if not line:
-            event = _Event(self._name or "message", "\n".join(self._data)) if self._data else None
-            self._name, self._data = "", []
-            return event
-        if line.startswith(":"):
-            return None
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            self._name = value
-        elif field == "data":
-            self._data.append(value)
-        return None
-
-
-def _event_error(event: _Event) -> APIError:
-    """The typed error an ``error`` event's envelope describes (a garbled one still gives an ``APIError``)."""
-    try:
-        envelope = json.loads(event.data)
-    except ValueError:
-        envelope = {}
-    return error_from_envelope(envelope if isinstance(envelope, dict) else {})
-
-
-class _CompletionStream:
-    """A streamed ``POST /complete`` as chunks: ``token`` events, then ``done``; ``error`` raises the typed error."""
-
-    def __init__(self, call: _Call[Completion]) -> None:
-        self.call = call
-        self.ended = False
-        self._decoder = _EventDecoder()
-
-    def feed(self, line: str) -> CompletionChunk | None:
-        event = self._decoder.feed(line)
-        if event is None:
-            return None
-        if event.name == "error":
-            raise _event_error(event)
-        if event.name == "token":
-            return _parse(_Call("POST", self.call.path, CompletionChunk.model_validate), 200,
-                          lambda: json.loads(event.data))
-        if event.name == "done":
-            self.ended = True
-            return CompletionChunk(text="", completion=_parse(self.call, 200, lambda: json.loads(event.data)))
-        return None
-
-    def closed(self) -> None:
-        if not self.ended:
-            raise APIConnectionError("the completion stream closed before its 'done' event")
-
-
-class _JobStream:
-    """``GET /jobs/{id}/events`` as Job snapshots: ``progress`` events, then one ``end`` with the final job.
-
-    ``feed`` returns the snapshot a line completes, or None (partial events, keep-alive comments, event
-    types this client does not know). An ``error`` event raises the typed error its envelope describes.
-    """
-
-    def __init__(self, call: _Call[Job]) -> None:
-        self.call = call
-        self.ended = False
-        self._decoder = _EventDecoder()
-
-    def feed(self, line: str) -> Job | None:
-        event = self._decoder.feed(line)
-        if event is None:
-            return None
-        if event.name == "error":
-            raise _event_error(event)
-        if event.name not in ("progress", "end"):
-            return None
-        job = _parse(self.call, 200, lambda: json.loads(event.data))
-        self.ended = event.name == "end"
-        return job
-
-    def closed(self) -> None:
-        """The connection closed: fine after ``end``, a broken stream before it."""
-        if not self.ended:
-            raise APIConnectionError(f"the event stream {self.call.path} closed before the job ended")
-
-
-class _Waiter:
-    """What ``wait_for_job`` decides, for both clients: the deadline, and how the wait ends.
-
-    The deadline is checked at every line of the stream; the server sends a line at least every 15 s (a
-    keep-alive when nothing changes) and each read waits at most the time left, so a wait overruns its
-    ``timeout`` by less than that.
-    """
-
-    def __init__(self, job: JobRef, timeout: float | None) -> None:
-        self.job_id = _job_id(job)
-        self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        self.last: Job | None = None
-        self._read_until_deadline = False
-
-    def read_timeout(self, base: float | None) -> float | None:
-        """How long one read of the stream may wait (``base``, None = no limit), but never past the deadline."""
-        if self.deadline is None:
-            return base
-        left = self.deadline - time.monotonic()
-        self._read_until_deadline = base is None or left < base
-        return max(0.001, left) if self._read_until_deadline else base
-
-    def _expired(self) -> JobTimeoutError:
-        return JobTimeoutError(self.job_id, self.timeout or 0.0, self.last)
-
-    def check(self, job: Job | None) -> None:
-        """After each line (``job`` is the snapshot it completed, if any): raise once the time is up."""
-        if job is not None:
-            self.last = job
-        done = self.last is not None and self.last.done
-        if not done and self.deadline is not None and time.monotonic() >= self.deadline:
-            raise self._expired()
-
-    @contextmanager
-    def timeouts(self) -> Iterator[None]:
-        """A read that timed out because the deadline came is the wait's timeout, not a network failure."""
-        try:
-            yield
-        except APITimeoutError as exc:
-            if self._read_until_deadline:
-                raise self._expired() from exc
-            raise
-
-    def outcome(self) -> Job:
-        job = self.last
-        if job is None or not job.done:  # unreachable: _JobStream raises when the stream ends early
-            raise APIConnectionError(f"the event stream of {self.job_id} ended before the job did")
-        if job.state == "failed":
-            raise JobFailedError(job)
-        return job
+P = ParamSpec("P")
+C = TypeVar("C", bound="_BaseClient")
 
 
 @contextmanager
@@ -437,12 +92,26 @@ def _transport_errors(base_url: str) -> Iterator[None]:
 
 
 class _BaseClient:
-    """Configuration and the transport-independent halves of a request: building it and reading the answer."""
+    """Configuration and the transport-independent halves of a request: building it and reading the answer.
 
-    def __init__(self, base_url: str | None, admin_token: str | None, timeout: float | None) -> None:
+    Base URL and admin token default to ``FVSTEER_URL`` and ``FVSTEER_ADMIN_TOKEN``; ``timeout`` is in seconds
+    (None = no limit), and a stream's reads wait at least ``MIN_STREAM_READ_TIMEOUT_S``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        admin_token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+    ) -> None:
         self.base_url = (base_url or os.environ.get("FVSTEER_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.admin_token = admin_token if admin_token is not None else os.environ.get("FVSTEER_ADMIN_TOKEN") or None
         self.timeout = timeout
+        self._connect()
+
+    def _connect(self) -> None:
+        """Create the transport (``_http``) and ``admin``: the only part of construction a flavour has of its own."""
+        raise NotImplementedError
 
     def _http_options(self) -> dict[str, Any]:
         return {
@@ -487,16 +156,17 @@ class _BaseClient:
         return _parse(call, response.status_code, response.json)
 
 
+class _BaseAdmin(Generic[C]):
+    """Admin routes go through the client they belong to (its transport, token and timeouts)."""
+
+    def __init__(self, client: C) -> None:
+        self._client = client
+
+
 class Client(_BaseClient):
     """Blocking client. Base URL and admin token default to ``FVSTEER_URL`` and ``FVSTEER_ADMIN_TOKEN``."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        admin_token: str | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(base_url, admin_token, timeout)
+    def _connect(self) -> None:
         self._http = httpx.Client(**self._http_options())
         self.admin = Admin(self)
 
@@ -504,6 +174,23 @@ class Client(_BaseClient):
         with _transport_errors(self.base_url):
             response = self._http.request(**self._request_options(call))
         return self._finish(call, response)
+
+    def _stream_lines(self, parser: _LineParser[T], read_timeout: float | None) -> Generator[T]:
+        """The one streaming loop: open ``parser.call``, feed it every line, yield what it returns, stop at its end.
+
+        A refusal raises before any line is read; a connection that closes early is ``parser.closed``'s to judge.
+        """
+        options = self._stream_options(parser.call, read_timeout)
+        with _transport_errors(self.base_url), self._http.stream(**options) as response:
+            if not response.is_success:
+                response.read()
+                raise error_from_response(response)
+            for line in response.iter_lines():
+                if (item := parser.feed(line)) is not None:
+                    yield item
+                if parser.ended:
+                    break
+        parser.closed()
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -534,22 +221,8 @@ class Client(_BaseClient):
         typed error of the server's ``error`` event.
         """
         if stream:
-            return self._stream_completion(_complete_call(prompt, options, stream=True))
+            return self._stream_lines(_CompletionStream(_complete_call(prompt, options, stream=True)), self.timeout)
         return self._send(_complete_call(prompt, options))
-
-    def _stream_completion(self, call: _Call[Completion]) -> Iterator[CompletionChunk]:
-        stream = _CompletionStream(call)
-        with _transport_errors(self.base_url), self._http.stream(**self._stream_options(call, self.timeout)) as r:
-            if not r.is_success:
-                r.read()
-                raise error_from_response(r)
-            for line in r.iter_lines():
-                chunk = stream.feed(line)
-                if chunk is not None:
-                    yield chunk
-                if stream.ended:
-                    return
-        stream.closed()
 
     def list_vectors(self) -> list[VectorSummary]:
         """``GET /vectors``: the vectors usable as ``relations`` for the loaded model."""
@@ -618,10 +291,7 @@ class Client(_BaseClient):
         The first snapshot is the job as it is when the stream opens; the iterator ends after the final
         one. Nothing is sent until iteration starts, so errors (``NotFoundError``) surface at the first step.
         """
-        with closing(self._job_lines(job, self._stream_read_timeout())) as lines:
-            for job_snapshot in lines:
-                if job_snapshot is not None:
-                    yield job_snapshot
+        return self._stream_lines(_JobStream(job), self._stream_read_timeout())
 
     def wait_for_job(
         self, job: JobRef, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
@@ -634,35 +304,17 @@ class Client(_BaseClient):
         job keeps running on the server. ``on_progress`` is called with every snapshot, the final one included.
         """
         waiter = _Waiter(job, timeout)
-        read_timeout = waiter.read_timeout(self._stream_read_timeout())
-        with waiter.timeouts(), closing(self._job_lines(job, read_timeout)) as lines:
-            for job_snapshot in lines:
-                if job_snapshot is not None and on_progress is not None:
-                    on_progress(job_snapshot)
-                waiter.check(job_snapshot)
+        snapshots = self._stream_lines(waiter, waiter.read_timeout(self._stream_read_timeout()))
+        with waiter.timeouts(), closing(snapshots):
+            for snapshot in snapshots:
+                if on_progress is not None:
+                    on_progress(snapshot)
+                waiter.check()
         return waiter.outcome()
 
-    def _job_lines(self, job: JobRef, read_timeout: float | None) -> Generator[Job | None]:
-        """The event stream, one item per line: the snapshot the line completed, or None."""
-        call = _job_events_call(job)
-        stream = _JobStream(call)
-        with _transport_errors(self.base_url), self._http.stream(**self._stream_options(call, read_timeout)) as r:
-            if not r.is_success:
-                r.read()
-                raise error_from_response(r)
-            for line in r.iter_lines():
-                job_snapshot = stream.feed(line)
-                yield job_snapshot
-                if stream.ended:
-                    return
-        stream.closed()
 
-
-class Admin:
+class Admin(_BaseAdmin[Client]):
     """Admin routes of a ``Client`` (``client.admin``); they need the admin token."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
 
     def list_vectors(self) -> AdminVectorListing:
         """``GET /admin/vectors``: full metadata, plus registry files the server refused to load."""
@@ -682,13 +334,7 @@ class Admin:
 class AsyncClient(_BaseClient):
     """Asyncio twin of ``Client``: the same methods, as coroutines; use ``async with``."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        admin_token: str | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(base_url, admin_token, timeout)
+    def _connect(self) -> None:
         self._http = httpx.AsyncClient(**self._http_options())
         self.admin = AsyncAdmin(self)
 
@@ -696,6 +342,24 @@ class AsyncClient(_BaseClient):
         with _transport_errors(self.base_url):
             response = await self._http.request(**self._request_options(call))
         return self._finish(call, response)
+
+    async def _send_built(self, build: Callable[P, _Call[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Build the call in a worker thread first: building may read a file, which must not block the loop."""
+        return await self._send(await asyncio.to_thread(build, *args, **kwargs))
+
+    async def _stream_lines(self, parser: _LineParser[T], read_timeout: float | None) -> AsyncGenerator[T]:
+        """See ``Client._stream_lines``."""
+        with _transport_errors(self.base_url):
+            async with self._http.stream(**self._stream_options(parser.call, read_timeout)) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_from_response(response)
+                async for line in response.aiter_lines():
+                    if (item := parser.feed(line)) is not None:
+                        yield item
+                    if parser.ended:
+                        break
+        parser.closed()
 
     async def aclose(self) -> None:
         """Release pooled connections."""
@@ -721,23 +385,8 @@ class AsyncClient(_BaseClient):
                        **options: Unpack[CompletionOptions]) -> Completion | AsyncIterator[CompletionChunk]:
         """See ``Client.complete``; with ``stream=True`` await it for an async iterator (``async for``)."""
         if stream:
-            return self._stream_completion(_complete_call(prompt, options, stream=True))
+            return self._stream_lines(_CompletionStream(_complete_call(prompt, options, stream=True)), self.timeout)
         return await self._send(_complete_call(prompt, options))
-
-    async def _stream_completion(self, call: _Call[Completion]) -> AsyncIterator[CompletionChunk]:
-        stream = _CompletionStream(call)
-        with _transport_errors(self.base_url):
-            async with self._http.stream(**self._stream_options(call, self.timeout)) as r:
-                if not r.is_success:
-                    await r.aread()
-                    raise error_from_response(r)
-                async for line in r.aiter_lines():
-                    chunk = stream.feed(line)
-                    if chunk is not None:
-                        yield chunk
-                    if stream.ended:
-                        return
-        stream.closed()
 
     async def list_vectors(self) -> list[VectorSummary]:
         """See ``Client.list_vectors``."""
@@ -757,18 +406,15 @@ class AsyncClient(_BaseClient):
 
     async def extract(self, name: str, **options: Unpack[ExtractOptions]) -> Job:
         """See ``Client.extract``; a pairs file is read in a worker thread."""
-        call = await asyncio.to_thread(_extract_call, name, options)
-        return await self._send(call)
+        return await self._send_built(_extract_call, name, options)
 
     async def finetune(self, name: str, **options: Unpack[FinetuneOptions]) -> Job:
         """See ``Client.finetune``; a pairs file is read in a worker thread."""
-        call = await asyncio.to_thread(_finetune_call, name, options)
-        return await self._send(call)
+        return await self._send_built(_finetune_call, name, options)
 
     async def evaluate(self, name: str, **options: Unpack[EvaluateOptions]) -> Evaluation:
         """See ``Client.evaluate``; a pairs file is read in a worker thread."""
-        call = await asyncio.to_thread(_evaluate_call, name, options)
-        return await self._send(call)
+        return await self._send_built(_evaluate_call, name, options)
 
     async def analogy(self, a: str, b: str, c: str, *, choices: Sequence[str] | None = None,
                       max_new_tokens: int | None = None) -> Analogy:
@@ -787,51 +433,27 @@ class AsyncClient(_BaseClient):
         """See ``Client.cancel_job``."""
         return await self._send(_cancel_job_call(job))
 
-    async def job_events(self, job: JobRef) -> AsyncIterator[Job]:
+    def job_events(self, job: JobRef) -> AsyncIterator[Job]:
         """See ``Client.job_events``; use ``async for``."""
-        async with aclosing(self._job_lines(job, self._stream_read_timeout())) as lines:
-            async for job_snapshot in lines:
-                if job_snapshot is not None:
-                    yield job_snapshot
+        return self._stream_lines(_JobStream(job), self._stream_read_timeout())
 
     async def wait_for_job(
         self, job: JobRef, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> Job:
         """See ``Client.wait_for_job``; ``on_progress`` may also be a coroutine function."""
         waiter = _Waiter(job, timeout)
-        read_timeout = waiter.read_timeout(self._stream_read_timeout())
+        snapshots = self._stream_lines(waiter, waiter.read_timeout(self._stream_read_timeout()))
         with waiter.timeouts():
-            async with aclosing(self._job_lines(job, read_timeout)) as lines:
-                async for job_snapshot in lines:
-                    if job_snapshot is not None and on_progress is not None:
-                        returned = on_progress(job_snapshot)
-                        if inspect.isawaitable(returned):
-                            await returned
-                    waiter.check(job_snapshot)
+            async with aclosing(snapshots):
+                async for snapshot in snapshots:
+                    if on_progress is not None and inspect.isawaitable(returned := on_progress(snapshot)):
+                        await returned
+                    waiter.check()
         return waiter.outcome()
 
-    async def _job_lines(self, job: JobRef, read_timeout: float | None) -> AsyncGenerator[Job | None]:
-        """See ``Client._job_lines``."""
-        call = _job_events_call(job)
-        stream = _JobStream(call)
-        with _transport_errors(self.base_url):
-            async with self._http.stream(**self._stream_options(call, read_timeout)) as r:
-                if not r.is_success:
-                    await r.aread()
-                    raise error_from_response(r)
-                async for line in r.aiter_lines():
-                    job_snapshot = stream.feed(line)
-                    yield job_snapshot
-                    if stream.ended:
-                        return
-        stream.closed()
 
-
-class AsyncAdmin:
+class AsyncAdmin(_BaseAdmin[AsyncClient]):
     """Admin routes of an ``AsyncClient`` (``client.admin``)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
 
     async def list_vectors(self) -> AdminVectorListing:
         """See ``Admin.list_vectors``."""
@@ -841,8 +463,7 @@ class AsyncAdmin:
         self, path_or_bytes: VectorSource, *, name: str, layer: int, relation: str | None = None
     ) -> VectorMetadata:
         """See ``Admin.upload_vector``; the file is read in a worker thread so the event loop never blocks on disk."""
-        call = await asyncio.to_thread(_upload_call, path_or_bytes, name, layer, relation)
-        return await self._client._send(call)
+        return await self._client._send_built(_upload_call, path_or_bytes, name, layer, relation)
 
     async def delete_vector(self, name: str) -> DeletedVector:
         """See ``Admin.delete_vector``."""

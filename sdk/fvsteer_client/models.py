@@ -5,9 +5,13 @@ Every model ignores fields it does not know, so an older client keeps working ag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+FinishReason = Literal["stop", "length", "timeout", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+CacheBackend = Literal["memory", "redis", "degraded"]
 
 
 class _Model(BaseModel):
@@ -33,7 +37,7 @@ class Baseline(_Model):
     """The unsteered completion of the same prompt, when ``return_baseline`` was asked for."""
 
     text: str
-    finish_reason: str
+    finish_reason: FinishReason
 
 
 class Usage(_Model):
@@ -47,7 +51,7 @@ class Completion(_Model):
     id: str
     model: str
     text: str
-    finish_reason: str
+    finish_reason: FinishReason
     steering: Steering | None = None
     baseline: Baseline | None = None
     usage: Usage
@@ -65,7 +69,7 @@ class VectorSummary(_Model):
     """One entry of ``GET /vectors``."""
 
     name: str
-    relation: str | None = None
+    relation: str
     layer: int
     norm: float
     method: str
@@ -87,10 +91,10 @@ class VectorInfo(VectorSummary):
 
 
 class VectorMetadata(_Model):
-    """Full provenance of a vector as the admin routes report it (DESIGN.md §4)."""
+    """Full provenance of a vector as the admin routes report it (the README, "Vectors on disk")."""
 
     name: str
-    relation: str | None = None
+    relation: str
     model: str
     model_fingerprint: str | None = None
     d_model: int
@@ -125,19 +129,18 @@ class DeletedVector(_Model):
 
 
 class Health(_Model):
-    status: str
+    status: Literal["ok"]
 
 
 class Readiness(_Model):
     """``GET /readyz`` when ready; while loading the server answers 503 and the client raises instead."""
 
-    status: str
+    status: Literal["ready", "degraded"]
     model: str | None = None
-    cache: str | None = None
+    cache: CacheBackend | None = None
     """Head-mean cache backend: ``memory``, ``redis``, or ``degraded`` (then ``status`` is ``degraded`` too)."""
 
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -152,7 +155,7 @@ class Job(_Model):
 
     id: str
     kind: str
-    state: str
+    state: JobState
     phase: str
     progress: float
     detail: dict[str, Any] | None = None
@@ -173,6 +176,94 @@ class Job(_Model):
             return None
         name = self.result.get("vector")
         return name if isinstance(name, str) else None
+
+    @property
+    def extract_result(self) -> ExtractResult | None:
+        """``result`` of a succeeded extraction, typed (None for other jobs and before success)."""
+        if self.kind != "extract" or self.result is None:
+            return None
+        return ExtractResult.model_validate(self.result)
+
+    @property
+    def finetune_result(self) -> FinetuneResult | None:
+        """``result`` of a succeeded fine-tuning job, typed (None for other jobs and before success)."""
+        if self.kind != "finetune" or self.result is None:
+            return None
+        return FinetuneResult.model_validate(self.result)
+
+
+class HeadMeansCache(_Model):
+    """Whether a job's head means came from the cache, and which cache."""
+
+    hit: bool
+    backend: CacheBackend
+
+
+class ExtractMetrics(_Model):
+    """What an extraction measured (also a mediation vector's ``metrics``): zero-shot top-1 on the sweep pairs
+    without and with the vector, the sweep per layer, the AIE matrix [layer][head], and the options used."""
+
+    sweep_zero_shot_top1: float
+    sweep_zero_shot_fv_top1: float
+    n_sweep: int
+    layer_sweep: dict[int, float]
+    aie: list[list[float]]
+    n_prompts: int
+    n_trials: int
+    shots: int
+    seed: int
+
+
+class ExtractResult(_Model):
+    """``result`` of a succeeded extraction (``job.extract_result``)."""
+
+    vector: str
+    layer: int
+    norm: float
+    heads: list[tuple[int, int, float]]
+    metrics: ExtractMetrics
+    phase_seconds: dict[str, float]
+    head_means_cache: HeadMeansCache
+
+
+class EpochRecord(_Model):
+    """One fine-tuning epoch: training loss and top-1, hold-out top-1 and loss."""
+
+    epoch: int
+    loss: float
+    train_top1: float
+    holdout_top1: float
+    holdout_loss: float
+
+
+class FinetuneMetrics(_Model):
+    """What fine-tuning measured (also a fine-tuned vector's ``metrics``): hold-out top-1 at init and after,
+    10-shot prompting on the same pairs, the best epoch, every epoch, and the options used."""
+
+    init: str
+    epochs: int
+    lr: float
+    l2: float
+    seed: int
+    n_train: int
+    n_holdout: int
+    best_epoch: int
+    holdout_top1_before: float
+    holdout_top1_after: float
+    holdout_icl_top1: float
+    shots: int
+    history: list[EpochRecord]
+    seconds: dict[str, float]
+
+
+class FinetuneResult(_Model):
+    """``result`` of a succeeded fine-tuning job (``job.finetune_result``)."""
+
+    vector: str
+    layer: int
+    norm: float
+    metrics: FinetuneMetrics
+    head_means_cache: HeadMeansCache | None = None
 
 
 class Accuracy(_Model):
@@ -219,7 +310,7 @@ class Analogy(_Model):
     choice_scores: list[float] | None = None
     weights: dict[str, float]
     scores: dict[str, float]
-    combiner: str
+    combiner: Literal["affine", "softmax"]
 
     def top_relations(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` relations with the largest weights, largest first."""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from app.api.auth import require_admin
 from app.api.errors import ADMIN_RESPONSES
 from app.api.routes.deps import services
-from app.api.schemas import AdminVectorList, Deleted, ErrorEnvelope, VectorMetadata
+from app.api.schemas import AdminVectorList, Deleted, ErrorEnvelope, RefusedFile, VectorMetadata
 from app.errors import PayloadTooLarge
 from app.registry.names import check_name
 from app.runtime import Services
@@ -18,12 +18,12 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 
 @router.get("/vectors", response_model=AdminVectorList, responses=ADMIN_RESPONSES)
-def admin_list_vectors(svc: Services = Depends(services)) -> dict[str, Any]:
+def admin_list_vectors(svc: Services = Depends(services)) -> AdminVectorList:
     """Every vector with its provenance and metrics, and the files refused at load with the reason."""
-    return {
-        "vectors": [stored.describe() for stored in svc.registry.list()],
-        "refused": [{"file": item.file, "reason": item.reason} for item in svc.registry.refused],
-    }
+    return AdminVectorList(
+        vectors=[stored.describe() for stored in svc.registry.list()],
+        refused=[RefusedFile(file=item.file, reason=item.reason) for item in svc.registry.refused],
+    )
 
 
 @router.post(
@@ -39,7 +39,7 @@ async def admin_upload_vector(
     layer: Annotated[int, Form(ge=0, description="Decoder block the vector is added at")],
     relation: Annotated[str | None, Form(max_length=64, description="Relation it encodes; default: name")] = None,
     svc: Services = Depends(services),
-) -> dict[str, Any]:
+) -> VectorMetadata:
     """Import a vector made elsewhere; it is validated against the loaded model and usable at once."""
     limit: int = request.app.state.settings.max_upload_bytes
     data = await file.read(limit + 1)

@@ -28,4 +28,4 @@ async def solve_analogy(body: AnalogyRequest, request: Request, svc: Services = 
     """A:B :: C:? — composite weights inferred from A:B over the bank, the composite added at the query for C."""
     async with gate.slot():
         return await unless_disconnected(
-            request, svc.analogies.solve(body.a, body.b, body.c, body.choices, body.max_new_tokens))
+            request, svc.analogies.solve(body.to_input()))

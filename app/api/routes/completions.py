@@ -14,9 +14,9 @@ from app.api.disconnect import unless_disconnected
 from app.api.errors import ERROR_RESPONSES, INTERNAL_ERROR_MESSAGE
 from app.api.routes.deps import services
 from app.api.schemas import CompleteRequest, CompleteResponse, ErrorEnvelope
-from app.completions import CompletionInput, Event
 from app.errors import FvsteerError
 from app.runtime import Services
+from app.services.completions import Event
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["completions"])
@@ -34,19 +34,7 @@ STREAM_DOC = ("`token` events (`{\"text\"}`: the next piece of text), then one `
 )
 async def complete(body: CompleteRequest, request: Request, svc: Services = Depends(services)) -> Any:
     """Generate a completion steered by the weighted composite of the named vectors."""
-    spec = CompletionInput(
-        prompt=body.prompt,
-        relations=dict(body.relations or {}),
-        layer=body.layer,
-        scale=body.scale,
-        positions=body.positions,
-        max_new_tokens=body.max_new_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=tuple(body.stop or ()),
-        return_baseline=body.return_baseline,
-    )
+    spec = body.to_input()
     if not body.stream:
         return await unless_disconnected(request, svc.completions.complete(spec))
     events = await svc.completions.stream(spec)  # refusals raise here: a plain 4xx, no stream opened
@@ -57,7 +45,7 @@ async def complete(body: CompleteRequest, request: Request, svc: Services = Depe
 async def _server_sent(events: AsyncIterator[Event]) -> AsyncIterator[str]:
     try:
         async for name, data in events:
-            yield f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+            yield f"event: {name}\ndata: {data.model_dump_json()}\n\n"
     except FvsteerError as exc:
         yield f"event: error\ndata: {json.dumps(exc.envelope())}\n\n"
     except Exception:

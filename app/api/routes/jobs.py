@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import services
-from app.api.schemas import ErrorEnvelope, Job
+from app.api.schemas import ErrorEnvelope, JobView
 from app.jobs.manager import TERMINAL
 from app.runtime import Services
 
@@ -22,16 +22,16 @@ HEARTBEAT_S = 15.0
 POLL_S = 0.2
 
 
-@router.get("/{job_id}", response_model=Job, responses={**ERROR_RESPONSES, **NOT_FOUND})
-def get_job(job_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+@router.get("/{job_id}", response_model=JobView, responses={**ERROR_RESPONSES, **NOT_FOUND})
+def get_job(job_id: str, svc: Services = Depends(services)) -> JobView:
     """State, phase, fraction done, and the result or error."""
-    return svc.jobs.get(job_id).public()
+    return JobView.of(svc.jobs.get(job_id).public())
 
 
-@router.delete("/{job_id}", response_model=Job, responses={**ERROR_RESPONSES, **NOT_FOUND})
-def cancel_job(job_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+@router.delete("/{job_id}", response_model=JobView, responses={**ERROR_RESPONSES, **NOT_FOUND})
+def cancel_job(job_id: str, svc: Services = Depends(services)) -> JobView:
     """Ask the job to stop; it ends ``cancelled`` at its next step and saves nothing."""
-    return svc.jobs.cancel(job_id).public()
+    return JobView.of(svc.jobs.cancel(job_id).public())
 
 
 @router.get(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,11 +17,11 @@ from app.api.schemas import (
     EvaluationResult,
     ExtractRequest,
     FinetuneRequest,
-    Job,
+    JobView,
     VectorInfo,
     VectorList,
 )
-from app.engine.offload import on_engine
+from app.model.runner import offload
 from app.registry.names import check_name
 from app.runtime import Services
 
@@ -30,9 +29,9 @@ router = APIRouter(tags=["vectors"])
 
 
 @router.get("/vectors", response_model=VectorList, responses={503: ERROR_RESPONSES[503]})
-def list_vectors(svc: Services = Depends(services)) -> dict[str, Any]:
+def list_vectors(svc: Services = Depends(services)) -> VectorList:
     """The loaded model's vectors: name, relation, layer, norm, method."""
-    return {"vectors": [stored.summary() for stored in svc.registry.list()]}
+    return VectorList(vectors=[stored.summary() for stored in svc.registry.list()])
 
 
 @router.get(
@@ -40,11 +39,9 @@ def list_vectors(svc: Services = Depends(services)) -> dict[str, Any]:
     response_model=VectorInfo,
     responses={**ERROR_RESPONSES, 404: {"model": ErrorEnvelope, "description": "Unknown vector"}},
 )
-def get_vector(name: str, svc: Services = Depends(services)) -> dict[str, Any]:
+def get_vector(name: str, svc: Services = Depends(services)) -> VectorInfo:
     """One vector's public description."""
-    check_name(name)
-    info = svc.registry.get(name).describe()
-    return {key: info[key] for key in VectorInfo.model_fields}
+    return svc.registry.get(check_name(name)).info()
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -53,51 +50,23 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 BUSY: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorEnvelope, "description": "Too many requests using the model at once"}
 }
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES, **NOT_FOUND, 409: {"model": ErrorEnvelope, "description": "Name taken"},
+    429: {"model": ErrorEnvelope, "description": "Too many jobs waiting"},
+}
 
 
-@router.post(
-    "/vectors/extract",
-    status_code=202,
-    response_model=Job,
-    responses={**ERROR_RESPONSES, **NOT_FOUND, 409: {"model": ErrorEnvelope, "description": "Name taken"},
-               429: {"model": ErrorEnvelope, "description": "Too many jobs waiting"}},
-)
-def extract_vector(body: ExtractRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+@router.post("/vectors/extract", status_code=202, response_model=JobView, responses=JOB_RESPONSES)
+def extract_vector(body: ExtractRequest, svc: Services = Depends(services)) -> JobView:
     """Start a causal-mediation extraction job; poll ``GET /jobs/{id}`` or stream its events."""
-    return svc.vectors.start_extraction(
-        name=body.name,
-        relation=body.relation,
-        pairs=[pair.model_dump() for pair in body.pairs] if body.pairs is not None else None,
-        n_prompts=body.n_prompts,
-        n_trials=body.n_trials,
-        n_heads=body.n_heads,
-        layer=body.layer,
-        seed=body.seed,
-    )
+    return JobView.of(svc.vectors.start_extraction(body.to_input()).public())
 
 
-@router.post(
-    "/vectors/finetune",
-    status_code=202,
-    response_model=Job,
-    responses={**ERROR_RESPONSES, **NOT_FOUND, 409: {"model": ErrorEnvelope, "description": "Name taken"},
-               429: {"model": ErrorEnvelope, "description": "Too many jobs waiting"}},
-)
-def finetune_vector(body: FinetuneRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+@router.post("/vectors/finetune", status_code=202, response_model=JobView, responses=JOB_RESPONSES)
+def finetune_vector(body: FinetuneRequest, svc: Services = Depends(services)) -> JobView:
     """Start a fine-tuning job (the model frozen, the vector trained); each epoch's loss and hold-out accuracy
     appear in the job's ``detail`` and events."""
-    return svc.vectors.start_finetune(
-        name=body.name,
-        relation=body.relation,
-        pairs=[pair.model_dump() for pair in body.pairs] if body.pairs is not None else None,
-        init=body.init,
-        init_vector=body.init_vector,
-        layer=body.layer,
-        epochs=body.epochs,
-        lr=body.lr,
-        l2=body.l2,
-        seed=body.seed,
-    )
+    return JobView.of(svc.vectors.start_finetune(body.to_input()).public())
 
 
 @router.post("/vectors/{name}/evaluate", response_model=EvaluationResult,
@@ -107,18 +76,19 @@ async def evaluate_vector(name: str, body: EvaluateRequest, request: Request, sv
     """First-token accuracy on held-out pairs: zero-shot, + vector, 10-shot, shuffled 10-shot, shuffled + vector.
 
     A client that leaves stops the evaluation's forwards (499 in the access log)."""
-    pairs = [pair.model_dump() for pair in body.pairs] if body.pairs is not None else None
+    spec = body.to_input()
     async with gate.slot():
-        return await unless_disconnected(request, on_engine(svc.engine, lambda run: svc.vectors.evaluate(
-            name, body.relation, pairs, body.seed, body.shots, run=run)))
+        return await unless_disconnected(request, offload(svc.runner, lambda run: svc.vectors.evaluate(
+            name, spec, run=run)))
 
 
 @router.get("/vectors/{name}/decode", response_model=DecodedVector,
             responses={**ERROR_RESPONSES, **NOT_FOUND, **BUSY})
 async def decode_vector(
-    name: str, k: Annotated[int, Query(ge=1, le=100)] = 10, svc: Services = Depends(services),
+    name: str, request: Request, k: Annotated[int, Query(ge=1, le=100)] = 10, svc: Services = Depends(services),
     gate: Admission = Depends(admission),
-) -> dict[str, Any]:
+) -> Any:
     """Logit lens: the tokens the vector promotes, ``softmax(lm_head(final_norm(v)))``."""
     async with gate.slot():
-        return await asyncio.to_thread(svc.vectors.decode, name, k)
+        return await unless_disconnected(request, offload(svc.runner, lambda run: svc.vectors.decode(
+            name, k, run=run)))

@@ -1,6 +1,7 @@
-"""Steered completions: resolve the composite, submit steered (and baseline) rows, await the engine.
+"""Steered completions: validate, submit the steered (and baseline) rows to the generation backend, await them.
 
-This is the seam between the HTTP layer (plain Python values in and out) and the torch side.
+Steering goes to the backend as weights over named bank vectors; the norms in the response are what the backend
+reports it added. No torch here: any :class:`~app.engine.backend.GenerationBackend` serves.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
-from app.engine.engine import Engine
-from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
+from app.engine.backend import GenerationBackend
+from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
-from app.fv.composite import Composite, build_composite
-from app.registry.registry import VectorRegistry
+from app.services.results import Baseline, CompleteResponse, LayerNorm, Steering, TextPiece, Usage
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,13 @@ _ids = itertools.count()
 T = TypeVar("T")
 
 
-Event = tuple[str, dict[str, Any]]  # (server-sent event name, its JSON data)
+Event = tuple[str, TextPiece | CompleteResponse]  # (server-sent event name, its data)
 
 
 @dataclass
 class _Prepared:
     spec: CompletionInput
-    composite: Composite
+    steering: BankSteering | None
     rows: list[GenerationRequest]
 
 
@@ -62,9 +62,8 @@ async def _all_or_cancel(rows: list[GenerationRequest], futures: list[Future[T]]
 
 
 class CompletionService:
-    def __init__(self, engine: Engine, registry: VectorRegistry, *, max_new_tokens: int, timeout_s: float) -> None:
-        self.engine = engine
-        self.registry = registry
+    def __init__(self, backend: GenerationBackend, *, max_new_tokens: int, timeout_s: float) -> None:
+        self.backend = backend
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
 
@@ -74,26 +73,24 @@ class CompletionService:
             raise InvalidInput(
                 f"max_new_tokens is {spec.max_new_tokens}; the limit is {self.max_new_tokens}", param="max_new_tokens"
             )
-        composite = build_composite(spec.relations, self.registry, layer=spec.layer, scale=spec.scale)
-        prompt_ids = self.engine.encode(spec.prompt, spec.max_new_tokens)
+        asked = BankSteering.checked(spec.relations, scale=spec.scale, layer=spec.layer, positions=spec.positions)
+        self.backend.check_steering(asked)  # also a layer given without relations: refused, not ignored
+        steering = asked if spec.relations else None
+        prompt_ids = self.backend.encode(spec.prompt, spec.max_new_tokens)
         params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p, spec.seed, spec.stop)
         deadline = time.monotonic() + self.timeout_s
-        main = GenerationRequest(
-            prompt_ids, params, steering=composite.layers or None, all_positions=spec.positions == "all",
-            deadline=deadline,
-        )
-        rows = [main]
+        rows = [GenerationRequest(prompt_ids, params, steering=steering, deadline=deadline)]
         if spec.return_baseline:
             rows.append(GenerationRequest(prompt_ids, params, deadline=deadline))
-        return _Prepared(spec, composite, rows)
+        return _Prepared(spec, steering, rows)
 
-    async def complete(self, spec: CompletionInput) -> dict[str, Any]:
-        """Run one completion request; the answer has the shape of the ``POST /complete`` response."""
+    async def complete(self, spec: CompletionInput) -> CompleteResponse:
+        """Run one completion request."""
         prepared = self._prepare(spec)
-        self.engine.submit(prepared.rows)
+        self.backend.submit(prepared.rows)
         return await self._finish(prepared)
 
-    async def _finish(self, prepared: _Prepared) -> dict[str, Any]:
+    async def _finish(self, prepared: _Prepared) -> CompleteResponse:
         results = await _all_or_cancel(prepared.rows, [row.future for row in prepared.rows])
         return self._response(prepared, results)
 
@@ -108,7 +105,7 @@ class CompletionService:
             loop.call_soon_threadsafe(pieces.put_nowait, text)
 
         prepared.rows[0].on_text = hand_over
-        self.engine.submit(prepared.rows)
+        self.backend.submit(prepared.rows)
         # Wait for the batch slot first: a queue-wait 504 is a plain response too, not an error event.
         await _all_or_cancel(prepared.rows, [row.admitted for row in prepared.rows])
         return self._events(prepared, pieces)
@@ -120,11 +117,11 @@ class CompletionService:
                 getter = asyncio.ensure_future(pieces.get())
                 await asyncio.wait({getter, finished}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    yield "token", {"text": getter.result()}
+                    yield "token", TextPiece(text=getter.result())
                     continue
                 getter.cancel()
                 while not pieces.empty():  # the engine hands over the last piece before the result
-                    yield "token", {"text": pieces.get_nowait()}
+                    yield "token", TextPiece(text=pieces.get_nowait())
                 yield "done", finished.result()
                 return
         finally:
@@ -133,23 +130,17 @@ class CompletionService:
                     row.cancel()
                 finished.cancel()
 
-    def _response(self, prepared: _Prepared, results: list[GenerationResult]) -> dict[str, Any]:
-        spec, composite = prepared.spec, prepared.composite
+    def _response(self, prepared: _Prepared, results: list[GenerationResult]) -> CompleteResponse:
         result = results[0]
-        response: dict[str, Any] = {
-            "id": f"cmpl-{secrets.token_hex(6)}{next(_ids)}",
-            "model": self.registry.model.name,
-            "text": result.text,
-            "finish_reason": result.finish_reason,
-            "steering": None,
-            "baseline": None,
-            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-        }
-        if spec.relations:
-            response["steering"] = {
-                "relations": composite.relations,
-                "layers": {str(layer): {"norm": norm} for layer, norm in composite.norms().items()},
-            }
-        if spec.return_baseline:
-            response["baseline"] = {"text": results[1].text, "finish_reason": results[1].finish_reason}
-        return response
+        steering = None
+        if prepared.steering is not None:
+            steering = Steering(relations=prepared.steering.applied,
+                                layers={layer: LayerNorm(norm=norm) for layer, norm in result.steering_norms.items()})
+        baseline = None
+        if prepared.spec.return_baseline:
+            baseline = Baseline(text=results[1].text, finish_reason=results[1].finish_reason)
+        return CompleteResponse(
+            id=f"cmpl-{secrets.token_hex(6)}{next(_ids)}", model=self.backend.model_name, text=result.text,
+            finish_reason=result.finish_reason, steering=steering, baseline=baseline,
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+        )

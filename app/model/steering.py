@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.engine.adapter import ModelAdapter
+from app.model.adapter import ModelAdapter
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def dequantize_gguf(gguf: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # A GGUF-loaded model keeps a quantizer record although its weights are plain floats;
-    # save_pretrained refuses to write it until the record is gone (DESIGN.md §10).
+    # save_pretrained refuses to write it until the record is gone (docs/architecture.md, "Traps").
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

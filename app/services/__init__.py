@@ -1,0 +1,2 @@
+"""What the HTTP layer calls: completions, vectors (jobs, evaluation, decoding), analogies. Plain typed inputs in,
+pydantic results out; no HTTP here."""

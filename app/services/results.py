@@ -1,0 +1,201 @@
+"""What the services return: the response bodies of the v1 HTTP contract, as pydantic models.
+
+Services build these and the routes hand them on unchanged (``response_model`` then only documents them). The
+SDK mirrors every one of them (``sdk/fvsteer_client/models.py``); ``tests/test_schema_contract.py`` fails when
+the two drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+FinishReason = Literal["stop", "length", "timeout", "cancelled"]
+CacheBackend = Literal["memory", "redis", "degraded"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class LayerNorm(BaseModel):
+    norm: float = Field(description="L2 norm of the composite added at this layer.")
+
+
+class Steering(BaseModel):
+    relations: dict[str, float] = Field(description="The weights applied (zero weights dropped).")
+    layers: dict[int, LayerNorm] = Field(description="Layer → what was added there.")
+
+
+class Baseline(BaseModel):
+    text: str
+    finish_reason: FinishReason
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CompleteResponse(BaseModel):
+    id: str
+    model: str
+    text: str
+    finish_reason: FinishReason
+    steering: Steering | None = Field(description="Absent exactly when the completion ran unsteered.")
+    baseline: Baseline | None
+    usage: Usage
+
+
+class TextPiece(BaseModel):
+    """One ``token`` event of a streamed completion: the next piece of the text."""
+
+    text: str
+
+
+class Accuracy(BaseModel):
+    top1: float
+    top3: float
+
+
+class EvaluationResult(BaseModel):
+    vector: str
+    relation: str
+    layer: int
+    zero_shot: Accuracy
+    zero_shot_fv: Accuracy
+    icl: Accuracy
+    icl_shuffled: Accuracy
+    icl_shuffled_fv: Accuracy
+    n: int
+    n_dropped: int
+
+
+class DecodedToken(BaseModel):
+    token: str
+    prob: float
+
+
+class DecodedVector(BaseModel):
+    name: str
+    layer: int
+    tokens: list[DecodedToken]
+
+
+class AnalogyResponse(BaseModel):
+    a: str
+    b: str
+    c: str
+    answer: str
+    choice_scores: list[float] | None = Field(description="log p(choice | C, composite) per choice, in order.")
+    weights: dict[str, float] = Field(description="Composite weight of each bank relation.")
+    scores: dict[str, float] = Field(description="log p(B | A, vector) of each bank relation: what the weights "
+                                               "are inferred from.")
+    combiner: Literal["affine", "softmax"] = Field(description="'affine': the fitted combiner; 'softmax': none "
+                                                              "fitted for this bank, plain softmax weights.")
+
+
+# --- job results: one model per job kind ---------------------------------------------------------------------------
+
+
+class HeadMeansCache(BaseModel):
+    hit: bool = Field(description="The head means came from the cache.")
+    backend: CacheBackend
+
+
+class ExtractMetrics(BaseModel):
+    """What an extraction measured; also stored in the vector's ``metrics``."""
+
+    sweep_zero_shot_top1: float = Field(description="Zero-shot top-1 on the sweep pairs without a vector.")
+    sweep_zero_shot_fv_top1: float = Field(description="… with the vector at the chosen layer.")
+    n_sweep: int
+    layer_sweep: dict[int, float] = Field(description="Layer → zero-shot top-1 with the vector there.")
+    aie: list[list[float]] = Field(description="Average indirect effect, [layer][head].")
+    n_prompts: int
+    n_trials: int
+    shots: int
+    seed: int
+
+
+class ExtractResult(BaseModel):
+    """``result`` of a succeeded extraction job."""
+
+    vector: str = Field(description="Name of the saved vector.")
+    layer: int
+    norm: float
+    heads: list[tuple[int, int, float]] = Field(description="[layer, head, aie] of the heads summed.")
+    metrics: ExtractMetrics
+    phase_seconds: dict[str, float]
+    head_means_cache: HeadMeansCache
+
+
+class EpochRecord(BaseModel):
+    """One fine-tuning epoch (also a running job's ``detail``, with ``epochs``)."""
+
+    epoch: int
+    loss: float
+    train_top1: float
+    holdout_top1: float
+    holdout_loss: float
+
+
+class FinetuneMetrics(BaseModel):
+    """What fine-tuning measured; also stored in the vector's ``metrics``."""
+
+    init: str = Field(description="'mediation', 'zero', 'random' or 'vector:<name>'.")
+    epochs: int
+    lr: float
+    l2: float
+    seed: int
+    n_train: int
+    n_holdout: int
+    best_epoch: int
+    holdout_top1_before: float
+    holdout_top1_after: float
+    holdout_icl_top1: float = Field(description="10-shot prompting on the same hold-out pairs.")
+    shots: int
+    history: list[EpochRecord]
+    seconds: dict[str, float]
+
+
+class FinetuneResult(BaseModel):
+    """``result`` of a succeeded fine-tuning job."""
+
+    vector: str = Field(description="Name of the saved vector.")
+    layer: int
+    norm: float
+    metrics: FinetuneMetrics
+    head_means_cache: HeadMeansCache | None = Field(description="Set when the mediation FV was the start.")
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class JobView(BaseModel):
+    """A job as every route and event shows it; ``result`` is typed by the job's ``kind``."""
+
+    id: str
+    kind: Literal["extract", "finetune"]
+    state: JobState
+    phase: str
+    progress: float = Field(ge=0.0, le=1.0)
+    detail: dict[str, Any] | None = Field(
+        None, description="The current phase's figures, e.g. a fine-tuning epoch's loss and hold-out accuracy."
+    )
+    result: ExtractResult | FinetuneResult | None
+    error: ErrorBody | None
+    created: str
+    updated: str
+
+    @classmethod
+    def of(cls, snapshot: dict[str, Any]) -> JobView:
+        """From a job manager snapshot (``Job.public()``), its result parsed as its kind's model."""
+        result = snapshot.get("result")
+        if result is not None:
+            result = (ExtractResult if snapshot["kind"] == "extract" else FinetuneResult).model_validate(result)
+        return cls.model_validate({**snapshot, "result": result})
