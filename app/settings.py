@@ -50,6 +50,26 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (JSON list); empty = no CORS headers at all."
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Who serves completions: 'hf' (this process, transformers) or 'vllm' (a vLLM server with "
+        "fvsteer's plugin; extraction, fine-tuning and the other science stay on the HF model in this process)."
+    )
+    vllm_url: str | None = Field(
+        None, description="With backend vllm: a vLLM server you run (with FVSTEER_BANK_DIR set to this registry's "
+        "model folder); unset = fvsteer starts and supervises one."
+    )
+    vllm_python: Path = Field(Path(".venv-vllm/bin/python"),
+                              description="Python of vLLM's own environment (built by make serve-vllm).")
+    vllm_port: int = Field(0, ge=0, le=65535, description="Port of the vLLM server fvsteer starts; 0 = any free one.")
+    vllm_eager: bool = Field(False, description="Start vLLM with --enforce-eager (starts faster; decodes slower).")
+    vllm_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM's --gpu-memory-utilization (on CPU: share of RAM for the KV cache; "
+        "default 0.25 on CPU, vLLM's own on CUDA)."
+    )
+    vllm_args: list[str] = Field(default_factory=list, description="More vLLM arguments (JSON list).")
+    vllm_start_timeout_s: float = Field(900.0, gt=0, description="How long vLLM may take to answer its health check.")
+    bank_capacity: int = Field(128, ge=1, le=65536,
+                               description="Vectors the vLLM bank holds (fixed for the life of the vLLM server).")
     log_format: Literal["json", "text"] = Field("json", description="'json': one JSON object per log line.")
     hf_offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 so nothing is fetched from a hub.")
     log_level: str = Field("INFO", description="Python logging level.")

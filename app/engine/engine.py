@@ -10,12 +10,11 @@ on what else shares its batch. The same thread runs the science's forwards betwe
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,10 +24,11 @@ from transformers import DynamicCache
 
 from app.engine.bank import VectorBank
 from app.engine.kv_batch import concat_batches, select_rows
-from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult
+from app.engine.prompts import PromptEncoder, model_context
+from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult, settle
 from app.engine.sampling import make_generator, next_token
-from app.engine.stats import EngineStats
-from app.errors import FvsteerError, GatewayTimeout, InvalidInput, NotReady, QueueFull
+from app.engine.stats import EngineStats, FinishRate
+from app.errors import FvsteerError, GatewayTimeout, NotReady, QueueFull
 from app.model.handle import ModelHandle
 from app.model.loading import LoadedModel
 from app.model.steering import BatchSteering, stack_row_vectors, steered
@@ -88,12 +88,11 @@ class Engine:
         self.queue_timeout_s = queue_timeout_s
         self.on_fatal = on_fatal
         self.fatal: BaseException | None = None
-        self._recent_finishes: deque[float] = deque(maxlen=64)  # when rows finished: the Retry-After estimate
+        self._finish_rate = FinishRate()  # the Retry-After estimate
         self._last_task_s = 0.0  # how long the last job task held the engine …
         self._decoded_since_task = 0.0  # … and how long decoding has had it since (the time share)
-        self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
-        self._tokenizer_lock = threading.Lock()
+        self.prompts = PromptEncoder(loaded.tokenizer, max_prompt_tokens, model_context(adapter.model.config))
         self._cond = threading.Condition()
         self._pending: deque[GenerationRequest] = deque()
         self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
@@ -104,9 +103,6 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._eos = self._eos_ids()
-        self._max_positions = getattr(adapter.model.config, "max_position_embeddings", None) or getattr(
-            adapter.model.config, "n_positions", None
-        )
 
     # ----------------------------------------------------------------- public API
     @property
@@ -136,21 +132,7 @@ class Engine:
 
     def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
         """Tokenize a prompt, refusing one over the prompt limit or the model's context."""
-        with self._tokenizer_lock:
-            ids: list[int] = self.loaded.tokenizer(prompt).input_ids
-        if not ids:
-            raise InvalidInput("prompt encodes to no tokens", param="prompt")
-        if len(ids) > self.max_prompt_tokens:
-            raise InvalidInput(
-                f"prompt has {len(ids)} tokens; the limit is {self.max_prompt_tokens}", param="prompt"
-            )
-        if self._max_positions is not None and len(ids) + max_new_tokens > self._max_positions:
-            raise InvalidInput(
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                f"context of {self._max_positions} tokens",
-                param="max_new_tokens",
-            )
-        return ids
+        return self.prompts.encode(prompt, max_new_tokens)
 
     def submit(self, requests: Sequence[GenerationRequest]) -> None:
         """Queue requests together (they are admitted in the same step, e.g. a steered row and its baseline)."""
@@ -162,7 +144,7 @@ class Engine:
             if len(self._pending) + len(requests) > self.max_queue:
                 self.stats.rejected += 1
                 raise QueueFull(f"{len(self._pending)} requests are waiting; the queue limit is {self.max_queue}",
-                                retry_after_s=self._retry_after(len(self._pending)))
+                                retry_after_s=self._finish_rate.retry_after(len(self._pending)))
             now = time.monotonic()
             for request in requests:
                 request.submitted = now
@@ -175,14 +157,6 @@ class Engine:
             raise NotReady(f"the engine failed and is stopping: {self.fatal}")
         if self._stopping:
             raise NotReady("the engine is shutting down")
-
-    def _retry_after(self, waiting: int) -> int:
-        """Seconds until the queue has likely moved by ``waiting`` rows, at the recent finishing rate (1–60)."""
-        recent = self._recent_finishes
-        if len(recent) < 2 or recent[-1] <= recent[0]:
-            return 1
-        rate = (len(recent) - 1) / (recent[-1] - recent[0])
-        return max(1, min(60, math.ceil(waiting / rate)))
 
     def cancel_all(self) -> None:
         """End every row at the next step (``finish_reason: "cancelled"``, with the text so far) and refuse what
@@ -246,7 +220,7 @@ class Engine:
             log.exception("engine step failed; failing %d rows", len(failed))
             self.stats.failed_steps += 1
             for req in failed.values():
-                _fail(req, exc)
+                req.fail(exc)
             self._rows, self._cache, self._mask, self._admitting = [], None, None, []
         self.stats.active_rows = len(self._rows)
         return True
@@ -265,7 +239,7 @@ class Engine:
         while self._pending and now - self._pending[0].submitted > limit:
             req = self._pending.popleft()
             self.stats.queue_timeouts += 1
-            _fail(req, GatewayTimeout(f"waited {now - req.submitted:.1f} s for a batch slot; the queue-wait limit "
+            req.fail(GatewayTimeout(f"waited {now - req.submitted:.1f} s for a batch slot; the queue-wait limit "
                                       f"is {limit:g} s (FVSTEER_QUEUE_TIMEOUT_S)"))
 
     def _die(self, exc: BaseException) -> None:
@@ -279,9 +253,9 @@ class Engine:
             self._cache = self._mask = None
         error = NotReady(f"the engine failed: {exc}")
         for req in requests:
-            _fail(req, error)
+            req.fail(error)
         for _, future in tasks:
-            _settle(future, error=error)
+            settle(future, error=error)
         self.stats.active_rows = self.stats.queue_depth = 0
         if self.on_fatal is not None:
             self.on_fatal(exc)
@@ -316,8 +290,8 @@ class Engine:
     def _drop_if_cancelled(self, request: GenerationRequest) -> bool:
         if request.cancelled:
             self.stats.finished["cancelled"] += 1
-            _settle(request.admitted)
-            _settle(request.future, GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
+            settle(request.admitted)
+            settle(request.future, GenerationResult("", [], "cancelled", len(request.prompt_ids), ()))
         return request.cancelled
 
     def _resolve(self, requests: list[GenerationRequest]) -> list[tuple[GenerationRequest, _Row]]:
@@ -331,7 +305,7 @@ class Engine:
                 try:
                     resolved = self.bank.resolve(req.steering)
                 except FvsteerError as exc:
-                    _fail(req, exc)
+                    req.fail(exc)
                     continue
                 row.steering, row.norms = resolved.layers or None, resolved.norms()
             rows.append((req, row))
@@ -366,7 +340,7 @@ class Engine:
             self._cache, self._mask = concat_batches(self._cache, self._mask, cache, mask.to(device))
         self._rows.extend(new_rows)
         for req in requests:
-            _settle(req.admitted)
+            settle(req.admitted)
         self._advance(new_rows, logits, len(requests))
         return requests
 
@@ -469,8 +443,8 @@ class Engine:
                     row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.norms
                 )
                 self.stats.finished[row.finish] += 1
-                self._recent_finishes.append(now)
-                _settle(row.request.future, result)
+                self._finish_rate.finished(now)
+                settle(row.request.future, result)
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
@@ -479,8 +453,7 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
 
     def _decode(self, tokens: list[int]) -> str:
-        with self._tokenizer_lock:
-            return str(self.loaded.tokenizer.decode(tokens, skip_special_tokens=True))
+        return self.prompts.decode(tokens)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -491,21 +464,3 @@ class Engine:
             elif isinstance(source, list):
                 ids.update(int(i) for i in source)
         return ids
-
-
-def _settle(future: Future[T], result: T | None = None, error: BaseException | None = None) -> None:
-    """Set a future's outcome unless it already has one — also when its waiter cancelled it a moment ago (a
-    client that went away): that must never become an error of the engine's step."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-    except InvalidStateError:
-        pass
-
-
-def _fail(request: GenerationRequest, error: BaseException) -> None:
-    """End a request with an error, also if it was still waiting to be admitted."""
-    _settle(request.admitted, error=error)
-    _settle(request.future, error=error)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from app.errors import InvalidInput
 
+T = TypeVar("T")
 FinishReason = Literal["stop", "length", "timeout", "cancelled"]
 Positions = Literal["fv", "all"]
 MAX_RELATIONS = 64
@@ -85,6 +86,11 @@ class GenerationRequest:
         """Ask the backend to drop this row at its next step (e.g. the client went away)."""
         self.cancelled = True
 
+    def fail(self, error: BaseException) -> None:
+        """End the row with an error, also while it still waits to be admitted."""
+        settle(self.admitted, error=error)
+        settle(self.future, error=error)
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -101,3 +107,15 @@ class GenerationResult:
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+
+def settle(future: Future[T], result: T | None = None, error: BaseException | None = None) -> None:
+    """Set a future's outcome unless it already has one — also when its waiter cancelled it a moment ago (a
+    client that went away): that must never become an error of the backend."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass

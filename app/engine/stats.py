@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
@@ -24,3 +25,21 @@ class EngineStats:
     @property
     def requests_finished(self) -> int:
         return sum(self.finished.values())
+
+
+class FinishRate:
+    """When rows finished recently: how long a new request will likely wait, for ``Retry-After``."""
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=64)
+
+    def finished(self, now: float) -> None:
+        self._recent.append(now)
+
+    def retry_after(self, waiting: int) -> int:
+        """Seconds until the queue has likely moved by ``waiting`` rows, at the recent finishing rate (1–60)."""
+        recent = self._recent
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 1
+        rate = (len(recent) - 1) / (recent[-1] - recent[0])
+        return max(1, min(60, math.ceil(waiting / rate)))

@@ -44,11 +44,15 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """``location``: what a second engine can load the same weights from (an HF directory, e.g. the dequantized
+    copy of a GGUF, or a hub id)."""
+
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
     device: torch.device
     dtype: torch.dtype
+    location: str = ""
 
 
 def embedded_gguf_path() -> Path:
@@ -126,15 +130,21 @@ def dequantize_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
+def model_location(source: ModelSource, cache_dir: Path) -> str:
+    """Where transformers (or a second engine) loads the model from: a GGUF's dequantized copy (made on first
+    use), else the directory or hub id itself."""
+    if source.kind != "gguf":
+        return source.location
+    cached = _gguf_cache_dir(Path(source.location), cache_dir)
+    if not (cached / "config.json").is_file():
+        dequantize_gguf(Path(source.location), cached)
+    return str(cached)
+
+
 def load_model(model: str, device: str, dtype: str, cache_dir: Path) -> LoadedModel:
     """Load tokenizer and model in eval mode on the resolved device and dtype."""
     source = resolve_source(model)
-    location = source.location
-    if source.kind == "gguf":
-        cached = _gguf_cache_dir(Path(location), cache_dir)
-        if not (cached / "config.json").is_file():
-            dequantize_gguf(Path(location), cached)
-        location = str(cached)
+    location = model_location(source, cache_dir)
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     tokenizer = AutoTokenizer.from_pretrained(location)
@@ -145,7 +155,7 @@ def load_model(model: str, device: str, dtype: str, cache_dir: Path) -> LoadedMo
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("loaded %s on %s (%s)", source.name, target_device, target_dtype)
-    return LoadedModel(loaded, tokenizer, source.name, target_device, target_dtype)
+    return LoadedModel(loaded, tokenizer, source.name, target_device, target_dtype, location)
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
