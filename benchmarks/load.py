@@ -20,12 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -34,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from servers import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("hot", "big", "fast", "happy", "dark", "old", "strong", "early", "loud", "rich", "soft", "full", "cat",
@@ -166,33 +163,6 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def start_server(workdir: Path, max_queue: int | None, max_batch: int | None) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "FVSTEER_PORT": str(port), "FVSTEER_JOBS_DIR": str(workdir / "jobs"),
-           "FVSTEER_LOG_LEVEL": "WARNING", "FVSTEER_ADMIN_TOKEN": secrets.token_hex(8)}
-    if max_queue is not None:
-        env["FVSTEER_MAX_QUEUE"] = str(max_queue)
-    if max_batch is not None:
-        env["FVSTEER_MAX_BATCH"] = str(max_batch)
-    log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app.server"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError("server did not become ready")
-
-
 async def run(url: str, clients: int, seconds: float, max_new_tokens: int) -> dict[str, Any]:
     tally = Tally()
     started = time.monotonic()
@@ -216,13 +186,17 @@ def main() -> None:
         process = None
         url = args.url
         if url is None:
-            process, url = start_server(Path(workdir), args.max_queue, args.max_batch)
+            env = {"FVSTEER_ADMIN_TOKEN": secrets.token_hex(8)}
+            if args.max_queue is not None:
+                env["FVSTEER_MAX_QUEUE"] = str(args.max_queue)
+            if args.max_batch is not None:
+                env["FVSTEER_MAX_BATCH"] = str(args.max_batch)
+            process, url = start_server(Path(workdir), env)
         try:
             summary = asyncio.run(run(url, args.clients, args.seconds, args.max_new_tokens))
         finally:
             if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
+                stop_server(process)
     summary["max_queue"] = args.max_queue
     print(f"{summary['requests']} requests from {args.clients} clients in {summary['seconds']} s: "
           f"{summary['throughput_rps']} answers/s, {summary['tokens_per_s']} tokens/s")
