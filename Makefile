@@ -52,7 +52,7 @@ test-fast: $(STAMP)
 # The files whose tests order events across threads and processes, run while two busy loops load both cores: they
 # must pass on a loaded machine (their order comes from gates, never from timing).
 STRESS_FILES := tests/test_backpressure.py tests/test_lifecycle.py tests/test_streaming.py tests/test_faults.py \
-                tests/test_sdk_jobs.py tests/test_cli_jobs.py
+                tests/test_sdk_jobs.py tests/test_cli_jobs.py tests/test_vllm_backend.py
 test-stress: $(STAMP)
 	@pids=""; for i in 1 2; do $(BIN)/python -c 'while True: pass' & pids="$$pids $$!"; done; \
 	trap 'kill $$pids 2>/dev/null' EXIT; \

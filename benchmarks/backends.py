@@ -15,11 +15,11 @@ Ratios are from this run only (this machine is shared and noisy). The last line 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,9 @@ STEERED = {"antonym": 1.0}
 
 
 def prompt(index: int) -> str:
-    return f"Q: {WORDS[index % len(WORDS)]}\nA:"
+    """Story openings: unsteered and steered alike run the whole 32 tokens (a "Q: x\nA:" prompt often ends at
+    end-of-sequence unsteered and not steered, which would compare different amounts of work)."""
+    return f"Write a story about something {WORDS[index % len(WORDS)]}:"
 
 
 def composite(rng: random.Random) -> dict[str, float]:
@@ -43,17 +45,25 @@ def composite(rng: random.Random) -> dict[str, float]:
 
 
 def run(url: str, bodies: list[dict[str, Any]], clients: int) -> tuple[int, float]:
-    """Send ``bodies`` from ``clients`` threads (each takes the next when done); (completion tokens, seconds)."""
-    with httpx.Client(base_url=url, timeout=1200) as client:
-        def one(body: dict[str, Any]) -> int:
-            response = client.post("/complete", json={"max_new_tokens": TOKENS, **body})
-            response.raise_for_status()
-            return int(response.json()["usage"]["completion_tokens"])
+    """Send ``bodies`` from ``clients`` concurrent clients (each takes the next when done); (tokens, seconds)."""
 
-        started = time.monotonic()
-        with ThreadPoolExecutor(clients) as pool:
-            tokens = sum(pool.map(one, bodies))
-        return tokens, time.monotonic() - started
+    async def go() -> int:
+        queue = list(reversed(bodies))
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url, timeout=1200, limits=limits) as client:
+            async def worker() -> int:
+                tokens = 0
+                while queue:
+                    response = await client.post("/complete", json={"max_new_tokens": TOKENS, **queue.pop()})
+                    response.raise_for_status()
+                    tokens += int(response.json()["usage"]["completion_tokens"])
+                return tokens
+
+            return sum(await asyncio.gather(*(worker() for _ in range(clients))))
+
+    started = time.monotonic()
+    tokens = asyncio.run(go())
+    return tokens, time.monotonic() - started
 
 
 def pair(url: str, make: Callable[[bool, int], list[dict[str, Any]]], clients: int, label: str
@@ -66,8 +76,9 @@ def pair(url: str, make: Callable[[bool, int], list[dict[str, Any]]], clients: i
             totals[steered][0] += tokens
             totals[steered][1] += seconds
     plain, steer = totals[False][0] / totals[False][1], totals[True][0] / totals[True][1]
-    print(f"{label:<34} unsteered {plain:7.1f} tok/s   steered {steer:7.1f} tok/s   ratio {steer / plain:.3f}",
-          flush=True)
+    requests = 2 * len(make(False, 0))
+    print(f"{label:<30} unsteered {plain:7.1f} tok/s   steered {steer:7.1f} tok/s   ratio {steer / plain:.3f}   "
+          f"tokens/request {totals[False][0] / requests:.1f} / {totals[True][0] / requests:.1f}", flush=True)
     return {"unsteered": plain, "steered": steer, "ratio": steer / plain}
 
 
@@ -94,7 +105,7 @@ def composites_pair(url: str, n: int, seed: int) -> dict[str, float]:
 
 
 def measure(url: str, backend: str, composites: bool, seed: int) -> dict[str, dict[str, float]]:
-    figures = {"1": clients_pair(url, 1, 8, f"{backend} 1 client"),
+    figures = {"1": clients_pair(url, 1, 12, f"{backend} 1 client"),
                "16": clients_pair(url, 16, 32, f"{backend} 16 clients")}
     if composites:
         for n in (16, 64, 256):

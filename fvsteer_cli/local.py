@@ -39,7 +39,8 @@ def _reporting_server_errors(handler: Handler) -> Handler:
 @_reporting_server_errors
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Options become ``FVSTEER_*`` variables so that Settings stays the one place configuration is read."""
-    for option, var in (("host", "FVSTEER_HOST"), ("port", "FVSTEER_PORT"), ("model", "FVSTEER_MODEL")):
+    for option, var in (("host", "FVSTEER_HOST"), ("port", "FVSTEER_PORT"), ("model", "FVSTEER_MODEL"),
+                        ("backend", "FVSTEER_BACKEND")):
         value = getattr(args, option)
         if value is not None:
             os.environ[var] = str(value)
@@ -92,6 +93,7 @@ def add_serve_parser(commands: Subcommands) -> None:
     serve.add_argument("--host", help="bind address (env FVSTEER_HOST)")
     serve.add_argument("--port", type=int, help="bind port (env FVSTEER_PORT)")
     serve.add_argument("--model", help="HF id, local directory or .gguf file (env FVSTEER_MODEL)")
+    serve.add_argument("--backend", choices=["hf", "vllm"], help="who serves completions (env FVSTEER_BACKEND)")
     serve.set_defaults(handler=_cmd_serve)
 
 

@@ -264,13 +264,19 @@ class VllmBackend:
         except FvsteerError as exc:
             request.fail(exc)
             return
+        except Exception as exc:  # vLLM sent something this backend does not understand: fail the row, loudly
+            log.exception("unexpected answer from vLLM")
+            request.fail(NotReady(f"unexpected answer from the vLLM server: {exc!r}"))
+            return
         finally:
             reader.cancel()  # closes the stream: vLLM aborts a request that is still running
         self._finish(row, reason, norms)
 
     def _take(self, row: _Row, chunk: dict[str, Any]) -> FinishReason | None:
         """One streamed chunk: new text and token ids; the finish reason on the last one."""
-        (choice,) = chunk["choices"] or [{}]
+        if "error" in chunk:  # vLLM reports a failure inside the stream
+            raise NotReady(f"the vLLM server failed the request: {chunk['error']}")
+        (choice,) = chunk["choices"]
         piece = choice.get("text") or ""
         ids = choice.get("token_ids") or []
         row.tokens.extend(ids)
@@ -299,8 +305,8 @@ class VllmBackend:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
-        if request.steering is not None:
-            spec = self.spec(request.steering)
+        spec = None if request.steering is None else self.spec(request.steering)
+        if spec is not None and spec.entries:  # all weights zero: nothing to add, as on the hf backend
             body["vllm_xargs"] = {XARG: spec.dumps()}
             body["cache_salt"] = cache_salt(spec, len(request.prompt_ids))
         return body
@@ -332,6 +338,14 @@ class VllmBackend:
                     healthy = (await self._client.get(f"{self.url}/health", timeout=5.0)).status_code == 200
                 except httpx.HTTPError:
                     healthy = False
+            if healthy and not self._ready.is_set():
+                try:
+                    await self._check_model()
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    healthy = False  # not answering properly yet
+                except RuntimeError as exc:
+                    self._die(exc)
+                    return
             if healthy:
                 failures = 0
                 self._ready.set()
@@ -342,6 +356,17 @@ class VllmBackend:
                                            if self.is_alive() else "the vLLM server process exited"))
                     return
             await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def _check_model(self) -> None:
+        """Use the model vLLM serves: ours by name, or the only one it serves (a server someone else started)."""
+        assert self._client is not None
+        served = [entry["id"] for entry in (await self._client.get(f"{self.url}/v1/models", timeout=10)).json()["data"]]
+        if self.served_model in served:
+            return
+        if len(served) != 1:
+            raise RuntimeError(f"vLLM at {self.url} serves {served}, not {self.served_model!r}")
+        log.info("vLLM at %s serves %r; using it for %s", self.url, served[0], self._name)
+        self.served_model = served[0]
 
     def _die(self, exc: BaseException) -> None:
         log.critical("vLLM backend stopped after a fatal error: %s", exc)

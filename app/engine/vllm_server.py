@@ -77,6 +77,12 @@ class ManagedVllm:
                                "one) or set FVSTEER_VLLM_PYTHON, or FVSTEER_VLLM_URL for a vLLM you run yourself")
         env = {**os.environ, "FVSTEER_BANK_DIR": str(self.launch.bank_dir),
                "FVSTEER_BANK_CAPACITY": str(self.launch.bank_capacity)}
+        if self.launch.device.type == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            # vLLM's CPU worker otherwise keeps one core for its front processes and computes on the rest: on a
+            # 2-core machine that halves its speed (measured: 16 clients, 228 → 313 tokens/s with both cores).
+            cores = sorted(os.sched_getaffinity(0))
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         self.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = self.launch.command(self.port)
         log.info("starting vLLM on port %d (log %s): %s", self.port, self.launch.log_path, " ".join(command))
