@@ -1,7 +1,8 @@
 """The one error table of fvsteer: every failure a user can cause maps to a status and a type here.
 
 Library code (engine, registry, fv) raises these; the API turns them into the envelope
-``{"error": {"type", "message", "param"}}`` without knowing where they came from.
+``{"error": {"type", "message", "param", "code"}}`` (OpenAI's error shape, so OpenAI clients read it too) without
+knowing where they came from.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ class FvsteerError(Exception):
 
     status: int = 500
     type: str = "internal_error"
+    code: str | None = None  # a finer machine-readable reason where one helps a client (OpenAI's ``code``)
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -19,7 +21,7 @@ class FvsteerError(Exception):
         self.param = param
 
     def envelope(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"type": self.type, "message": self.message, "param": self.param}}
+        return {"error": {"type": self.type, "message": self.message, "param": self.param, "code": self.code}}
 
 
 class InvalidInput(FvsteerError):
@@ -40,6 +42,12 @@ class Forbidden(FvsteerError):
 class NotFound(FvsteerError):
     status = 404
     type = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """A ``model`` that is neither the base model, a preset, nor ``<base>+<vector>``."""
+
+    code = "model_not_found"
 
 
 class Conflict(FvsteerError):

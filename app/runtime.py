@@ -20,9 +20,13 @@ from app.engine.vllm_server import ManagedVllm, VllmLaunch
 from app.errors import NotReady
 from app.jobs.manager import JobManager
 from app.model.runner import ModelRunner
+from app.openai.model_ids import ModelIds
+from app.openai.serving import OpenAIServing
 from app.registry.registry import VectorRegistry
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
+from app.services.presets import PresetStore
+from app.services.scoring import ScoringService
 from app.services.vectors import VectorService
 from app.settings import Settings
 
@@ -45,6 +49,9 @@ class Services:
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
     jobs: JobManager
     analogies: AnalogyService
+    presets: PresetStore
+    scoring: ScoringService
+    openai: OpenAIServing
 
 
 class Runtime:
@@ -170,8 +177,12 @@ class Runtime:
             return
         self.model_name = bundle.model.name
         analogies = AnalogyService(engine, bundle.registry, completions)
+        presets = PresetStore(bundle.registry, adapter.n_layers, bundle.model.name)
+        scoring = ScoringService(engine, engine.bank, engine.prompts)
+        openai = OpenAIServing(backend, scoring, ModelIds(bundle.model.name, bundle.registry, presets), engine.prompts,
+                               max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s)
         self._services = Services(backend, engine, bundle.registry, completions, vectors, bundle.cache, jobs,
-                                  analogies)
+                                  analogies, presets, scoring, openai)
         self.state = "ready"
         log.info("ready in %.1f s: %s on the %s backend, %d vectors", time.monotonic() - started, bundle.model.name,
                  settings.backend, len(bundle.registry.list()))

@@ -20,17 +20,23 @@ import torch
 from app.api.app import create_app
 from app.cache.head_means import MemoryHeadMeanCache
 from app.engine.bank import VectorBank
+from app.engine.prompts import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult
 from app.engine.stats import EngineStats
 from app.errors import InvalidInput, NotReady
 from app.jobs.manager import JobManager
 from app.model.handle import ModelHandle
+from app.openai.model_ids import ModelIds
+from app.openai.serving import OpenAIServing
 from app.registry.registry import ModelIdentity, VectorRegistry
 from app.runtime import Runtime, Services
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
+from app.services.presets import PresetStore
+from app.services.scoring import ScoringService
 from app.services.vectors import VectorService
 from app.settings import Settings
+from tests.tiny_models import tiny_tokenizer
 
 T = TypeVar("T")
 D_MODEL = 4
@@ -159,7 +165,12 @@ def make_harness(tmp: Path, **settings: Any) -> Harness:
     jobs.start()
     runner = RefusingRunner()
     cache = MemoryHeadMeanCache()
+    presets = PresetStore(registry, N_LAYERS, MODEL)
+    prompts = PromptEncoder(tiny_tokenizer(), 64, None)
+    scoring = ScoringService(runner, bank, prompts)
+    openai = OpenAIServing(backend, scoring, ModelIds(MODEL, registry, presets), prompts,
+                           max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)
     services = Services(backend, runner, registry, completions, VectorService(runner, registry, cache, jobs), cache,
-                        jobs, AnalogyService(runner, registry, completions))
+                        jobs, AnalogyService(runner, registry, completions), presets, scoring, openai)
     runtime = HarnessRuntime(config, services)
     return Harness(create_app(config, runtime), runtime, backend, registry)

@@ -24,10 +24,11 @@ ALLOWED: dict[str, set[str]] = {
     "app.bundle": {"app.cache", "app.model", "app.registry"},
     "app.analogy": {"app.bundle", "app.fv", "app.model", "app.registry"},
     "app.services": {"app.analogy", "app.cache", "app.engine", "app.fv", "app.jobs", "app.model", "app.registry"},
-    "app.runtime": {"app.bundle", "app.cache", "app.engine", "app.jobs", "app.model", "app.registry",
+    "app.openai": {"app.engine", "app.model", "app.registry", "app.services"},
+    "app.runtime": {"app.bundle", "app.cache", "app.engine", "app.jobs", "app.model", "app.openai", "app.registry",
                     "app.services"},
-    "app.api": {"app.engine", "app.fv", "app.jobs", "app.logs", "app.model", "app.registry", "app.runtime",
-                "app.services"},
+    "app.api": {"app.engine", "app.fv", "app.jobs", "app.logs", "app.model", "app.openai", "app.registry",
+                "app.runtime", "app.services"},
 }
 TORCH_FREE = ["app/engine/requests.py", "app/engine/backend.py", "app/engine/stats.py", "app/services/completions.py",
               "app/services/results.py"]

@@ -13,7 +13,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import make_registry
 from app.api.observability import RequestObservation
-from app.api.routes import admin, analogies, completions, health, jobs, vectors
+from app.api.routes import admin, analogies, completions, health, jobs, openai, presets, scoring, tokenizer, vectors
 from app.runtime import Runtime
 from app.settings import Settings
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.admission = Admission(settings.max_queue)
     install_error_handlers(app)
-    for module in (health, completions, analogies, vectors, jobs, admin):
+    for module in (health, completions, scoring, analogies, vectors, jobs, admin, presets, openai, tokenizer):
         app.include_router(module.router)
 
     def limit_for(path: str) -> int:

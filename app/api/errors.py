@@ -1,4 +1,5 @@
-"""Every error leaves the server as one envelope: ``{"error": {"type", "message", "param"}}``."""
+"""Every error leaves the server as one envelope: ``{"error": {"type", "message", "param", "code"}}`` — OpenAI's
+shape, so the ``openai`` SDK raises its own typed exceptions from fvsteer's answers."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-def envelope(status: int, type_: str, message: str, param: str | None = None, **headers: str) -> JSONResponse:
-    body = {"error": {"type": type_, "message": message, "param": param}}
+def envelope(status: int, type_: str, message: str, param: str | None = None, code: str | None = None,
+             **headers: str) -> JSONResponse:
+    body = {"error": {"type": type_, "message": message, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
@@ -62,7 +64,7 @@ async def _fvsteer_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Retry-After"] = "5"
     if exc.status >= 500 and exc.status != 503:  # 503 while loading is expected, not an error
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return envelope(exc.status, exc.type, exc.message, exc.param, **headers)
+    return envelope(exc.status, exc.type, exc.message, exc.param, exc.code, **headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,15 +87,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400:  # FastAPI could not decode the body at all (bytes that are not text): invalid input
         return envelope(422, "invalid_request", f"body could not be read as JSON: {exc.detail}", "body")
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return envelope(exc.status_code, type_, str(exc.detail), None, **(exc.headers or {}))
+    return envelope(exc.status_code, type_, str(exc.detail), None, None, **(exc.headers or {}))
 
 
 INTERNAL_ERROR_MESSAGE = "internal error; see the server log"
+INTERNAL_ERROR = {"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE, "param": None, "code": None}}
 
 
 async def internal_error(send: Send) -> None:
     """The 500 envelope, sent by hand (for middleware that catches a bug before a response has started)."""
-    body = json.dumps({"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE, "param": None}}).encode()
+    body = json.dumps(INTERNAL_ERROR).encode()
     await send({"type": "http.response.start", "status": 500,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -54,7 +54,8 @@ class BodySizeLimit:
     @staticmethod
     async def _refuse(send: Send, size: int, limit: int) -> None:
         message = f"request body has {size} bytes or more; the limit is {limit}"
-        payload = json.dumps({"error": {"type": "payload_too_large", "message": message, "param": "body"}}).encode()
+        error = {"type": "payload_too_large", "message": message, "param": "body", "code": None}
+        payload = json.dumps({"error": error}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -24,12 +24,14 @@ from app.services.results import (
     ErrorEnvelope,
     EvaluationResult,
     JobView,
+    ScoreResponse,
 )
+from app.services.scoring import MAX_CONTINUATIONS, ScoreInput
 from app.services.vectors import EvaluationInput, ExtractionInput, FinetuneInput, PairSource
 
 __all__ = [
     "AnalogyResponse", "CompleteResponse", "DecodedVector", "ErrorBody", "ErrorEnvelope", "EvaluationResult",
-    "JobView", "VectorInfo", "VectorMetadata", "VectorSummary",
+    "JobView", "ScoreResponse", "VectorInfo", "VectorMetadata", "VectorSummary",
 ]
 EXTRACTION_DEFAULTS = ExtractionOptions()
 
@@ -67,6 +69,27 @@ class CompleteRequest(Strict):
     def to_input(self) -> CompletionInput:
         return CompletionInput(**{**self.model_dump(exclude={"stream"}), "relations": dict(self.relations or {}),
                                   "stop": tuple(self.stop or ())})
+
+
+class ScoreRequest(Strict):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text the continuations follow.")
+    continuations: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        min_length=1, max_length=MAX_CONTINUATIONS,
+        description="Candidates, each tokenized on its own and appended to the prompt (write a leading space "
+        "where the text needs one).",
+    )
+    relations: dict[str, Weight] | None = Field(
+        None, max_length=MAX_RELATIONS, description="Vector name → weight; empty or absent = unsteered."
+    )
+    layer: int | None = Field(None, ge=0, description="Put every vector at this layer instead of its own.")
+    scale: float = Field(1.0, allow_inf_nan=False, ge=-100.0, le=100.0, description="Multiplies the composite.")
+    positions: Literal["fv", "all"] = Field(
+        "fv", description="'fv': the prompt's last token and every continuation token; 'all': every token."
+    )
+
+    def to_input(self) -> ScoreInput:
+        return ScoreInput(self.prompt, list(self.continuations), dict(self.relations or {}), self.scale, self.layer,
+                          self.positions)
 
 
 class VectorList(BaseModel):

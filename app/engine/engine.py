@@ -31,7 +31,9 @@ from app.engine.stats import EngineStats, FinishRate
 from app.errors import FvsteerError, GatewayTimeout, NotReady, QueueFull
 from app.model.handle import ModelHandle
 from app.model.loading import LoadedModel
+from app.model.logprobs import picked_logprobs
 from app.model.steering import BatchSteering, stack_row_vectors, steered
+from app.model.tokens import TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class _Row:
     steering: dict[int, Tensor] | None = None  # layer → this row's composite
     norms: dict[int, float] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""
     batch_sizes: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -392,6 +395,9 @@ class Engine:
             params = row.request.params
             token = next_token(logits[offset + index], params.temperature, params.top_p, row.generator)
             row.tokens.append(token)
+            if params.logprobs is not None:
+                log_probs = torch.log_softmax(logits[offset + index].float(), dim=-1)
+                row.logprobs += picked_logprobs(log_probs[None], [token], params.logprobs)
             row.batch_sizes.append(batch_size)
             self.stats.tokens_generated += 1
             row.finish = self._finish_reason(row, token, now)
@@ -439,8 +445,10 @@ class Engine:
         now = time.monotonic()
         for row in self._rows:
             if row.finish is not None:
+                asked = row.request.params.logprobs is not None
                 result = GenerationResult(
-                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.norms
+                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.norms,
+                    tuple(row.logprobs) if asked else None,
                 )
                 self.stats.finished[row.finish] += 1
                 self._finish_rate.finished(now)

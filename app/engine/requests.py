@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from app.errors import InvalidInput
+from app.model.tokens import TokenLogprob
 
 T = TypeVar("T")
 FinishReason = Literal["stop", "length", "timeout", "cancelled"]
 Positions = Literal["fv", "all"]
 MAX_RELATIONS = 64
 MAX_ABS_WEIGHT = 1000.0
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: each generated token's log-probability and the k likeliest
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class GenerationResult:
     prompt_tokens: int
     batch_sizes: tuple[int, ...]
     steering_norms: dict[int, float] = field(default_factory=dict)
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when the params asked for them
 
     @property
     def completion_tokens(self) -> int:

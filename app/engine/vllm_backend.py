@@ -35,6 +35,7 @@ from app.engine.prompts import PromptEncoder
 from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult, settle
 from app.engine.stats import EngineStats, FinishRate
 from app.errors import FvsteerError, GatewayTimeout, InvalidInput, NotFound, NotReady, QueueFull
+from app.model.tokens import TokenLogprob
 from app.registry.registry import RegistryChange
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class _Row:
     request: GenerationRequest
     text: str = ""
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class VllmBackend:
@@ -280,6 +282,8 @@ class VllmBackend:
         piece = choice.get("text") or ""
         ids = choice.get("token_ids") or []
         row.tokens.extend(ids)
+        if row.request.params.logprobs is not None and choice.get("logprobs"):
+            row.logprobs += _logprobs(choice["logprobs"], row.request.params.logprobs)
         self.stats.tokens_generated += len(ids)
         if piece:
             row.text += piece
@@ -291,7 +295,9 @@ class VllmBackend:
     def _finish(self, row: _Row, reason: FinishReason, norms: dict[int, float] | None = None) -> None:
         self.stats.finished[reason] += 1
         self._finish_rate.finished(time.monotonic())
-        result = GenerationResult(row.text, row.tokens, reason, len(row.request.prompt_ids), (), norms or {})
+        asked = row.request.params.logprobs is not None
+        result = GenerationResult(row.text, row.tokens, reason, len(row.request.prompt_ids), (), norms or {},
+                                  tuple(row.logprobs) if asked else None)
         settle(row.request.future, result)
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
@@ -305,6 +311,9 @@ class VllmBackend:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.logprobs is not None:  # vLLM's are the model's own (raw_logprobs), as on the hf backend
+            body["logprobs"] = params.logprobs
+            body["return_tokens_as_token_ids"] = True
         spec = None if request.steering is None else self.spec(request.steering)
         if spec is not None and spec.entries:  # all weights zero: nothing to add, as on the hf backend
             body["vllm_xargs"] = {XARG: spec.dumps()}
@@ -396,6 +405,20 @@ def cache_salt(spec: SteeringSpec, prompt_len: int) -> str:
     (the same composite and positions policy, and with ``"fv"`` the same last prompt position)."""
     basis = spec.dumps() + (f"|{prompt_len}" if spec.positions == "fv" else "")
     return "fv-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
+
+
+def _token_id(token: str) -> int:
+    return int(token.removeprefix("token_id:"))
+
+
+def _logprobs(block: dict[str, Any], k: int) -> list[TokenLogprob]:
+    """vLLM's completion logprobs (tokens as ``token_id:N``; each position's map holds the sampled token and the k
+    likeliest) as one :class:`TokenLogprob` per token."""
+    out = []
+    for token, logprob, top in zip(block["tokens"], block["token_logprobs"], block["top_logprobs"], strict=True):
+        best = sorted(((_token_id(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])[:k]
+        out.append(TokenLogprob(_token_id(token), float(logprob), tuple(best)))
+    return out
 
 
 def _refusal(response: httpx.Response) -> FvsteerError:

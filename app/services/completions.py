@@ -50,7 +50,7 @@ class _Prepared:
     rows: list[GenerationRequest]
 
 
-async def _all_or_cancel(rows: list[GenerationRequest], futures: list[Future[T]]) -> list[T]:
+async def await_rows(rows: list[GenerationRequest], futures: list[Future[T]]) -> list[T]:
     """Await the rows' futures; if that is cancelled or one fails (e.g. the baseline waited too long), cancel every
     row so none decodes on for nobody."""
     try:
@@ -91,7 +91,7 @@ class CompletionService:
         return await self._finish(prepared)
 
     async def _finish(self, prepared: _Prepared) -> CompleteResponse:
-        results = await _all_or_cancel(prepared.rows, [row.future for row in prepared.rows])
+        results = await await_rows(prepared.rows, [row.future for row in prepared.rows])
         return self._response(prepared, results)
 
     async def stream(self, spec: CompletionInput) -> AsyncIterator[Event]:
@@ -107,7 +107,7 @@ class CompletionService:
         prepared.rows[0].on_text = hand_over
         self.backend.submit(prepared.rows)
         # Wait for the batch slot first: a queue-wait 504 is a plain response too, not an error event.
-        await _all_or_cancel(prepared.rows, [row.admitted for row in prepared.rows])
+        await await_rows(prepared.rows, [row.admitted for row in prepared.rows])
         return self._events(prepared, pieces)
 
     async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[str]) -> AsyncIterator[Event]:

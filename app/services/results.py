@@ -45,6 +45,32 @@ class CompleteResponse(BaseModel):
     usage: Usage
 
 
+class ScoredToken(BaseModel):
+    token: str = Field(description="The token as text.")
+    id: int = Field(description="Its id in the model's vocabulary.")
+    logprob: float = Field(description="log p(token | everything before it), steered as the request says.")
+
+
+class ContinuationScore(BaseModel):
+    continuation: str
+    logprob: float = Field(description="log p(continuation | prompt): the sum over its tokens.")
+    tokens: list[ScoredToken]
+    greedy: bool = Field(description="Every token is the model's most likely one at its position.")
+
+
+class ScoreUsage(BaseModel):
+    prompt_tokens: int
+    continuation_tokens: int = Field(description="Summed over the continuations.")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    scores: list[ContinuationScore] = Field(description="One per continuation, in the order given.")
+    best: int = Field(description="Index of the continuation with the highest log-probability.")
+    steering: Steering | None = Field(description="Absent exactly when the scoring ran unsteered.")
+    usage: ScoreUsage
+
+
 class TextPiece(BaseModel):
     """One ``token`` event of a streamed completion: the next piece of the text."""
 
@@ -170,6 +196,7 @@ class ErrorBody(BaseModel):
     type: str
     message: str
     param: str | None
+    code: str | None = None
 
 
 class ErrorEnvelope(BaseModel):

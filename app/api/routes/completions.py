@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.disconnect import unless_disconnected
-from app.api.errors import ERROR_RESPONSES, INTERNAL_ERROR_MESSAGE
+from app.api.errors import ERROR_RESPONSES, INTERNAL_ERROR
 from app.api.routes.deps import services
 from app.api.schemas import CompleteRequest, CompleteResponse, ErrorEnvelope
 from app.errors import FvsteerError
@@ -50,5 +50,4 @@ async def _server_sent(events: AsyncIterator[Event]) -> AsyncIterator[str]:
         yield f"event: error\ndata: {json.dumps(exc.envelope())}\n\n"
     except Exception:
         log.exception("streamed completion failed")
-        error = {"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE, "param": None}}
-        yield f"event: error\ndata: {json.dumps(error)}\n\n"
+        yield f"event: error\ndata: {json.dumps(INTERNAL_ERROR)}\n\n"

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible surface: wire format, model ids, serving."""
