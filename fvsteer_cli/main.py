@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from fvsteer_client import DEFAULT_BASE_URL, APIConnectionError, APIError, InvalidPairsError, RateLimitError
 
-from fvsteer_cli import jobs, local, remote, vectors
+from fvsteer_cli import jobs, local, presets, remote, vectors
 from fvsteer_cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, err
 from fvsteer_cli.parsing import Handler
 
@@ -31,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    # the order of --help: serving first, then the registry, completions, jobs, evaluation and analogies
+    # the order of --help: serving first, then the registry and presets, completions and scores, jobs, evaluation
+    # and analogies
     local.add_serve_parser(commands)
     vectors.add_vectors_parser(commands)
+    presets.add_presets_parser(commands)
     remote.add_complete_parser(commands)
+    remote.add_score_parser(commands)
     jobs.add_jobs_parsers(commands)
     vectors.add_eval_parser(commands)
     remote.add_analogy_parser(commands)
@@ -43,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse, and refuse a relation given twice to ``complete`` (its weights would silently overwrite)."""
+    """Parse, and refuse a relation given twice to ``complete``, ``score`` or ``presets put`` (its weights would
+    silently overwrite)."""
     args = parser.parse_args(argv)
     relations: list[tuple[str, float]] = getattr(args, "relations", None) or []
     names = [name for name, _ in relations]

@@ -1,6 +1,7 @@
 """Parser pieces more than one command shares, and the bridge from parsed arguments to the SDK's options.
 
-``extract`` and ``finetune`` take the same pairs source and the same waiting flags; their options reach the SDK
+``complete``, ``score`` and ``presets put`` take the same steering flags; ``extract`` and ``finetune`` take the same
+pairs source and the same waiting flags; their options reach the SDK
 under the names of its TypedDicts, so that an option is spelled once (as a flag) and not again in a dict.
 """
 
@@ -39,6 +40,19 @@ def layer_choice(text: str) -> int | Literal["auto"]:
     if layer < 0:
         raise argparse.ArgumentTypeError(f"layer must be 0 or more, got {layer}")
     return layer
+
+
+def add_steering_flags(parser: argparse.ArgumentParser, *, relations_required: bool = False) -> None:
+    """``--relation NAME=WEIGHT`` (repeatable), ``--layer``, ``--scale`` and ``--positions``: the steering of a
+    completion, a score or a preset. Unset flags stay None, so the server's (or the SDK's) defaults apply."""
+    parser.add_argument(
+        "--relation", action="append", type=relation_weight, dest="relations", metavar="NAME=WEIGHT",
+        required=relations_required,
+        help="steer with this vector (repeat to compose; weight defaults to 1, may be negative)",
+    )
+    parser.add_argument("--layer", type=int, help="add every vector at this layer instead of its own")
+    parser.add_argument("--scale", type=float, help="multiplies the whole composite vector")
+    parser.add_argument("--positions", choices=["fv", "all"], help="fv: last prompt token on; all: every token")
 
 
 def add_pairs_source(parser: argparse.ArgumentParser) -> None:

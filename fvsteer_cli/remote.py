@@ -1,5 +1,6 @@
 """Commands that talk to a running server through the SDK: the connection every one of them opens, and the
-single-request commands ``complete`` and ``analogy``. ``vectors.py`` and ``jobs.py`` hold the other remote commands.
+single-request commands ``complete``, ``score`` and ``analogy``. ``vectors.py``, ``presets.py`` and ``jobs.py`` hold
+the other remote commands.
 
 Nothing here imports the server: the SDK speaks the HTTP API, so the CLI starts fast and uses its names.
 """
@@ -7,15 +8,16 @@ Nothing here imports the server: the SDK speaks the HTTP API, so the CLI starts 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from fvsteer_client import Client, Completion, CompletionOptions
+from fvsteer_client import Client, Completion, CompletionOptions, Score, Steering
 from pydantic import BaseModel
 
-from fvsteer_cli.output import EXIT_OK, dump_json, err, out, table
-from fvsteer_cli.parsing import Subcommands, relation_weight
+from fvsteer_cli.output import EXIT_OK, dump_json, err, fmt_norm, out, table
+from fvsteer_cli.parsing import Subcommands, add_steering_flags
 
 
 def connect(args: argparse.Namespace) -> Client:
@@ -98,6 +100,42 @@ def _stream_completion(args: argparse.Namespace, prompt: str) -> int:
     return EXIT_OK
 
 
+def _steering_text(steering: Steering | None) -> str:
+    """``steered: a=1, b=-0.5; layer 2 norm 3.21`` (what the server applied), or ``unsteered``."""
+    if steering is None:
+        return "unsteered"
+    relations = ", ".join(f"{name}={weight:g}" for name, weight in steering.relations.items())
+    layers = ", ".join(f"layer {layer} norm {fmt_norm(applied.norm)}"
+                       for layer, applied in sorted(steering.layers.items()))
+    return f"steered: {relations}; {layers}" if layers else f"steered: {relations}"
+
+
+def _score_table(score: Score) -> str:
+    """One line per continuation, most likely first and marked ``*``: total log-prob, the continuation, and each
+    token's log-prob (texts as JSON strings, so that leading spaces and newlines stay visible)."""
+    rows = []
+    for index, scored in score.ranked():
+        tokens = " ".join(f"{json.dumps(t.token, ensure_ascii=False)}:{t.logprob:.3f}" for t in scored.tokens)
+        rows.append(["*" if index == score.best else "", f"{scored.logprob:.3f}",
+                     json.dumps(scored.continuation, ensure_ascii=False), tokens])
+    return table(["", "LOGPROB", "CONTINUATION", "TOKENS"], rows)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    with connect(args) as client:
+        score = client.score(
+            prompt, args.continuations, relations=dict(args.relations) if args.relations else None,
+            scale=1.0 if args.scale is None else args.scale, layer=args.layer, positions=args.positions or "fv",
+        )
+    if args.json:
+        dump_json(score)
+        return EXIT_OK
+    out(_score_table(score))
+    err(f"{_steering_text(score.steering)}; {score.usage.prompt_tokens} prompt tokens")
+    return EXIT_OK
+
+
 def _cmd_analogy(args: argparse.Namespace) -> int:
     with connect(args) as client:
         result = client.analogy(args.a, args.b, args.c, choices=args.choices, max_new_tokens=args.max_new_tokens)
@@ -118,13 +156,7 @@ def add_complete_parser(commands: Subcommands) -> None:
     """``complete PROMPT``: one (steered) completion, printed, streamed or as JSON."""
     complete = commands.add_parser("complete", help="a (steered) completion")
     complete.add_argument("prompt", help="the prompt; '-' reads it from stdin")
-    complete.add_argument(
-        "--relation", action="append", type=relation_weight, dest="relations", metavar="NAME=WEIGHT",
-        help="steer with this vector (repeat to compose; weight defaults to 1, may be negative)",
-    )
-    complete.add_argument("--layer", type=int, help="add every vector at this layer instead of its own")
-    complete.add_argument("--scale", type=float, help="multiplies the whole composite vector")
-    complete.add_argument("--positions", choices=["fv", "all"], help="fv: last prompt token on; all: every token")
+    add_steering_flags(complete)
     complete.add_argument("--max-new-tokens", type=int)
     complete.add_argument("--temperature", type=float, help="0 = greedy")
     complete.add_argument("--top-p", type=float)
@@ -150,3 +182,14 @@ def add_analogy_parser(commands: Subcommands) -> None:
     analogy.add_argument("--top", type=int, default=5, help="relations shown (largest weights)")
     analogy.add_argument("--json", action="store_true", help="print the whole response as JSON")
     analogy.set_defaults(handler=_cmd_analogy)
+
+
+def add_score_parser(commands: Subcommands) -> None:
+    """``score PROMPT CONTINUATION…``: log p(continuation | prompt) of each, steered or not."""
+    score = commands.add_parser("score", help="log-probabilities of candidate continuations (steered or not)")
+    score.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    score.add_argument("continuations", nargs="+", metavar="CONTINUATION",
+                       help="candidates (1-32), each appended to the prompt as is: quote a leading space (' cold')")
+    add_steering_flags(score)
+    score.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    score.set_defaults(handler=_cmd_score)

@@ -22,6 +22,8 @@ PUBLIC_ROUTES = {
     "/vectors/{name}/evaluate",
     "/vectors/{name}/decode", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz", "/readyz", "/metrics",
     "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/score", "/v1/models", "/v1/models/{model_id}", "/v1/completions", "/v1/chat/completions", "/tokenize",
+    "/detokenize", "/tokenizer_info",
 }
 
 
@@ -44,7 +46,7 @@ def complete(server: LiveServer, **body: object) -> httpx.Response:
 def assert_envelope(response: httpx.Response, status: int, param: str | None = None) -> dict[str, str]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"type", "message", "param"}
+    assert set(error) == {"type", "message", "param", "code"}
     assert error["message"]
     if param is not None:
         assert error["param"] == param, error

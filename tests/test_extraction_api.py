@@ -107,7 +107,7 @@ def complete(server: LiveServer, **body: Any) -> httpx.Response:
 def assert_envelope(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error: dict[str, Any] = response.json()["error"]
-    assert set(error) == {"type", "message", "param"} and error["message"]
+    assert set(error) == {"type", "message", "param", "code"} and error["message"]
     if param is not None and param.endswith("*"):
         assert str(error["param"]).startswith(param[:-1]), error
     elif param is not None:

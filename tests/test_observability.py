@@ -107,7 +107,7 @@ def test_a_bug_still_answers_the_envelope_with_the_request_id() -> None:
         access_log.removeHandler(handler)
     assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
     assert response.json() == {"error": {"type": "internal_error", "message": "internal error; see the server log",
-                                         "param": None}}
+                                         "param": None, "code": None}}
     (line,) = lines
     entry = json.loads(line)
     assert entry["request_id"] == "bug-1" and "ZeroDivisionError" in entry["exception"]

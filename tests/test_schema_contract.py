@@ -5,13 +5,16 @@ two from drifting apart; the leniency the SDK has on purpose is written down in 
 from __future__ import annotations
 
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import fvsteer_client.models as sdk
 import pytest
+from fvsteer_client.errors import APIError, error_from_envelope
 from pydantic import BaseModel
 
+import app.api.routes.presets as preset_routes
 import app.api.schemas as server
+import app.services.presets as presets
 import app.services.results as results
 
 # server model → SDK model: every response body the server sends, and every model nested in one.
@@ -41,7 +44,16 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (results.DecodedToken, sdk.DecodedToken),
     (server.DecodedVector, sdk.DecodedVector),
     (server.AnalogyResponse, sdk.Analogy),
+    (server.ScoreResponse, sdk.Score),
+    (results.ContinuationScore, sdk.ContinuationScore),
+    (results.ScoredToken, sdk.ScoredToken),
+    (results.ScoreUsage, sdk.ScoreUsage),
+    (presets.PresetView, sdk.Preset),
+    (preset_routes.PresetList, sdk.PresetListing),
 ]
+
+# Response bodies defined beside their routes rather than in app.api.schemas: checked for unpaired nested models too.
+ROUTE_RESPONSES: list[type[BaseModel]] = [preset_routes.PresetList]
 
 # Bodies the SDK reads without a model of the same shape, and why.
 UNPAIRED = {
@@ -83,6 +95,8 @@ def shape(annotation: Any) -> Any:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         return frozenset(shape(arg) for arg in get_args(annotation))
+    if origin is Annotated:  # constraints (ge, le, …) are the server's to enforce on input; a reader needs the type
+        return shape(get_args(annotation)[0])
     if origin is Literal:
         return ("literal", frozenset(get_args(annotation)))
     if origin is not None:
@@ -143,6 +157,8 @@ def test_every_response_model_is_paired_or_explained() -> None:
         if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel \
                 and not issubclass(value, server.Strict):
             visit(value)
+    for model in ROUTE_RESPONSES:
+        visit(model)
     unexplained = {model.__name__ for model in reachable - set(SDK_OF) - set(UNPAIRED)}
     assert unexplained == set()
 
@@ -160,3 +176,12 @@ def test_a_renamed_field_is_caught() -> None:
     found = differences(renamed, sdk.Completion)
     assert "Completion.text: the SDK expects it, the server never sends it" in found
     assert "Completion.output: the server sends it, the SDK has no such field" in found
+
+
+def test_typed_exceptions_expose_every_error_field() -> None:
+    """The envelope's body is not mirrored by a model (UNPAIRED): each of its fields is an attribute of APIError."""
+    body = {name: f"value-{name}" for name in server.ErrorBody.model_fields}
+    body["type"] = "not_found"
+    exc = error_from_envelope({"error": body})
+    assert {name: getattr(exc, name) for name in body} == body
+    assert isinstance(exc, APIError)

@@ -59,7 +59,7 @@ def test_odd_names_are_refused_everywhere(live_server: LiveServer, name: str) ->
     before = files(live_server.vectors_dir.parent)
     for response in name_requests(live_server, name):
         assert response.status_code in (404, 405, 422), (response.request.method, response.request.url, response.text)
-        assert set(response.json()["error"]) == {"type", "message", "param"}
+        assert set(response.json()["error"]) == {"type", "message", "param", "code"}
     assert files(live_server.vectors_dir.parent) == before  # nothing written, nothing deleted, nothing escaped
 
 

@@ -38,7 +38,7 @@ class JobCancelled(Exception):
 
 
 def _interrupted(why: str) -> dict[str, Any]:
-    return {"type": "interrupted", "param": None,
+    return {"type": "interrupted", "param": None, "code": None,
             "message": f"the server {why} while this job was queued or running; submit it again"}
 
 
@@ -213,6 +213,6 @@ class JobManager:
                 log.exception("job %s failed", job.id)
                 self._update(job, state="failed", phase="failed",
                              error={"type": "internal_error", "message": f"{type(exc).__name__}: {exc}",
-                                    "param": None})
+                                    "param": None, "code": None})
             else:
                 self._update(job, state="succeeded", phase="done", progress=1.0, result=result)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import TypeAdapter, ValidationError
@@ -25,7 +25,10 @@ from fvsteer_client.models import (
     Evaluation,
     Health,
     Job,
+    Preset,
+    PresetListing,
     Readiness,
+    Score,
     VectorInfo,
     VectorMetadata,
     VectorSummary,
@@ -100,6 +103,18 @@ def _complete_call(prompt: str, options: Mapping[str, Any], stream: bool = False
         body["stream"] = True
         return _Call("POST", "/complete", Completion.model_validate, json=body, accept=EVENT_STREAM)
     return _Call("POST", "/complete", Completion.model_validate, json=body)
+
+
+def _score_call(prompt: str, continuations: str | Sequence[str], relations: Mapping[str, float] | None,
+                scale: float, layer: int | None, positions: Literal["fv", "all"]) -> _Call[Score]:
+    """A single string is one continuation (not a sequence of one-character ones)."""
+    texts = [continuations] if isinstance(continuations, str) else list(continuations)
+    body: dict[str, Any] = {"prompt": prompt, "continuations": texts, "scale": scale, "positions": positions}
+    if relations is not None:
+        body["relations"] = dict(relations)
+    if layer is not None:
+        body["layer"] = layer
+    return _Call("POST", "/score", Score.model_validate, json=body)
 
 
 def _list_vectors_call() -> _Call[list[VectorSummary]]:
@@ -179,6 +194,25 @@ def _upload_call(source: VectorSource, name: str, layer: int, relation: str | No
 
 def _delete_call(name: str) -> _Call[DeletedVector]:
     return _Call("DELETE", f"/admin/vectors/{_segment(name)}", DeletedVector.model_validate, admin=True)
+
+
+def _list_presets_call() -> _Call[list[Preset]]:
+    return _Call("GET", "/admin/presets", lambda body: PresetListing.model_validate(body).presets, admin=True)
+
+
+def _put_preset_call(name: str, relations: Mapping[str, float], scale: float, layer: int | None,
+                     positions: Literal["fv", "all"], description: str | None) -> _Call[Preset]:
+    """A PUT replaces the whole preset: what is not given here takes the server's default, not the old value."""
+    body: dict[str, Any] = {"relations": dict(relations), "scale": scale, "positions": positions}
+    if layer is not None:
+        body["layer"] = layer
+    if description is not None:
+        body["description"] = description
+    return _Call("PUT", f"/admin/presets/{_segment(name)}", Preset.model_validate, json=body, admin=True)
+
+
+def _delete_preset_call(name: str) -> _Call[DeletedVector]:
+    return _Call("DELETE", f"/admin/presets/{_segment(name)}", DeletedVector.model_validate, admin=True)
 
 
 def _parse(call: _Call[T], status_code: int, load: Callable[[], Any]) -> T:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import aclosing, closing, contextmanager
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, Unpack, overload
@@ -24,15 +24,19 @@ from fvsteer_client._calls import (
     _complete_call,
     _decode_call,
     _delete_call,
+    _delete_preset_call,
     _evaluate_call,
     _extract_call,
     _finetune_call,
     _get_job_call,
     _get_vector_call,
     _health_call,
+    _list_presets_call,
     _list_vectors_call,
     _parse,
+    _put_preset_call,
     _ready_call,
+    _score_call,
     _upload_call,
 )
 from fvsteer_client._sse import _CompletionStream, _JobStream, _LineParser, _Waiter
@@ -47,7 +51,9 @@ from fvsteer_client.models import (
     Evaluation,
     Health,
     Job,
+    Preset,
     Readiness,
+    Score,
     VectorInfo,
     VectorMetadata,
     VectorSummary,
@@ -272,6 +278,21 @@ class Client(_BaseClient):
         bank; with ``choices`` the best-scoring one is the answer, else it is generated."""
         return self._send(_analogy_call(a, b, c, choices, max_new_tokens))
 
+    def score(self, prompt: str, continuations: str | Sequence[str], *,
+              relations: Mapping[str, float] | None = None, scale: float = 1.0, layer: int | None = None,
+              positions: Literal["fv", "all"] = "fv") -> Score:
+        """``POST /score``: ``log p(continuation | prompt)`` of each continuation (1–32; a single string is one),
+        steered by ``relations={name: weight}`` as ``complete`` would steer generating it, or unsteered without.
+
+        Each continuation is tokenized on its own and appended to the prompt, so write the leading space where the
+        text needs one (``" cold"``). ``score.best`` is the index of the most likely continuation, each
+        ``score.scores[i].tokens`` holds the per-token log-probabilities they sum. ``positions="fv"`` adds the
+        vector at the prompt's last token and every continuation token, ``"all"`` at every token. Errors:
+        ``NotFoundError`` (unknown vector, ``param`` ``relations.<name>``), ``InvalidRequestError`` (too many
+        continuations, a layer the model lacks, a prompt over the server's limit).
+        """
+        return self._send(_score_call(prompt, continuations, relations, scale, layer, positions))
+
     def decode_vector(self, name: str, k: int = 10) -> DecodedVector:
         """``GET /vectors/{name}/decode``: the ``k`` tokens the vector promotes most (logit lens)."""
         return self._send(_decode_call(name, k))
@@ -329,6 +350,22 @@ class Admin(_BaseAdmin[Client]):
     def delete_vector(self, name: str) -> DeletedVector:
         """``DELETE /admin/vectors/{name}``."""
         return self._client._send(_delete_call(name))
+
+    def list_presets(self) -> list[Preset]:
+        """``GET /admin/presets``: every steering preset by name, each with ``status`` (``"broken"`` while vectors
+        it names, ``missing``, are gone from the registry)."""
+        return self._client._send(_list_presets_call())
+
+    def put_preset(self, name: str, relations: Mapping[str, float], *, scale: float = 1.0, layer: int | None = None,
+                   positions: Literal["fv", "all"] = "fv", description: str | None = None) -> Preset:
+        """``PUT /admin/presets/{name}``: save (or replace, keeping its ``created``) the preset ``name`` — usable as
+        a model id — steering with ``relations={vector: weight}``. A replacement takes exactly what is given here.
+        Every vector must exist (``NotFoundError``, ``param`` ``relations.<name>``)."""
+        return self._client._send(_put_preset_call(name, relations, scale, layer, positions, description))
+
+    def delete_preset(self, name: str) -> DeletedVector:
+        """``DELETE /admin/presets/{name}``; the vectors it names stay. ``NotFoundError`` for an unknown preset."""
+        return self._client._send(_delete_preset_call(name))
 
 
 class AsyncClient(_BaseClient):
@@ -421,6 +458,12 @@ class AsyncClient(_BaseClient):
         """See ``Client.analogy``."""
         return await self._send(_analogy_call(a, b, c, choices, max_new_tokens))
 
+    async def score(self, prompt: str, continuations: str | Sequence[str], *,
+                    relations: Mapping[str, float] | None = None, scale: float = 1.0, layer: int | None = None,
+                    positions: Literal["fv", "all"] = "fv") -> Score:
+        """See ``Client.score``."""
+        return await self._send(_score_call(prompt, continuations, relations, scale, layer, positions))
+
     async def decode_vector(self, name: str, k: int = 10) -> DecodedVector:
         """See ``Client.decode_vector``."""
         return await self._send(_decode_call(name, k))
@@ -468,3 +511,17 @@ class AsyncAdmin(_BaseAdmin[AsyncClient]):
     async def delete_vector(self, name: str) -> DeletedVector:
         """See ``Admin.delete_vector``."""
         return await self._client._send(_delete_call(name))
+
+    async def list_presets(self) -> list[Preset]:
+        """See ``Admin.list_presets``."""
+        return await self._client._send(_list_presets_call())
+
+    async def put_preset(self, name: str, relations: Mapping[str, float], *, scale: float = 1.0,
+                         layer: int | None = None, positions: Literal["fv", "all"] = "fv",
+                         description: str | None = None) -> Preset:
+        """See ``Admin.put_preset``."""
+        return await self._client._send(_put_preset_call(name, relations, scale, layer, positions, description))
+
+    async def delete_preset(self, name: str) -> DeletedVector:
+        """See ``Admin.delete_preset``."""
+        return await self._client._send(_delete_preset_call(name))

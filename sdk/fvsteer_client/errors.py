@@ -30,7 +30,12 @@ class APITimeoutError(APIConnectionError):
 
 
 class APIError(FvsteerClientError):
-    """The server answered with a non-2xx status (or a 2xx body this client cannot read)."""
+    """The server answered with a non-2xx status (or a 2xx body this client cannot read).
+
+    ``type``, ``message``, ``param`` and ``code`` are the envelope's fields: ``param`` names the offending field
+    (``relations.<name>``, ``continuations``), ``code`` is a finer machine-readable reason where the server gives
+    one (OpenAI's ``code``, e.g. ``model_not_found``), else None.
+    """
 
     def __init__(
         self,
@@ -39,6 +44,7 @@ class APIError(FvsteerClientError):
         status_code: int,
         type: str,
         param: str | None = None,
+        code: str | None = None,
         envelope: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{status_code} {type}: {message}")
@@ -46,6 +52,7 @@ class APIError(FvsteerClientError):
         self.status_code = status_code
         self.type = type
         self.param = param
+        self.code = code
         self.envelope: dict[str, Any] = envelope if envelope is not None else {}
 
 
@@ -106,16 +113,16 @@ class InvalidPairsError(FvsteerClientError, ValueError):
 
 
 class JobFailedError(FvsteerClientError):
-    """A job that was waited for ended ``failed``: ``job`` is its final state, ``type``/``message``/``param``
-    the server's error for it (``job.error``)."""
+    """A job that was waited for ended ``failed``: ``job`` is its final state, ``type``/``message``/``param``/
+    ``code`` the server's error for it (``job.error``)."""
 
     def __init__(self, job: Job) -> None:
         error = job.error or {}
         self.job = job
         self.type = str(error.get("type") or "job_failed")
         self.message = str(error.get("message") or f"job {job.id} failed")
-        param = error.get("param")
-        self.param = None if param is None else str(param)
+        self.param = _optional_str(error.get("param"))
+        self.code = _optional_str(error.get("code"))
         super().__init__(f"job {job.id} failed: {self.type}: {self.message}")
 
 
@@ -156,6 +163,10 @@ _DEFAULT_TYPE: dict[int, str] = {
     503: "not_ready",
     504: "timeout",
 }
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _error_class(status: int) -> type[APIError]:
@@ -202,12 +213,12 @@ def error_from_envelope(envelope: dict[str, Any]) -> APIError:
     error = error if isinstance(error, dict) else {}
     type_ = str(error.get("type") or "internal_error")
     status = _STATUS_BY_TYPE.get(type_, 500)
-    param = error.get("param")
     return _error_class(status)(
         str(error.get("message") or type_),
         status_code=status,
         type=type_,
-        param=None if param is None else str(param),
+        param=_optional_str(error.get("param")),
+        code=_optional_str(error.get("code")),
         envelope=envelope,
     )
 
@@ -220,17 +231,18 @@ def error_from_response(response: httpx.Response) -> APIError:
         error = envelope["error"]
         message = str(error.get("message") or response.reason_phrase or "error")
         type_ = str(error.get("type") or _DEFAULT_TYPE.get(status, "http_error"))
-        param = error.get("param")
-        param = None if param is None else str(param)
+        param = _optional_str(error.get("param"))
+        code = _optional_str(error.get("code"))
     else:
         text = response.text.strip()
         message = text[:2000] if text else (response.reason_phrase or f"HTTP {status}")
         type_ = _DEFAULT_TYPE.get(status, "internal_error" if status >= 500 else "http_error")
-        param = None
+        param = code = None
     kwargs: dict[str, Any] = {
         "status_code": status,
         "type": type_,
         "param": param,
+        "code": code,
         "envelope": envelope if envelope is not None else {},
     }
     cls = _error_class(status)

@@ -5,6 +5,7 @@ Every model ignores fields it does not know, so an older client keeps working ag
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -125,6 +126,8 @@ class AdminVectorListing(_Model):
 
 
 class DeletedVector(_Model):
+    """What a delete route removed: ``{"deleted": name}`` (a vector, or a preset)."""
+
     deleted: str
 
 
@@ -150,7 +153,7 @@ class Job(_Model):
     ``state`` is one of ``queued | running | succeeded | failed | cancelled``; ``progress`` is in [0, 1];
     ``detail`` holds the phase's figures (a fine-tuning epoch: ``epoch``, ``loss``, ``holdout_top1``);
     ``result`` is set once it ``succeeded`` (``result["vector"]`` names the vector it saved), ``error``
-    (``{"type", "message", "param"}``) once it ``failed``.
+    (``{"type", "message", "param", "code"}``) once it ``failed``.
     """
 
     id: str
@@ -323,3 +326,71 @@ class DecodedVector(_Model):
     name: str
     layer: int
     tokens: list[DecodedToken]
+
+
+class ScoredToken(_Model):
+    """One token of a scored continuation: its text, its vocabulary id, and ``log p(token | all before it)``."""
+
+    token: str
+    id: int
+    logprob: float
+
+
+class ContinuationScore(_Model):
+    """``log p(continuation | prompt)`` (``logprob``, the sum over ``tokens``); ``greedy`` says every token is the
+    model's most likely one at its position."""
+
+    continuation: str
+    logprob: float
+    tokens: list[ScoredToken]
+    greedy: bool
+
+
+class ScoreUsage(_Model):
+    """Tokens of the prompt, and of the continuations summed."""
+
+    prompt_tokens: int
+    continuation_tokens: int
+
+
+class Score(_Model):
+    """``POST /score``: one ``ContinuationScore`` per continuation, in the order given; ``best`` is the index of the
+    most likely one. ``steering`` is None exactly when the scoring ran unsteered."""
+
+    model: str
+    scores: list[ContinuationScore]
+    best: int
+    steering: Steering | None
+    usage: ScoreUsage
+
+    @property
+    def best_score(self) -> ContinuationScore:
+        """The score of the most likely continuation (``scores[best]``)."""
+        return self.scores[self.best]
+
+    def ranked(self) -> list[tuple[int, ContinuationScore]]:
+        """``(index, score)`` of every continuation, most likely first (ties keep the order given)."""
+        return sorted(enumerate(self.scores), key=lambda item: -item[1].logprob)
+
+
+class Preset(_Model):
+    """A steering preset (``GET /admin/presets``, ``PUT /admin/presets/{name}``): relation weights, scale, layer and
+    positions saved under ``name``, usable as a model id. ``status`` is ``"broken"`` while vectors it names
+    (``missing``) are gone from the registry; it is refused until they are back."""
+
+    name: str
+    relations: dict[str, float]
+    scale: float
+    layer: int | None = None
+    positions: Literal["fv", "all"]
+    description: str | None = None
+    created: datetime
+    updated: datetime
+    status: Literal["ok", "broken"]
+    missing: list[str]
+
+
+class PresetListing(_Model):
+    """``GET /admin/presets``: every preset, by name (``admin.list_presets()`` returns the list inside)."""
+
+    presets: list[Preset]
