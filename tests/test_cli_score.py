@@ -139,7 +139,7 @@ def test_presets_put_list_delete(live_server: LiveServer, vector: str, capsys: p
     code, out, err = run(capsys, *admin_args(live_server), "presets", "put", name, "--relation", f"{vector}=1.5",
                          "--scale", "2", "--positions", "all", "--description", "warm, not cold")
     assert code == 0, err
-    saved = dict(line.split(None, 1) if " " in line else (line, "") for line in out.splitlines())
+    saved = {key: value.strip() for key, _, value in (line.partition(" ") for line in out.splitlines())}
     assert saved["created"] == name
     assert (saved["relations"], saved["scale"], saved["layer"], saved["positions"], saved["status"]) == (
         f"{vector}=1.5", "2", "own", "all", "ok")
