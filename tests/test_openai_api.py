@@ -314,3 +314,24 @@ def test_not_ready_is_a_503_with_retry_after(tmp_path: Path) -> None:
         assert error.body == {"type": "not_ready", "message": "the engine failed: test", "param": None, "code": None}
     finally:
         harness.runtime.stop()
+
+
+def test_tokenizer_routes_round_trip(live_server: LiveServer) -> None:
+    url = live_server.url
+    tokens = httpx.post(f"{url}/tokenize", json={"prompt": PROMPT}).json()
+    assert tokens["count"] == len(tokens["tokens"]) > 0
+    assert httpx.post(f"{url}/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": PROMPT}
+    info = httpx.get(f"{url}/tokenizer_info").json()
+    assert info["eos_token"] == "</s>" and info["chat_template"] is None  # the tiny tokenizer has none
+    refused = httpx.post(f"{url}/detokenize", json={"tokens": [10**9]})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "tokens"
+
+
+def test_input_with_lone_surrogates_gets_a_4xx_not_a_500(live_server: LiveServer) -> None:
+    body = '{"prompt": "x", "relations": {"\\ud800": 1}}'
+    for path in ("/complete", "/score"):
+        extra = ', "continuations": [" y"]}' if path == "/score" else "}"
+        response = httpx.post(f"{live_server.url}{path}", content=body[:-1] + extra,
+                              headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["error"]["param"].startswith("relations.")

@@ -34,9 +34,15 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+def _printable(text: str | None) -> str | None:
+    """Input echoed in an error (a name, a field) may hold lone surrogates, which UTF-8 cannot carry: escape them,
+    or the error itself would fail to encode and become a 500."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def envelope(status: int, type_: str, message: str, param: str | None = None, code: str | None = None,
              **headers: str) -> JSONResponse:
-    body = {"error": {"type": type_, "message": message, "param": param, "code": code}}
+    body = {"error": {"type": type_, "message": _printable(message), "param": _printable(param), "code": code}}
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 

@@ -37,7 +37,7 @@ Weight = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_WEIGHT, le=MAX_
 class PresetSpec(BaseModel):
     """What an admin sends to save a preset: the steering of a completion request, minus the prompt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types exactly: no "1" for 1, no false for 0.0
 
     relations: dict[str, Weight] = Field(
         min_length=1, max_length=MAX_RELATIONS,
