@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,22 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import AutoTokenizer
 
 from tests.conftest import ROOT, LiveServer, start_server, stop_server
 from tests.tiny_models import ARCH_CONFIGS
 
 LLAMA: dict[str, Any] = ARCH_CONFIGS["llama"]
 MAX_EXAMPLES = 50  # per route and phase
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,negative_data_rejection")
 
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[LiveServer]:
-    """A server of its own: the fuzzer uploads and deletes vectors and starts jobs."""
+    """A server of its own: the fuzzer uploads and deletes vectors and starts jobs. Its tokenizer gets a chat
+    template, so that chat completions are fuzzed past the template check."""
     tmp = tmp_path_factory.mktemp("fuzz")
+    model_dir = tmp / tiny_llama_dir.name  # the same name: the served model id stays "tiny-llama"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
     server = start_server(
-        tmp, str(tiny_llama_dir), admin_token=secrets.token_hex(16), d_model=int(LLAMA["hidden_size"]),
+        tmp, str(model_dir), admin_token=secrets.token_hex(16), d_model=int(LLAMA["hidden_size"]),
         n_layers=int(LLAMA["num_hidden_layers"]),
         extra_env={"FVSTEER_MAX_NEW_TOKENS": "16", "FVSTEER_MAX_PROMPT_TOKENS": "64",
                    "FVSTEER_JOBS_DIR": str(tmp / "jobs")},
