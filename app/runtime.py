@@ -18,11 +18,15 @@ from app.engine.requests import GenerationRequest, SamplingParams
 from app.engine.vllm_backend import VllmBackend
 from app.engine.vllm_server import ManagedVllm, VllmLaunch
 from app.errors import NotReady
+from app.jobs.local import LocalJobs
 from app.jobs.manager import JobManager
+from app.jobs.queue import Jobs
+from app.jobs.redis_jobs import RedisJobs
 from app.model.runner import ModelRunner
 from app.openai.model_ids import ModelIds
 from app.openai.serving import OpenAIServing
 from app.registry.registry import VectorRegistry
+from app.registry.vector_file import read_vector_file
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
 from app.services.presets import PresetStore
@@ -47,7 +51,7 @@ class Services:
     completions: CompletionService
     vectors: VectorService
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
-    jobs: JobManager
+    jobs: Jobs
     analogies: AnalogyService
     presets: PresetStore
     scoring: ScoringService
@@ -161,15 +165,15 @@ class Runtime:
             engine.start()
             self._engine = engine
             backend: GenerationBackend = engine
-            if settings.backend == "vllm":
+            if settings.backend == "vllm" and settings.role != "worker":  # a worker generates nothing
                 backend = self._start_vllm(bundle, engine)
             self._warm_up(backend)
             completions = CompletionService(
                 backend, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
             )
-            jobs = JobManager(settings.jobs_dir or settings.cache_dir / "jobs")
-            jobs.start()
+            jobs = self._jobs(bundle.registry)
             vectors = VectorService(engine, bundle.registry, bundle.cache, jobs)
+            jobs.start()
         except Exception as exc:
             log.exception("model %s failed to load", settings.model)
             self.error = str(exc)
@@ -186,6 +190,17 @@ class Runtime:
         self.state = "ready"
         log.info("ready in %.1f s: %s on the %s backend, %d vectors", time.monotonic() - started, bundle.model.name,
                  settings.backend, len(bundle.registry.list()))
+
+    def _jobs(self, registry: VectorRegistry) -> Jobs:
+        """In this process (role ``all``), or through Redis (``api`` submits, ``worker`` runs)."""
+        settings = self.settings
+        if settings.role == "all":
+            return LocalJobs(JobManager(settings.jobs_dir or settings.cache_dir / "jobs"),
+                             name_exists=lambda name: saved_by(registry, name) is not None)
+        if settings.redis_url is None:
+            raise RuntimeError(f"FVSTEER_ROLE={settings.role} needs FVSTEER_REDIS_URL (the job queue)")
+        return RedisJobs(settings.redis_url, registry.model.slug, heartbeat_s=settings.job_heartbeat_s,
+                         run_jobs=settings.role == "worker", saved_by=lambda name: saved_by(registry, name))
 
     def _start_vllm(self, bundle: ModelBundle, engine: Engine) -> VllmBackend:
         """The vLLM backend: a server fvsteer starts (or the one at ``FVSTEER_VLLM_URL``), answering health."""
@@ -220,3 +235,15 @@ class Runtime:
         request = GenerationRequest(backend.encode("Hello", 2), SamplingParams(max_new_tokens=2))
         backend.submit([request])
         request.future.result(timeout=300)
+
+
+def saved_by(registry: VectorRegistry, name: str) -> str | None:
+    """The job that saved the vector ``name`` ("" if none did), None when there is no such vector — read from the
+    shared folder itself, which another process may have written a moment ago."""
+    path = registry.folder / f"{name}.safetensors"
+    try:
+        return read_vector_file(path).metadata.get("job", "")
+    except FileNotFoundError:
+        return None
+    except Exception:  # a file that cannot be read still takes the name
+        return ""

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         Path.home() / ".cache" / "fvsteer", description="Where dequantized safetensors copies of models are kept."
     )
-    redis_url: str | None = Field(None, description="Redis for head-mean caching; unset = in-process cache.")
+    redis_url: str | None = Field(None, description="Redis for head-mean caching (and, with FVSTEER_ROLE api/worker, "
+                                  "the job queue and registry announcements); unset = in-process cache.")
     redis_ttl_s: int | None = Field(None, ge=1, description="Expiry of cached head means in Redis; unset = none.")
     jobs_dir: Path | None = Field(None, description="Where job records are kept; default <cache_dir>/jobs.")
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset = admin routes 403.")
@@ -70,6 +71,14 @@ class Settings(BaseSettings):
     vllm_start_timeout_s: float = Field(900.0, gt=0, description="How long vLLM may take to answer its health check.")
     bank_capacity: int = Field(128, ge=1, le=65536,
                                description="Vectors the vLLM bank holds (fixed for the life of the vLLM server).")
+    role: Literal["all", "api", "worker"] = Field(
+        "all", description="'all': one process serves and runs jobs (no Redis needed); 'api': serves HTTP and "
+        "generation, jobs go to Redis; 'worker': runs extraction and fine-tuning jobs from Redis (HTTP: health and "
+        "metrics only). 'api' and 'worker' need FVSTEER_REDIS_URL and a registry folder they all share."
+    )
+    job_heartbeat_s: float = Field(
+        10.0, ge=1.0, description="A worker silent this long is dead: its running job goes to another worker."
+    )
     log_format: Literal["json", "text"] = Field("json", description="'json': one JSON object per log line.")
     hf_offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 so nothing is fetched from a hub.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -24,6 +24,7 @@ from app.engine.prompts import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult
 from app.engine.stats import EngineStats
 from app.errors import InvalidInput, NotReady
+from app.jobs.local import LocalJobs
 from app.jobs.manager import JobManager
 from app.model.handle import ModelHandle
 from app.openai.model_ids import ModelIds
@@ -161,8 +162,7 @@ def make_harness(tmp: Path, **settings: Any) -> Harness:
     registry.subscribe(bank.apply)
     backend = ScriptedBackend(bank)
     completions = CompletionService(backend, max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)
-    jobs = JobManager(tmp / "jobs")
-    jobs.start()
+    jobs = LocalJobs(JobManager(tmp / "jobs"), name_exists=lambda name: False)
     runner = RefusingRunner()
     cache = MemoryHeadMeanCache()
     presets = PresetStore(registry, N_LAYERS, MODEL)
@@ -172,5 +172,6 @@ def make_harness(tmp: Path, **settings: Any) -> Harness:
                            max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)
     services = Services(backend, runner, registry, completions, VectorService(runner, registry, cache, jobs), cache,
                         jobs, AnalogyService(runner, registry, completions), presets, scoring, openai)
+    jobs.start()
     runtime = HarnessRuntime(config, services)
     return Harness(create_app(config, runtime), runtime, backend, registry)

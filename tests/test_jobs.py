@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from app.errors import InvalidInput, NotFound, QueueFull
-from app.jobs.manager import MAX_WAITING, Job, JobCancelled, JobContext, JobManager
+from app.jobs.manager import MAX_WAITING, Job, JobCancelled, JobContext, JobManager, LocalJobContext
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_fvsteer_error_keeps_its_envelope(jobs: JobManager) -> None:
 
     job = wait_for(jobs.submit("extract", work), {"failed"})
     assert job.error == {"type": "invalid_request", "message": "n_heads is 0; the model has 16 heads",
-                         "param": "n_heads"}
+                         "param": "n_heads", "code": None}
     assert job.result is None and job.phase == "failed"
     assert record(jobs, job, "failed")["error"] == job.error
 
@@ -175,7 +175,7 @@ def test_cancel_a_finished_job_is_a_no_op(jobs: JobManager) -> None:
 def test_context_raises_job_cancelled() -> None:
     manager = JobManager(Path("/nonexistent-unused"))
     job = Job(id="job-0123456789abcdef", kind="x")
-    ctx = JobContext(manager, job)
+    ctx = LocalJobContext(manager, job)
     ctx.check_cancelled()
     job.cancel_requested.set()
     with pytest.raises(JobCancelled):

@@ -42,7 +42,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.admission = Admission(settings.max_queue)
     install_error_handlers(app)
-    for module in (health, completions, scoring, analogies, vectors, jobs, admin, presets, openai, tokenizer):
+    modules = (health, completions, scoring, analogies, vectors, jobs, admin, presets, openai, tokenizer)
+    for module in modules if settings.role != "worker" else (health,):  # a worker: probes and metrics only
         app.include_router(module.router)
 
     def limit_for(path: str) -> int:

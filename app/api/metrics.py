@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.errors import FvsteerError
+from app.runtime import Runtime
 
 # Seconds: from a cached probe (ms) to a long generation or an upload (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -82,10 +83,16 @@ class RuntimeCollector(Collector):
         yield outcomes
         yield _gauge("fvsteer_head_mean_cache_degraded", "1 when Redis is configured but not answering.",
                      int(cache.status() == "degraded"))
+        try:
+            counts = services.jobs.counts()
+        except FvsteerError:  # the job queue's Redis is not answering: no job figures in this scrape
+            return
         jobs = GaugeMetricFamily("fvsteer_jobs", "Jobs by state.", labels=["state"])
-        for state, count in services.jobs.counts().items():
+        for state, count in counts.items():
             jobs.add_metric([state], count)
         yield jobs
+        yield _gauge("fvsteer_job_queue_depth", "Jobs waiting for a worker (an autoscaling signal for workers).",
+                     counts["queued"])
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -67,12 +67,34 @@ class Job:
                 "created": self.created, "updated": self.updated}
 
 
-class JobContext:
-    """What a job's work sees: progress reporting that doubles as the cancellation check."""
+class JobContext(Protocol):
+    """What a job's work sees, wherever it runs: progress reporting that doubles as the cancellation check."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    def report(self, phase: str, fraction: float, detail: dict[str, Any] | None = None) -> None: ...
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` once the job's cancellation was asked for (or its process is stopping)."""
+        ...
+
+    def stage(self, result: BaseModel) -> None:
+        """Keep the result before the vector is saved: a worker that dies between the save and the job's end
+        leaves a job that the next worker finishes with this result instead of running it again."""
+        ...
+
+
+class LocalJobContext:
+    """A job's context in this process: its record in memory (and in ``jobs_dir``)."""
 
     def __init__(self, manager: JobManager, job: Job) -> None:
         self._manager = manager
         self._job = job
+
+    @property
+    def job_id(self) -> str:
+        return self._job.id
 
     def report(self, phase: str, fraction: float, detail: dict[str, Any] | None = None) -> None:
         """``detail`` carries the phase's own figures (e.g. a training epoch's loss and hold-out accuracy)."""
@@ -82,6 +104,9 @@ class JobContext:
     def check_cancelled(self) -> None:
         if self._job.cancel_requested.is_set() or self._manager._stopping.is_set():
             raise JobCancelled()
+
+    def stage(self, result: BaseModel) -> None:
+        """Nothing to keep: in one process the job and the save end together."""
 
 
 Work = Callable[[JobContext], BaseModel]
@@ -198,7 +223,7 @@ class JobManager:
                     continue
                 self._update(job, state="running", phase="starting")
             try:
-                result = work(JobContext(self, job)).model_dump(mode="json")
+                result = work(LocalJobContext(self, job)).model_dump(mode="json")
             except JobCancelled:
                 if job.cancel_requested.is_set():
                     self._update(job, state="cancelled", phase="cancelled")

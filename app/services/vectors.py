@@ -8,25 +8,25 @@ pydantic models of :mod:`app.services.results`.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from torch import Tensor
 
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound
 from app.fv.evaluation import SETTINGS, evaluate
 from app.fv.extraction import ExtractionOptions, ExtractionSpec, check_spec, extract
 from app.fv.finetuned import FinetuneOptions, InitKind, check_options, make_finetuned
 from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
 from app.fv.prompts import Template, bos_prefix
 from app.fv.vector import decode_vector
-from app.jobs.manager import TERMINAL, Job, JobContext, JobManager, Work
+from app.jobs.manager import Job, JobContext, Work
+from app.jobs.queue import Jobs, Payload
 from app.model.runner import ModelRunner, Runner, run_here
 from app.registry.names import check_name
 from app.registry.registry import VectorRegistry
-from app.registry.vector_file import StoredVector
+from app.registry.vector_file import StoredVector, vector_norm
 from app.services.results import (
     Accuracy,
     DecodedToken,
@@ -63,6 +63,10 @@ class ExtractionInput:
     source: PairSource
     options: ExtractionOptions = field(default_factory=ExtractionOptions)
 
+    @classmethod
+    def from_payload(cls, payload: Payload) -> ExtractionInput:
+        return cls(payload["name"], PairSource(**payload["source"]), ExtractionOptions(**payload["options"]))
+
 
 @dataclass(frozen=True)
 class FinetuneInput:
@@ -70,6 +74,26 @@ class FinetuneInput:
     source: PairSource
     options: FinetuneOptions = field(default_factory=FinetuneOptions)
     init_vector: str | None = None  # with init "vector": the stored vector to start from
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> FinetuneInput:
+        return cls(payload["name"], PairSource(**payload["source"]), FinetuneOptions(**payload["options"]),
+                   payload.get("init_vector"))
+
+
+def _payload(job: ExtractionInput | FinetuneInput) -> Payload:
+    """A job's input as JSON-able data (a fine-tune's options before any start vector is attached)."""
+    options = {key: value for key, value in dataclasses.asdict(job.options).items()
+               if key not in ("init_vector", "init_name")}
+    payload: Payload = {"name": job.name, "source": dataclasses.asdict(job.source), "options": options}
+    if isinstance(job, FinetuneInput):
+        payload["init_vector"] = job.init_vector
+    return payload
+
+
+def _stored_norm(vector: Tensor) -> float:
+    """The norm as the registry stores it (six significant digits), so a result reads the same as the file."""
+    return float(f"{vector_norm(vector):.6g}")
 
 
 @dataclass(frozen=True)
@@ -81,15 +105,36 @@ class EvaluationInput:
 
 @dataclass
 class VectorService:
+    """Jobs go to ``jobs`` as data (:meth:`payload` of the input); whichever process runs one turns it back into work
+    with :meth:`work_for`, so the same code runs in this process or on a worker."""
+
     runner: ModelRunner
     registry: VectorRegistry
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
-    jobs: JobManager
-    _pending_names: dict[str, Job | None] = field(default_factory=dict)  # name → the job making it
-    _names_lock: threading.Lock = field(default_factory=threading.Lock)
+    jobs: Jobs
+
+    def __post_init__(self) -> None:
+        self.jobs.bind(self.work_for)
 
     def start_extraction(self, job: ExtractionInput) -> Job:
         """Validate everything a user can get wrong, then queue the job (202)."""
+        self._extraction(job)
+        return self.jobs.submit("extract", job.name, _payload(job))
+
+    def start_finetune(self, job: FinetuneInput) -> Job:
+        """Validate, then queue a fine-tuning job (202); its epochs report loss and hold-out accuracy."""
+        self._finetune(job)
+        return self.jobs.submit("finetune", job.name, _payload(job))
+
+    def work_for(self, kind: str, payload: Payload) -> Work:
+        """A queued job's work, validated again here (the registry may have changed since it was queued)."""
+        if kind == "extract":
+            return self._extraction(ExtractionInput.from_payload(payload))
+        if kind == "finetune":
+            return self._finetune(FinetuneInput.from_payload(payload))
+        raise InvalidInput(f"unknown job kind {kind!r}", param="kind")
+
+    def _extraction(self, job: ExtractionInput) -> Work:
         name = check_name(job.name)
         label, resolved = job.source.resolve()
         spec = ExtractionSpec.of(resolved, job.options)
@@ -99,19 +144,20 @@ class VectorService:
             result = extract(self.runner.handle, spec, self.cache, run=self.runner.call,
                              report=lambda phase, fraction: ctx.report(phase, fraction))
             ctx.check_cancelled()
-            stored = self.registry.add(result.vector, result.metadata(name, label, spec))
-            return ExtractResult(
-                vector=stored.name, layer=result.layer, norm=stored.meta.norm,
+            outcome = ExtractResult(
+                vector=name, layer=result.layer, norm=_stored_norm(result.vector),
                 heads=[(layer, head, aie) for layer, head, aie in result.heads],
                 metrics=ExtractMetrics.model_validate(result.metrics),
                 phase_seconds={key: round(value, 3) for key, value in result.phase_seconds.items()},
                 head_means_cache=HeadMeansCache(hit=result.cache_hit, backend=self.cache.status()),
             )
+            ctx.stage(outcome)
+            self.registry.add(result.vector, {**result.metadata(name, label, spec), "job": ctx.job_id})
+            return outcome
 
-        return self._submit("extract", name, work)
+        return work
 
-    def start_finetune(self, job: FinetuneInput) -> Job:
-        """Validate, then queue a fine-tuning job (202); its epochs report loss and hold-out accuracy."""
+    def _finetune(self, job: FinetuneInput) -> Work:
         name = check_name(job.name)
         label, resolved = job.source.resolve()
         options = job.options
@@ -126,14 +172,16 @@ class VectorService:
             made = make_finetuned(self.runner.handle, resolved, options, self.cache, run=self.runner.call,
                                   report=ctx.report)
             ctx.check_cancelled()
-            stored = self.registry.add(made.vector, made.metadata(name, label, resolved, options))
             cache = None if made.cache_hit is None else HeadMeansCache(hit=made.cache_hit,
                                                                         backend=self.cache.status())
-            return FinetuneResult(vector=stored.name, layer=made.layer, norm=stored.meta.norm,
-                                  metrics=FinetuneMetrics.model_validate(made.metrics(options)),
-                                  head_means_cache=cache)
+            outcome = FinetuneResult(vector=name, layer=made.layer, norm=_stored_norm(made.vector),
+                                     metrics=FinetuneMetrics.model_validate(made.metrics(options)),
+                                     head_means_cache=cache)
+            ctx.stage(outcome)
+            self.registry.add(made.vector, {**made.metadata(name, label, resolved, options), "job": ctx.job_id})
+            return outcome
 
-        return self._submit("finetune", name, work)
+        return work
 
     def _init_vector(self, init: InitKind, name: str | None) -> StoredVector | None:
         """The stored vector to start from; one made for another model is refused with the reason."""
@@ -150,41 +198,6 @@ class VectorService:
             if refusal is not None:
                 raise InvalidInput(f"init_vector {name!r} cannot be used: {refusal}", param="init_vector") from None
             raise
-
-    def _submit(self, kind: str, name: str, work: Work) -> Job:
-        """Queue a job that saves a vector named ``name``, holding the name until the job ends."""
-        self._reserve(name)
-
-        def guarded(ctx: JobContext) -> BaseModel:
-            try:
-                return work(ctx)
-            finally:
-                self._release(name)
-
-        try:
-            job = self.jobs.submit(kind, guarded)
-        except BaseException:
-            self._release(name)
-            raise
-        with self._names_lock:
-            if name in self._pending_names:  # (a fast job may have released it already)
-                self._pending_names[name] = job
-        return job
-
-    def _reserve(self, name: str) -> None:
-        """Claim a vector name for a job until it ends, so a second job for the same name is a 409 at once."""
-        with self._names_lock:
-            holder = self._pending_names.get(name)
-            if holder is not None and holder.state in TERMINAL:  # cancelled while queued: its work never ran
-                del self._pending_names[name]
-            taken = name in self._pending_names or any(stored.name == name for stored in self.registry.list())
-            if taken:
-                raise Conflict(f"a vector named {name!r} exists or is being made; pick another name", param="name")
-            self._pending_names[name] = None
-
-    def _release(self, name: str) -> None:
-        with self._names_lock:
-            self._pending_names.pop(name, None)
 
     def evaluate(self, name: str, spec: EvaluationInput, run: Runner[Any] = run_here) -> EvaluationResult:
         """Todd et al.'s five-way evaluation of a stored vector on held-out pairs.

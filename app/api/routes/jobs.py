@@ -41,11 +41,12 @@ def cancel_job(job_id: str, svc: Services = Depends(services)) -> JobView:
 )
 async def job_events(job_id: str, svc: Services = Depends(services)) -> StreamingResponse:
     """Server-sent events: a ``progress`` event with the job at every change, then ``end`` with its final state."""
-    job = svc.jobs.get(job_id)
+    svc.jobs.get(job_id)  # 404 before the stream opens
 
     async def stream() -> AsyncIterator[str]:
         version, quiet = -1, 0.0
         while True:
+            job = svc.jobs.get(job_id)  # the job as it is now, whichever process runs it
             if job.version != version:
                 version, quiet = job.version, 0.0
                 snapshot = job.public()
