@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import redis
@@ -35,9 +35,11 @@ from app.jobs.manager import JOB_ID, MAX_WAITING, TERMINAL, Job, JobCancelled, _
 from app.jobs.queue import Payload, WorkFactory
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 QUEUE = "jobs"
 ACTOR = "fvsteer_run_job"
+PATIENCE_S = 60.0  # how long a running job waits for Redis to come back before it fails
 NAME_HOLD_S = 7 * 24 * 3600  # a name stays held at most this long if its job's end were never recorded
 RECORD_FIELDS = ("id", "kind", "state", "phase", "progress", "detail", "result", "error", "created", "updated")
 
@@ -169,19 +171,19 @@ class RedisJobs:
             self._end(job_id, name, state="succeeded", phase="done", progress=1.0, result=result)
 
     def _end(self, job_id: str, name: str, **changes: Any) -> None:
-        self._transition(job_id, {"queued", "running"}, **changes)
-        if self._redis.get(self._name_key(name)) == job_id:
-            self._redis.delete(self._name_key(name))
+        _patiently(lambda: self._transition(job_id, {"queued", "running"}, **changes))
+        if _patiently(lambda: self._redis.get(self._name_key(name))) == job_id:
+            _patiently(lambda: self._redis.delete(self._name_key(name)))
 
     def update(self, job_id: str, **changes: Any) -> None:
         """Progress of a running job (phase, fraction, detail)."""
-        self._transition(job_id, {"running"}, **changes)
+        _patiently(lambda: self._transition(job_id, {"running"}, **changes))
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self._stopping.is_set() or self._redis.hget(self._key(job_id), "cancel") == "1"
+        return self._stopping.is_set() or _patiently(lambda: self._redis.hget(self._key(job_id), "cancel")) == "1"
 
     def stage(self, job_id: str, result: BaseModel) -> None:
-        self._redis.hset(self._key(job_id), "staged", result.model_dump_json())
+        _patiently(lambda: self._redis.hset(self._key(job_id), "staged", result.model_dump_json()))
 
     # ------------------------------------------------------------------ records
     def _transition(self, job_id: str, allowed: set[str], **changes: Any) -> Job | None:
@@ -248,6 +250,18 @@ class RedisJobContext:
 
     def stage(self, result: BaseModel) -> None:
         self._jobs.stage(self._job_id, result)
+
+
+def _patiently(call: Callable[[], T]) -> T:
+    """A running job's Redis write, retried through a short outage (a Redis restart) instead of failing the job."""
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            return call()
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _texts(values: Any) -> list[str | None]:
