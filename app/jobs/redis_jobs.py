@@ -119,6 +119,8 @@ class RedisJobs:
             cancelled = self._transition(job_id, {"queued"}, state="cancelled", phase="cancelled")
             if cancelled is None:  # running: its worker stops at the next step
                 self._redis.hset(self._key(job_id), "cancel", "1")
+            else:  # it never ran: its name is free at once
+                self._release_name(job_id)
         return self.get(job_id)
 
     def counts(self) -> dict[str, int]:
@@ -143,7 +145,7 @@ class RedisJobs:
             return
         if staged is not None and self.saved_by(name) == job_id:
             log.info("job %s: its vector was saved by a worker that died before the job's end; finishing it", job_id)
-            self._end(job_id, name, state="succeeded", phase="done", progress=1.0, result=json.loads(staged))
+            self._end(job_id, state="succeeded", phase="done", progress=1.0, result=json.loads(staged))
             return
         if self._transition(job_id, {"queued", "running"}, state="running", phase="starting", error=None) is None:
             return
@@ -153,27 +155,31 @@ class RedisJobs:
             result = self._factory(kind, json.loads(payload))(context).model_dump(mode="json")
         except JobCancelled:
             if self._redis.hget(self._key(job_id), "cancel") == "1":
-                self._end(job_id, name, state="cancelled", phase="cancelled")
+                self._end(job_id, state="cancelled", phase="cancelled")
                 log.info("job %s cancelled", job_id)
             else:  # this worker is stopping: another one takes the job from the start
                 self._transition(job_id, {"running"}, state="queued", phase="queued")
                 self.actor.send(job_id)
                 log.warning("job %s: this worker is stopping; queued again for another", job_id)
         except FvsteerError as exc:
-            self._end(job_id, name, state="failed", phase="failed", error=exc.envelope()["error"])
+            self._end(job_id, state="failed", phase="failed", error=exc.envelope()["error"])
             log.info("job %s failed: %s", job_id, exc.message)
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            self._end(job_id, name, state="failed", phase="failed",
+            self._end(job_id, state="failed", phase="failed",
                       error={"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None,
                              "code": None})
         else:
-            self._end(job_id, name, state="succeeded", phase="done", progress=1.0, result=result)
+            self._end(job_id, state="succeeded", phase="done", progress=1.0, result=result)
 
-    def _end(self, job_id: str, name: str, **changes: Any) -> None:
+    def _end(self, job_id: str, **changes: Any) -> None:
         _patiently(lambda: self._transition(job_id, {"queued", "running"}, **changes))
-        if _patiently(lambda: self._redis.get(self._name_key(name))) == job_id:
-            _patiently(lambda: self._redis.delete(self._name_key(name)))
+        _patiently(lambda: self._release_name(job_id))
+
+    def _release_name(self, job_id: str) -> None:
+        name = self._redis.hget(self._key(job_id), "name")
+        if name is not None and self._redis.get(self._name_key(str(name))) == job_id:
+            self._redis.delete(self._name_key(str(name)))
 
     def update(self, job_id: str, **changes: Any) -> None:
         """Progress of a running job (phase, fraction, detail)."""
