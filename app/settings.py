@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = Field(
         10.0, ge=1.0, description="A worker silent this long is dead: its running job goes to another worker."
     )
+    registry_resync_s: float = Field(
+        30.0, gt=0, description="With FVSTEER_REDIS_URL: how often each process rescans the shared registry folder "
+        "for changes it was not told of on Redis (a safety net; it also rescans whenever it subscribes again)."
+    )
     log_format: Literal["json", "text"] = Field("json", description="'json': one JSON object per log line.")
     hf_offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 so nothing is fetched from a hub.")
     log_level: str = Field("INFO", description="Python logging level.")

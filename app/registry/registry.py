@@ -3,6 +3,11 @@
 A file made for another model (other ``d_model`` or fingerprint), or unreadable, is refused with a log
 line and listed in :attr:`VectorRegistry.refused`; the rest load and the server starts. Every change (a save, a
 deletion, a reload) is announced to the registry's listeners (the generation backend's vector bank).
+
+Several processes may share the folder (API replicas, job workers): a name is created exclusively on disk, so it is
+taken for all of them at once (409 everywhere), and :mod:`app.registry.sync` tells each process of the others'
+changes (:meth:`VectorRegistry.refresh`) and has it rescan the folder as a safety net (:meth:`VectorRegistry.rescan`).
+Both read the folder as the truth and announce to the listeners only what differs from what is held.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.registry.names import check_name
 from app.registry.vector_file import (
     FORMAT,
+    FileId,
     StoredVector,
+    create_vector_file,
+    file_id,
     read_vector_file,
     vector_from_bytes,
     vector_norm,
-    write_vector_file,
 )
 
 log = logging.getLogger(__name__)
@@ -64,16 +71,36 @@ class RegistryChange:
 Listener = Callable[[RegistryChange], None]
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A change this process made to the shared folder, for the other processes sharing it (app/registry/sync.py)."""
+
+    topic: Literal["vector", "preset"]
+    kind: Literal["saved", "deleted"]
+    name: str
+
+
+NoticeSink = Callable[[Notice], None]
+
+
 class VectorRegistry:
-    """Thread-safe name → :class:`StoredVector` map backed by one folder of safetensors files."""
+    """Thread-safe name → :class:`StoredVector` map backed by one folder of safetensors files.
+
+    Two locks: ``_lock`` guards memory and is held only briefly (readers take it); ``_disk`` makes this process's
+    changes and reads of the folder one at a time, so that what is held, ``_files`` and ``refused`` always describe
+    one state of the folder. Both are taken to change them (``_disk`` first)."""
 
     def __init__(self, root: Path, model: ModelIdentity) -> None:
         self.model = model
         self.folder = root / model.slug
         self.refused: list[RefusedFile] = []
         self._vectors: dict[str, StoredVector] = {}
+        self._files: dict[str, FileId] = {}  # name → the version of its file last read, held or refused
         self._listeners: list[Listener] = []
+        self._peers: list[NoticeSink] = []
+        self._preset_watchers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._disk = threading.Lock()
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` with every later change, under the registry's lock (so changes arrive in order), and
@@ -86,23 +113,118 @@ class VectorRegistry:
         for listener in self._listeners:
             listener(change)
 
+    def tell_peers(self, sink: NoticeSink) -> None:
+        """``sink`` hears of every change this process makes to the folder (not of those it learns from others)."""
+        self._peers.append(sink)
+
+    def notify_peers(self, notice: Notice) -> None:
+        """Tell the other processes sharing the folder of a change made here (a vector, or a preset beside them)."""
+        for sink in self._peers:
+            sink(notice)
+
+    def watch_presets(self, reload: Callable[[], None]) -> None:
+        """``reload`` is called when another process may have changed the presets beside the vectors."""
+        self._preset_watchers.append(reload)
+
+    def presets_changed(self) -> None:
+        for reload in self._preset_watchers:
+            reload()
+
     def load(self) -> None:
         """(Re)read every file of the model's folder."""
         vectors: dict[str, StoredVector] = {}
+        files: dict[str, FileId] = {}
         refused: list[RefusedFile] = []
-        for path in sorted(self.folder.glob(f"*{SUFFIX}")) if self.folder.is_dir() else []:
+        with self._disk:
+            for path in self._paths():
+                try:
+                    files[path.name[: -len(SUFFIX)]] = file_id(path)
+                    stored = self._read(path)
+                except Exception as exc:
+                    log.warning("refused vector file %s: %s", path, exc)
+                    refused.append(RefusedFile(str(path), str(exc)))
+                    continue
+                vectors[stored.name] = stored
+            with self._lock:
+                self._vectors, self._files, self.refused = vectors, files, refused
+                self._announce(RegistryChange("reloaded", vectors=tuple(vectors[name] for name in sorted(vectors))))
+        log.info("registry %s: %d vectors loaded, %d refused", self.folder, len(vectors), len(refused))
+
+    def rescan(self) -> None:
+        """Bring memory in step with the folder, for changes other processes made that this one did not hear of: a
+        save or a deletion is announced for each file that differs from what is held, nothing when none does."""
+        with self._disk:
+            for name in sorted({path.name[: -len(SUFFIX)] for path in self._paths()} | set(self._files)):
+                self._reconcile(name)
+        self.presets_changed()
+
+    def refresh(self, name: str) -> None:
+        """Another process changed ``name``: read its file again, or drop it when it is gone."""
+        check_name(name)
+        with self._disk:
+            self._reconcile(name)
+
+    def _paths(self) -> list[Path]:
+        return sorted(self.folder.glob(f"*{SUFFIX}")) if self.folder.is_dir() else []
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}{SUFFIX}"
+
+    def _read(self, path: Path) -> StoredVector:
+        stored = read_vector_file(path)
+        self._check_compatible(stored, path)
+        return stored
+
+    def _reconcile(self, name: str) -> None:
+        """Make memory say what the folder says of ``name``, reading its file only when it is a version not yet
+        read (caller holds ``_disk``)."""
+        path = self._path(name)
+        try:
+            found: FileId | None = file_id(path)
+        except FileNotFoundError:
+            found = None
+        except OSError as exc:  # e.g. a stale NFS handle: left as it is, the next rescan looks again
+            log.warning("cannot look at vector file %s (%s); left as it was", path, exc)
+            return
+        if found is not None and self._files.get(name) == found:
+            return
+        stored, refusal = None, None
+        if found is not None:
             try:
-                stored = read_vector_file(path)
-                self._check_compatible(stored, path)
+                stored = self._read(path)
+            except FileNotFoundError:
+                found = None
             except Exception as exc:
                 log.warning("refused vector file %s: %s", path, exc)
-                refused.append(RefusedFile(str(path), str(exc)))
-                continue
-            vectors[stored.name] = stored
+                refusal = str(exc)
+        change = self._settle(name, found, stored, refusal)
+        if change is not None:
+            log.info("vector %s %s by another process", name, change)
+
+    def _settle(
+        self, name: str, found: FileId | None, stored: StoredVector | None, refusal: str | None = None
+    ) -> Literal["saved", "deleted"] | None:
+        """Hold ``stored`` (the file ``found``), or nothing: the file is refused (``refusal``) or gone (``found``
+        None). The listeners hear of a save or a deletion only when what is held changes; returns which, if any
+        (caller holds ``_disk``)."""
+        path = str(self._path(name))
         with self._lock:
-            self._vectors, self.refused = vectors, refused
-            self._announce(RegistryChange("reloaded", vectors=tuple(vectors[name] for name in sorted(vectors))))
-        log.info("registry %s: %d vectors loaded, %d refused", self.folder, len(vectors), len(refused))
+            if found is None:
+                self._files.pop(name, None)
+            else:
+                self._files[name] = found
+            kept = [item for item in self.refused if item.file != path]
+            self.refused = kept if refusal is None else [*kept, RefusedFile(path, refusal)]
+            previous = self._vectors.pop(name, None)
+            if stored is not None:
+                self._vectors[name] = stored
+                if previous is None or not same_vector(previous, stored):
+                    self._announce(RegistryChange("saved", name=name, stored=stored))
+                    return "saved"
+            elif previous is not None:
+                self._announce(RegistryChange("deleted", name=name))
+                return "deleted"
+        return None
 
     def _check_compatible(self, stored: StoredVector, path: Path) -> None:
         meta = stored.metadata
@@ -148,17 +270,22 @@ class VectorRegistry:
         return None
 
     def add(self, vector: torch.Tensor, metadata: dict[str, str]) -> StoredVector:
-        """Save a new vector (409 if the name is taken) and make it usable at once."""
+        """Save a new vector (409 if the name is taken, here or by another process sharing the folder) and make it
+        usable at once."""
         name = check_name(metadata["name"])
-        path = self.folder / f"{name}{SUFFIX}"
         full = self._complete_metadata(vector, metadata)
         stored = StoredVector(vector.detach().to("cpu", torch.float32), full)
-        with self._lock:
-            if name in self._vectors or path.exists():
-                raise Conflict(f"a vector named {name!r} exists; delete it first", param="name")
-            write_vector_file(path, stored.vector, full)
-            self._vectors[name] = stored
-            self._announce(RegistryChange("saved", name=name, stored=stored))
+        taken = Conflict(f"a vector named {name!r} exists; delete it first", param="name")
+        with self._disk:
+            if name in self._vectors:
+                raise taken
+            try:
+                found = create_vector_file(self._path(name), stored.vector, full)
+            except FileExistsError:
+                self._reconcile(name)  # made by another process a moment ago: hold it here too
+                raise taken from None
+            self._settle(name, found, stored)
+            self.notify_peers(Notice("vector", "saved", name))
         log.info("saved vector %s (layer %s, norm %.3f)", name, full["layer"], float(full["norm"]))
         return stored
 
@@ -172,12 +299,22 @@ class VectorRegistry:
         return self.add(vector, metadata)
 
     def delete(self, name: str) -> None:
-        with self._lock:
+        """Remove a vector from disk and memory; 404 when it is not there, also when another process has just
+        deleted it (only one of two processes deleting a name at once succeeds)."""
+        check_name(name)
+        missing = NotFound(f"no vector named {name[:80]!r} for model {self.model.name}", param="name")
+        with self._disk:
             if name not in self._vectors:
-                raise NotFound(f"no vector named {name[:80]!r} for model {self.model.name}", param="name")
-            (self.folder / f"{name}{SUFFIX}").unlink(missing_ok=True)
-            del self._vectors[name]
-            self._announce(RegistryChange("deleted", name=name))
+                self._reconcile(name)  # saved by another process a moment ago?
+            if name not in self._vectors:
+                raise missing
+            try:
+                self._path(name).unlink()
+            except FileNotFoundError:
+                self._settle(name, None, None)
+                raise missing from None
+            self._settle(name, None, None)
+            self.notify_peers(Notice("vector", "deleted", name))
         log.info("deleted vector %s", name)
 
     def _complete_metadata(self, vector: torch.Tensor, given: dict[str, str]) -> dict[str, str]:
@@ -200,3 +337,9 @@ class VectorRegistry:
         for key in ("heads", "metrics"):
             json.loads(metadata[key])  # refuse malformed JSON before it reaches disk
         return metadata
+
+
+def same_vector(one: StoredVector, other: StoredVector) -> bool:
+    """Whether two reads hold the same vector (the same values and metadata): a file read again without a change
+    announces nothing."""
+    return one.metadata == other.metadata and torch.equal(one.vector, other.vector)

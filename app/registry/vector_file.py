@@ -103,7 +103,7 @@ def vector_from_bytes(data: bytes, d_model: int) -> torch.Tensor:
 
 
 def read_vector_file(path: Path) -> StoredVector:
-    """Read a vector file written by :func:`write_vector_file` (raises ``ValueError`` on anything else)."""
+    """Read a vector file written by :func:`create_vector_file` (raises ``ValueError`` on anything else)."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         if "vector" not in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
@@ -116,17 +116,44 @@ def read_vector_file(path: Path) -> StoredVector:
     return StoredVector(vector, metadata)
 
 
-def write_vector_file(path: Path, vector: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+FileId = tuple[int, int, int]
+
+
+def file_id(path: Path) -> FileId:
+    """Which version of a file is on disk, without reading it: inode, size and modification time (a new file under
+    an old name has a new inode; this registry never rewrites a file in place)."""
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def create_vector_file(path: Path, vector: torch.Tensor, metadata: dict[str, str]) -> FileId:
+    """Make ``path`` a new file, atomically and exclusively: ``FileExistsError`` when the name is taken, by this
+    process or any other sharing the folder, even in a race. Returns the new file's :func:`file_id`.
+
+    The file is written in full under a temporary name (``<name>.safetensors.<random>.tmp``, which readers globbing
+    ``*.safetensors`` never pick up), then hard-linked to ``path``: ``link`` fails when ``path`` exists, atomically
+    on POSIX filesystems and on NFS (v3 and later), so no reader sees half a file and no two writers both win."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         save_file({"vector": vector.detach().to("cpu", torch.float32).contiguous()}, staging, metadata=metadata)
-        os.replace(staging, path)
-    except BaseException:
+        with open(staging, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the name is: a crash never leaves an empty file
+        _link_exclusively(staging, path)
+        return file_id(Path(staging))  # the same inode as ``path``, which another process may already be deleting
+    finally:
         Path(staging).unlink(missing_ok=True)
-        raise
+
+
+def _link_exclusively(staging: str, path: Path) -> None:
+    """``os.link``, robust to NFS retransmission: a LINK whose reply was lost and that the client sent again fails
+    with EEXIST although the first one made the link; the temporary file then has two links and ``path`` is ours."""
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        if os.stat(staging).st_nlink < 2:
+            raise
 
 
 def vector_norm(vector: torch.Tensor) -> float:

@@ -4,14 +4,23 @@ client can ask for ``model: "<preset>"`` instead of spelling the steering out.
 Presets live beside the vectors of the model (``<vectors_dir>/<model-slug>/presets.json``; the registry reads only
 ``*.safetensors`` there). A preset names vectors but owns none: deleting a vector leaves its presets ``broken``
 (listed with what is missing, refused when served) until a vector of that name is saved again.
+
+Processes sharing the folder (replicas, job workers) share ``presets.json``: a change is made under a file lock
+(``<vectors_dir>/.<model-slug>.presets.lock``, outside the model's folder, which holds only vectors and presets) to
+the file as it is then, never to a stale copy, and the other processes re-read it when told
+(``VectorRegistry.watch_presets``: a peer's notice, a rescan). On NFS the lock needs working NFS locks (NFSv4, or
+NFSv3 with lockd; not a ``nolock`` or ``local_lock`` mount).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.engine.requests import MAX_ABS_WEIGHT, MAX_RELATIONS, BankSteering
 from app.errors import InvalidInput, MissingBank, NotFound
 from app.registry.names import check_name
-from app.registry.registry import VectorRegistry
+from app.registry.registry import Notice, VectorRegistry
+from app.registry.vector_file import FileId, file_id
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +96,18 @@ class PresetStore:
         self.n_layers = n_layers
         self.base_model = base_model
         self.path = registry.folder / FILE_NAME
+        self.lock_path = registry.folder.parent / f".{registry.folder.name}.presets.lock"
         self._lock = threading.Lock()
-        self._presets = self._load()
+        self._presets: dict[str, Preset] = {}
+        self._read: FileId | None = None  # the version of presets.json that ``_presets`` holds
+        self._refresh()
+        registry.watch_presets(self.reload)
+
+    def reload(self) -> None:
+        """Re-read ``presets.json`` if another process changed it since it was last read."""
+        with self._lock:
+            if self._refresh():
+                log.info("presets %s: %d after a change by another process", self.path, len(self._presets))
 
     def put(self, name: str, spec: PresetSpec) -> tuple[Preset, bool]:
         """Save ``spec`` as ``name``; a replacement keeps its creation time. Returns the preset and whether it is
@@ -95,10 +115,11 @@ class PresetStore:
         self._check_name(name)
         self._check_spec(spec)
         now = datetime.now(UTC)
-        with self._lock:
+        with self._changing():
             previous = self._presets.get(name)
             preset = Preset(**spec.model_dump(), name=name, created=previous.created if previous else now, updated=now)
             self._commit({**self._presets, name: preset})
+        self.registry.notify_peers(Notice("preset", "saved", name))
         log.info("%s preset %s", "replaced" if previous else "created", name)
         return preset, previous is None
 
@@ -110,10 +131,11 @@ class PresetStore:
         return self.view(preset)
 
     def delete(self, name: str) -> None:
-        with self._lock:
+        with self._changing():
             if name not in self._presets:
                 raise NotFound(f"no preset named {name[:80]!r}", param="name")
             self._commit({key: value for key, value in self._presets.items() if key != name})
+        self.registry.notify_peers(Notice("preset", "deleted", name))
         log.info("deleted preset %s", name)
 
     def steering(self, name: str, param: str = "model") -> BankSteering:
@@ -152,11 +174,33 @@ class PresetStore:
         for vector in spec.relations:
             self.registry.get(vector, param=f"relations.{vector}")
 
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """This process's lock, then the folder's (every process sharing ``presets.json``), then the file as it is
+        now: a change is made to the latest presets, so that no process's change overwrites another's."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            self._refresh()
+            yield
+
+    def _refresh(self) -> bool:
+        """Read ``presets.json`` again when the version on disk is not the one held; returns whether it was (caller
+        holds the lock, or is the constructor)."""
+        try:
+            found: FileId | None = file_id(self.path)
+        except FileNotFoundError:
+            found = None
+        if found == self._read:
+            return False
+        self._presets, self._read = self._load(), found
+        return True
+
     def _commit(self, presets: dict[str, Preset]) -> None:
-        """Write ``presets`` to disk, then hold them: a failed write changes nothing (caller holds the lock)."""
+        """Write ``presets`` to disk, then hold them: a failed write changes nothing (caller is in ``_changing``)."""
         document = PresetFile(format=FORMAT, presets=[presets[name] for name in sorted(presets)])
         write_atomically(self.path, document.model_dump_json(indent=2))
-        self._presets = presets
+        self._presets, self._read = presets, file_id(self.path)
 
     def _load(self) -> dict[str, Preset]:
         """The presets on disk; an unreadable file is set aside (``presets.json.corrupt-<time>``) and the server
