@@ -5,11 +5,10 @@ Presets live beside the vectors of the model (``<vectors_dir>/<model-slug>/prese
 ``*.safetensors`` there). A preset names vectors but owns none: deleting a vector leaves its presets ``broken``
 (listed with what is missing, refused when served) until a vector of that name is saved again.
 
-Processes sharing the folder (replicas, job workers) share ``presets.json``: a change is made under a file lock
-(``<vectors_dir>/.<model-slug>.presets.lock``, outside the model's folder, which holds only vectors and presets) to
-the file as it is then, never to a stale copy, and the other processes re-read it when told
-(``VectorRegistry.watch_presets``: a peer's notice, a rescan). On NFS the lock needs working NFS locks (NFSv4, or
-NFSv3 with lockd; not a ``nolock`` or ``local_lock`` mount).
+Processes sharing the folder (replicas, job workers) share ``presets.json``: a change is made to the file as it is
+then, never to a stale copy, under a file lock (``<vectors_dir>/.<model-slug>.presets.lock``, beside the model's
+folder rather than in it), and the other processes re-read it when told (``VectorRegistry.watch_presets``: a peer's
+notice, a rescan). On NFS the lock needs working NFS locks (NFSv4, or NFSv3 with lockd; not a ``nolock`` mount).
 """
 
 from __future__ import annotations
