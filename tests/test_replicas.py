@@ -38,6 +38,7 @@ class Cluster:
     apis: list[LiveServer]
     workers: list[LiveServer]
     token: str
+    registry: Path
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -89,7 +90,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> I
     try:
         workers = [start(f"worker-{i}", "worker", "tests.fault_server") for i in range(2)]
         apis = [start(f"api-{i}", "api", "app.server") for i in range(2)]
-        yield Cluster(port, tmp / "redis", redis_process, apis, workers, token)
+        yield Cluster(port, tmp / "redis", redis_process, apis, workers, token, tmp / "registry")
     finally:
         for server in started:
             if server.process.poll() is None:
@@ -164,7 +165,7 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_the_other_worker(cluster: Clu
     done = wait_until(lambda: (job := _job(b, job_id))["state"] in ("succeeded", "failed") and job,
                       "the other worker to finish the job", timeout=120)
     assert done["state"] == "succeeded", done
-    files = sorted(path.name for path in Path(a.vectors_dir).rglob(f"{name}*"))
+    files = sorted(path.name for path in cluster.registry.rglob(f"{name}*"))
     assert files == [f"{name}.safetensors"]  # saved once
     assert gates[survivor].state()["tasks"]["passed"] > 0  # the survivor ran it
     assert httpx.get(f"{a.url}/vectors/{name}").status_code == 200
