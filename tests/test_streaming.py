@@ -97,7 +97,8 @@ def test_a_failure_mid_stream_ends_with_an_error_event() -> None:
     assert out[0] == 'event: token\ndata: {"text":"he"}\n\n'
     assert out[-1].startswith("event: error\n")
     envelope = json.loads(out[-1].split("data: ", 1)[1])
-    assert envelope == {"error": {"type": "not_found", "message": "the vector went away", "param": "relations.x"}}
+    assert envelope == {"error": {"type": "not_found", "message": "the vector went away", "param": "relations.x",
+                                  "code": None}}
 
 
 def test_sdk_streams_sync_and_async(live_server: LiveServer) -> None:
