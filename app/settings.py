@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (JSON list); empty = no CORS headers at all."
     )
+    playground: bool = Field(
+        True, description="Serve the web playground at /playground (static files; it calls the public API only)."
+    )
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="Who serves completions: 'hf' (this process, transformers) or 'vllm' (a vLLM server with "
         "fvsteer's plugin; extraction, fine-tuning and the other science stay on the HF model in this process)."

@@ -161,12 +161,13 @@ def make_harness(tmp: Path, **settings: Any) -> Harness:
     bank = VectorBank(N_LAYERS, D_MODEL, torch.device("cpu"), MODEL)
     registry.subscribe(bank.apply)
     backend = ScriptedBackend(bank)
-    completions = CompletionService(backend, max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)
+    prompts = PromptEncoder(tiny_tokenizer(), 64, None)
+    completions = CompletionService(backend, prompts, max_new_tokens=config.max_new_tokens,
+                                    timeout_s=config.request_timeout_s)
     jobs = LocalJobs(JobManager(tmp / "jobs"), name_exists=lambda name: False)
     runner = RefusingRunner()
     cache = MemoryHeadMeanCache()
     presets = PresetStore(registry, N_LAYERS, MODEL)
-    prompts = PromptEncoder(tiny_tokenizer(), 64, None)
     scoring = ScoringService(runner, bank, prompts)
     openai = OpenAIServing(backend, scoring, ModelIds(MODEL, registry, presets), prompts,
                            max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)

@@ -23,7 +23,7 @@ PUBLIC_ROUTES = {
     "/vectors/{name}/decode", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz", "/readyz", "/metrics",
     "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
     "/score", "/v1/models", "/v1/models/{model_id}", "/v1/completions", "/v1/chat/completions", "/tokenize",
-    "/detokenize", "/tokenizer_info",
+    "/detokenize", "/tokenizer_info", "/playground", "/playground/", "/playground/{asset}",
 }
 
 
@@ -115,6 +115,11 @@ def test_zero_weights_are_dropped(live_server: LiveServer, steer_vector: str) ->
         ({"prompt": "x", "stop": [""]}, 422, "stop.0"),
         ({"prompt": "x", "positions": "some"}, 422, "positions"),
         ({"prompt": 5}, 422, "prompt"),
+        ({}, 422, "prompt"),  # one of prompt and messages
+        ({"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, 422, "prompt"),
+        ({"messages": []}, 422, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "x"}]}, 422, "messages"),  # the tiny tokenizer has no template
     ],
 )
 def test_bad_completion_input_gets_an_envelope(live_server: LiveServer, body: dict[str, object], status: int,

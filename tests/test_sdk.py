@@ -121,6 +121,15 @@ def test_complete_sampling_is_reproducible_with_seed(client: fv.Client) -> None:
     assert first.text == second.text
 
 
+def test_complete_sends_messages_instead_of_a_prompt(client: fv.Client) -> None:
+    with pytest.raises(fv.InvalidRequestError) as caught:  # the tiny tokenizer has no chat template: it got there
+        client.complete(messages=[{"role": "user", "content": "hi"}], max_new_tokens=4)
+    assert caught.value.param == "messages" and "chat template" in caught.value.message
+    with pytest.raises(fv.InvalidRequestError) as caught:
+        client.complete(max_new_tokens=4)
+    assert caught.value.param == "prompt"
+
+
 def test_complete_rejects_unknown_keyword_locally(client: fv.Client) -> None:
     with pytest.raises(TypeError, match="streaming"):
         client.complete(PROMPT, streaming=True)  # type: ignore[call-overload]

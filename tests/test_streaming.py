@@ -55,10 +55,17 @@ def sse(server: LiveServer, **body: Any) -> tuple[list[str], dict[str, Any], lis
 def test_streamed_text_equals_the_whole_text(live_server: LiveServer, vector: str, prompt: str) -> None:
     body = {"prompt": prompt, "max_new_tokens": 24, "relations": {vector: 1.0}, "return_baseline": True}
     whole = httpx.post(f"{live_server.url}/complete", json=body, timeout=60).json()
-    pieces, done, _ = sse(live_server, **body)
+    pieces, done, events = sse(live_server, **body)
     assert "".join(pieces) == whole["text"] == done["text"] and len(pieces) > 1
     assert done["finish_reason"] == whole["finish_reason"] and done["usage"] == whole["usage"]
     assert done["steering"] == whole["steering"] and done["baseline"] == whole["baseline"]
+    baseline = [data["text"] for name, data in events if name == "baseline"]  # the baseline streams beside it
+    assert "".join(baseline) == whole["baseline"]["text"] and len(baseline) > 1
+
+
+def test_no_baseline_events_without_return_baseline(live_server: LiveServer, vector: str) -> None:
+    _, done, events = sse(live_server, prompt="abc", max_new_tokens=8, relations={vector: 1.0})
+    assert done["baseline"] is None and {name for name, _ in events} == {"token", "done"}
 
 
 def test_stop_strings_never_reach_a_piece(live_server: LiveServer) -> None:

@@ -13,7 +13,19 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import make_registry
 from app.api.observability import RequestObservation
-from app.api.routes import admin, analogies, completions, health, jobs, openai, presets, scoring, tokenizer, vectors
+from app.api.routes import (
+    admin,
+    analogies,
+    completions,
+    health,
+    jobs,
+    openai,
+    playground,
+    presets,
+    scoring,
+    tokenizer,
+    vectors,
+)
 from app.runtime import Runtime
 from app.settings import Settings
 
@@ -45,6 +57,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     modules = (health, completions, scoring, analogies, vectors, jobs, admin, presets, openai, tokenizer)
     for module in modules if settings.role != "worker" else (health,):  # a worker: probes and metrics only
         app.include_router(module.router)
+    if settings.playground and settings.role != "worker":
+        app.include_router(playground.router)
 
     def limit_for(path: str) -> int:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes

@@ -11,11 +11,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.engine.requests import MAX_ABS_WEIGHT, MAX_RELATIONS
+from app.errors import InvalidInput
 from app.fv.extraction import ExtractionOptions
 from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, LIMITS, FinetuneOptions
 from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
 from app.services.analogies import MAX_CHOICES, MAX_TERM_CHARS, AnalogyInput
-from app.services.completions import CompletionInput
+from app.services.completions import ChatLine, CompletionInput
 from app.services.results import (
     AnalogyResponse,
     CompleteResponse,
@@ -37,6 +38,7 @@ EXTRACTION_DEFAULTS = ExtractionOptions()
 
 MAX_PROMPT_CHARS = 100_000
 MAX_STOP = 8
+MAX_TURNS = 256
 MAX_STOP_CHARS = 64
 
 Weight = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_WEIGHT, le=MAX_ABS_WEIGHT)]
@@ -47,8 +49,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON types exactly: no "1" for 1, no false for 0.0
 
 
+class ChatTurn(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
 class CompleteRequest(Strict):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text to continue.")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                               description="Text to continue; or give 'messages'.")
+    messages: list[ChatTurn] | None = Field(
+        None, min_length=1, max_length=MAX_TURNS,
+        description="A conversation, rendered by the model's chat template (ending with the assistant's turn), "
+                    "instead of 'prompt'.",
+    )
     relations: dict[str, Weight] | None = Field(
         None, max_length=MAX_RELATIONS, description="Vector name → weight; empty or absent = unsteered."
     )
@@ -62,12 +75,17 @@ class CompleteRequest(Strict):
     top_p: float = Field(1.0, allow_inf_nan=False, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling reproducible.")
     stop: list[StopString] | None = Field(None, max_length=MAX_STOP, description="Stop strings (not returned).")
-    stream: bool = Field(False, description="Server-sent events: 'token' events ({text}), then 'done' with the "
+    stream: bool = Field(False, description="Server-sent events: 'token' events ({text}) for the steered text and, "
+                         "with return_baseline, 'baseline' events ({text}) for the baseline's, then 'done' with the "
                          "whole response, or 'error' with the error envelope.")
     return_baseline: bool = Field(False, description="Also return the unsteered text, generated in the same batch.")
 
     def to_input(self) -> CompletionInput:
-        return CompletionInput(**{**self.model_dump(exclude={"stream"}), "relations": dict(self.relations or {}),
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidInput("give exactly one of 'prompt' and 'messages'", param="prompt")
+        turns = tuple(ChatLine(turn.role, turn.content) for turn in self.messages) if self.messages else None
+        return CompletionInput(**{**self.model_dump(exclude={"stream", "messages"}), "messages": turns,
+                                  "prompt": self.prompt or "", "relations": dict(self.relations or {}),
                                   "stop": tuple(self.stop or ())})
 
 

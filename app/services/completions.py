@@ -10,20 +10,30 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from app.engine.backend import GenerationBackend
+from app.engine.prompts import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
 from app.services.results import Baseline, CompleteResponse, LayerNorm, Steering, TextPiece, Usage
 
 
 @dataclass(frozen=True)
+class ChatLine:
+    """One turn of a conversation given instead of a prompt."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
 class CompletionInput:
     prompt: str
+    messages: tuple[ChatLine, ...] | None = None
     relations: dict[str, float] = field(default_factory=dict)
     layer: int | None = None
     scale: float = 1.0
@@ -62,8 +72,10 @@ async def await_rows(rows: list[GenerationRequest], futures: list[Future[T]]) ->
 
 
 class CompletionService:
-    def __init__(self, backend: GenerationBackend, *, max_new_tokens: int, timeout_s: float) -> None:
+    def __init__(self, backend: GenerationBackend, prompts: PromptEncoder, *, max_new_tokens: int,
+                 timeout_s: float) -> None:
         self.backend = backend
+        self.prompts = prompts  # renders a conversation given instead of a prompt
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
 
@@ -76,13 +88,20 @@ class CompletionService:
         asked = BankSteering.checked(spec.relations, scale=spec.scale, layer=spec.layer, positions=spec.positions)
         self.backend.check_steering(asked)  # also a layer given without relations: refused, not ignored
         steering = asked if spec.relations else None
-        prompt_ids = self.backend.encode(spec.prompt, spec.max_new_tokens)
+        prompt_ids = self._prompt_ids(spec)
         params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p, spec.seed, spec.stop)
         deadline = time.monotonic() + self.timeout_s
         rows = [GenerationRequest(prompt_ids, params, steering=steering, deadline=deadline)]
         if spec.return_baseline:
             rows.append(GenerationRequest(prompt_ids, params, deadline=deadline))
         return _Prepared(spec, steering, rows)
+
+    def _prompt_ids(self, spec: CompletionInput) -> list[int]:
+        if spec.messages is None:
+            return self.backend.encode(spec.prompt, spec.max_new_tokens)
+        text = self.prompts.render_chat([{"role": turn.role, "content": turn.content} for turn in spec.messages])
+        # The template wrote the special tokens itself: encode as inside a sequence, as /v1/chat/completions does.
+        return self.prompts.check_ids(self.prompts.tokenize(text), spec.max_new_tokens, param="messages")
 
     async def complete(self, spec: CompletionInput) -> CompleteResponse:
         """Run one completion request."""
@@ -99,29 +118,34 @@ class CompletionService:
         ``("token", {"text"})`` per new piece of text, then ``("done", <the POST /complete response>)``."""
         prepared = self._prepare(spec)
         loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str] = asyncio.Queue()
+        pieces: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
-        def hand_over(text: str) -> None:  # runs on the engine thread
-            loop.call_soon_threadsafe(pieces.put_nowait, text)
+        def hand_over(event: str) -> Callable[[str], None]:
+            def put(text: str) -> None:  # runs on the engine thread
+                loop.call_soon_threadsafe(pieces.put_nowait, (event, text))
+            return put
 
-        prepared.rows[0].on_text = hand_over
+        for row, event in zip(prepared.rows, ("token", "baseline"), strict=False):
+            row.on_text = hand_over(event)
         self.backend.submit(prepared.rows)
         # Wait for the batch slot first: a queue-wait 504 is a plain response too, not an error event.
         await await_rows(prepared.rows, [row.admitted for row in prepared.rows])
         return self._events(prepared, pieces)
 
-    async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[str]) -> AsyncIterator[Event]:
+    async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[tuple[str, str]]) -> AsyncIterator[Event]:
         finished = asyncio.ensure_future(self._finish(prepared))
         try:
             while True:
                 getter = asyncio.ensure_future(pieces.get())
                 await asyncio.wait({getter, finished}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    yield "token", TextPiece(text=getter.result())
+                    event, text = getter.result()
+                    yield event, TextPiece(text=text)
                     continue
                 getter.cancel()
                 while not pieces.empty():  # the engine hands over the last piece before the result
-                    yield "token", TextPiece(text=pieces.get_nowait())
+                    event, text = pieces.get_nowait()
+                    yield event, TextPiece(text=text)
                 yield "done", finished.result()
                 return
         finally:

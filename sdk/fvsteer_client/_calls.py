@@ -56,6 +56,7 @@ _VECTOR_LIST = TypeAdapter(list[VectorSummary])
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "stop": lambda value: [value] if isinstance(value, str) else list(value),
     "relations": dict,
+    "messages": lambda turns: [dict(turn) for turn in turns],
     "pairs": normalize_pairs,  # may read a file: AsyncClient builds these calls in a worker thread
 }
 
@@ -96,9 +97,10 @@ def _body(method: str, allowed: frozenset[str], options: Mapping[str, Any], **fi
     return body
 
 
-def _complete_call(prompt: str, options: Mapping[str, Any], stream: bool = False) -> _Call[Completion]:
-    """With ``stream``, ``parse`` applies to the ``done`` event's data (``_CompletionStream``)."""
-    body = _body("complete", _COMPLETION_FIELDS, options, prompt=prompt)
+def _complete_call(prompt: str | None, options: Mapping[str, Any], stream: bool = False) -> _Call[Completion]:
+    """With ``stream``, ``parse`` applies to the ``done`` event's data (``_CompletionStream``); a conversation in
+    ``options["messages"]`` goes instead of the prompt (the server refuses both or neither, naming ``prompt``)."""
+    body = _body("complete", _COMPLETION_FIELDS, options, **({} if prompt is None else {"prompt": prompt}))
     if stream:
         body["stream"] = True
         return _Call("POST", "/complete", Completion.model_validate, json=body, accept=EVENT_STREAM)

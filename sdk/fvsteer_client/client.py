@@ -211,14 +211,14 @@ class Client(_BaseClient):
         self.close()
 
     @overload
-    def complete(self, prompt: str, *, stream: Literal[False] = False,
+    def complete(self, prompt: str | None = None, *, stream: Literal[False] = False,
                  **options: Unpack[CompletionOptions]) -> Completion: ...
 
     @overload
-    def complete(self, prompt: str, *, stream: Literal[True],
+    def complete(self, prompt: str | None = None, *, stream: Literal[True],
                  **options: Unpack[CompletionOptions]) -> Iterator[CompletionChunk]: ...
 
-    def complete(self, prompt: str, *, stream: bool = False,
+    def complete(self, prompt: str | None = None, *, stream: bool = False,
                  **options: Unpack[CompletionOptions]) -> Completion | Iterator[CompletionChunk]:
         """``POST /complete``: steer with ``relations={name: weight}``; no relations means unsteered.
 
@@ -411,14 +411,14 @@ class AsyncClient(_BaseClient):
         await self.aclose()
 
     @overload
-    async def complete(self, prompt: str, *, stream: Literal[False] = False,
+    async def complete(self, prompt: str | None = None, *, stream: Literal[False] = False,
                        **options: Unpack[CompletionOptions]) -> Completion: ...
 
     @overload
-    async def complete(self, prompt: str, *, stream: Literal[True],
+    async def complete(self, prompt: str | None = None, *, stream: Literal[True],
                        **options: Unpack[CompletionOptions]) -> AsyncIterator[CompletionChunk]: ...
 
-    async def complete(self, prompt: str, *, stream: bool = False,
+    async def complete(self, prompt: str | None = None, *, stream: bool = False,
                        **options: Unpack[CompletionOptions]) -> Completion | AsyncIterator[CompletionChunk]:
         """See ``Client.complete``; with ``stream=True`` await it for an async iterator (``async for``)."""
         if stream:

@@ -27,8 +27,10 @@ ProgressCallback = Callable[[Job], object]
 
 
 class CompletionOptions(TypedDict, total=False):
-    """Optional fields of ``POST /complete``; a field left out (or None) is not sent, so the server default applies."""
+    """Optional fields of ``POST /complete``; a field left out (or None) is not sent, so the server default applies.
+    ``messages`` (``[{"role", "content"}, …]``, rendered by the model's chat template) replaces the prompt."""
 
+    messages: Sequence[Mapping[str, str]] | None
     relations: Mapping[str, float] | None
     layer: int | None
     scale: float | None

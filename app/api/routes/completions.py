@@ -20,7 +20,8 @@ from app.services.completions import Event
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["completions"])
-STREAM_DOC = ("`token` events (`{\"text\"}`: the next piece of text), then one `done` event with the response "
+STREAM_DOC = ("`token` events (`{\"text\"}`: the next piece of text; with `return_baseline`, `baseline` events "
+              "carry the baseline's pieces the same way), then one `done` event with the response "
               "object, or one `error` event with the error envelope")
 
 
