@@ -43,8 +43,11 @@ def test_stream_stop_baseline_and_metrics(vllm_front: LiveServer) -> None:
         events = [block for block in response.read().decode().split("\n\n") if block]
     names = [block.split("\n")[0].removeprefix("event: ") for block in events]
     data = [json.loads(block.split("data: ", 1)[1]) for block in events]
-    assert names[-1] == "done" and set(names[:-1]) == {"token"}
-    assert "".join(piece["text"] for piece in data[:-1]) == data[-1]["text"] == whole["text"]
+    assert names[-1] == "done" and set(names[:-1]) == {"token", "baseline"}
+    pieces = {kind: "".join(piece["text"] for name, piece in zip(names, data, strict=True) if name == kind)
+              for kind in ("token", "baseline")}
+    assert pieces["token"] == data[-1]["text"] == whole["text"]
+    assert pieces["baseline"] == data[-1]["baseline"]["text"] == whole["baseline"]["text"]
     assert whole["finish_reason"] == "stop" and "\n" not in whole["text"]
     assert whole["baseline"]["text"] != whole["text"] and whole["steering"]["layers"]
     assert metric(vllm_front, "fvsteer_tokens_generated_total") > tokens
