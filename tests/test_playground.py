@@ -12,6 +12,8 @@ import json
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +111,13 @@ def page(browser: Browser, server: LiveServer) -> Iterator[tuple[Page, Console]]
     context.close()
 
 
+def run_python(code: str) -> str:
+    """What a copied snippet prints, run as a user would run it."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def slider_value(page: Page, name: str) -> float:
     return float(page.locator(f'#sliders input[data-name="{name}"]').input_value())
 
@@ -138,12 +147,15 @@ def test_steer_streams_steered_and_baseline_and_shows_the_request(page: tuple[Pa
     assert "/complete" in curl and '"pg-extracted":1' in curl and '"scale":4' in curl
     assert '"return_baseline":true' in curl
     page_.click('#snippet-tabs [data-lang="sdk"]')
-    assert 'relations={"pg-extracted": 1}' in snippet.inner_text() and "scale=4" in snippet.inner_text()
+    sdk_snippet = snippet.inner_text()
+    assert 'relations={"pg-extracted": 1}' in sdk_snippet and "scale=4" in sdk_snippet
+    assert run_python(sdk_snippet) == f"{steered}\n{baseline}\n"  # the snippet runs and gives what the page showed
     page_.keyboard.press("ArrowRight")  # keyboard moves between snippet tabs
     expect(page_.locator('#snippet-tabs [data-lang="openai"]')).to_have_attribute("aria-selected", "true")
     openai_snippet = snippet.inner_text()
     assert "client.completions.create" in openai_snippet
     assert '"steering": {"relations": {"pg-extracted": 1}, "scale": 4}' in openai_snippet
+    assert run_python(openai_snippet) == f"{steered}\n"
     page_.click("#copy-snippet")
     expect(page_.locator("#copy-state")).to_have_text("copied")
     assert page_.evaluate("navigator.clipboard.readText()") == openai_snippet
