@@ -113,9 +113,12 @@ def test_cancel_a_running_job_and_a_queued_one(pair: tuple[Side, Side]) -> None:
     first = api.jobs.submit("finetune", "first", {"name": "first"})
     wait_until(lambda: api.jobs.get(first.id).phase == "training", "the first job to run")
     second = api.jobs.submit("finetune", "second", {"name": "second"})
+    assert api.jobs.counts() == {"queued": 1, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
     assert api.jobs.cancel(second.id).state == "cancelled"  # queued: at once
+    assert api.jobs.counts()["queued"] == 0 and api.jobs.counts()["cancelled"] == 1
     assert api.jobs.cancel(first.id).state == "running"  # running: at its next step
     wait_until(lambda: api.jobs.get(first.id).state == "cancelled", "the running job to stop")
+    assert api.jobs.counts() == {"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 2}
     assert worker.registry.saved == {} and worker.ran == [first.id]  # the cancelled queued job never ran
     again = api.jobs.submit("finetune", "second", {"name": "second"})  # a cancelled job's name is free again
     worker.release.set()
