@@ -27,7 +27,7 @@ from app.openai.model_ids import ModelIds
 from app.openai.serving import OpenAIServing
 from app.registry.registry import VectorRegistry
 from app.registry.sync import RegistrySync, start_registry_sync
-from app.registry.vector_file import read_vector_file
+from app.registry.vector_file import read_vector_metadata
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
 from app.services.presets import PresetStore
@@ -247,7 +247,7 @@ def saved_by(registry: VectorRegistry, name: str) -> str | None:
     shared folder itself, which another process may have written a moment ago."""
     path = registry.folder / f"{name}.safetensors"
     try:
-        return read_vector_file(path).metadata.get("job", "")
+        return read_vector_metadata(path).get("job", "")
     except FileNotFoundError:
         return None
     except Exception:  # a file that cannot be read still takes the name

@@ -102,6 +102,12 @@ def vector_from_bytes(data: bytes, d_model: int) -> torch.Tensor:
     return vector
 
 
+def read_vector_metadata(path: Path) -> dict[str, str]:
+    """A vector file's metadata from its header alone (the tensor is not read)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def read_vector_file(path: Path) -> StoredVector:
     """Read a vector file written by :func:`create_vector_file` (raises ``ValueError`` on anything else)."""
     with safe_open(str(path), framework="pt") as handle:
