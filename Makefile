@@ -63,7 +63,7 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 	FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/python -m pytest tests_vllm $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin scripts
+	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin
 	$(BIN)/mypy
 
 # The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h on 2 cores; resumes).
@@ -73,7 +73,7 @@ vectors: $(STAMP)
 # The README's playground pictures (docs/img/playground-*.png): the embedded model and the starter bank, driven in
 # Debian's Chromium (apt-get install chromium); a few minutes.
 screenshots: $(STAMP)
-	$(BIN)/python scripts/playground_screenshots.py
+	$(BIN)/python benchmarks/playground_screenshots.py
 
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/serving.py

@@ -4,26 +4,21 @@ Starts a real server (``python -m app.server``) on a copy of the committed bank 
 the copy keeps the repository's ``vectors/`` untouched), drives each panel in Debian's Chromium with Playwright as a
 user would, and writes ``docs/img/playground-{steer,analogies,vectors,train}.png``. A few minutes on 2 cores.
 
-    .venv/bin/python scripts/playground_screenshots.py [--out docs/img] [--chromium /usr/bin/chromium]
+    .venv/bin/python benchmarks/playground_screenshots.py [--out docs/img] [--chromium /usr/bin/chromium]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from playwright.sync_api import Page, expect, sync_playwright
+from servers import ROOT, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parents[1]
 BANK = ROOT / "vectors" / "smollm2-135m-instruct"
 # Adjective → adverb: a relation the starter bank does not ship, so the Train panel makes something new.
 ADVERB_PAIRS = """input,output
@@ -50,33 +45,10 @@ sudden,suddenly
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(workdir: Path, token: str) -> tuple[subprocess.Popen[bytes], str]:
+def start(workdir: Path, token: str) -> tuple[subprocess.Popen[bytes], str]:
     vectors = workdir / "vectors" / BANK.name
     shutil.copytree(BANK, vectors)
-    port = free_port()
-    env = {**os.environ, "FVSTEER_PORT": str(port), "FVSTEER_HOST": "127.0.0.1", "FVSTEER_ADMIN_TOKEN": token,
-           "FVSTEER_VECTORS_DIR": str(workdir / "vectors"), "FVSTEER_JOBS_DIR": str(workdir / "jobs")}
-    log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app.server"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited:\n{(workdir / 'server.log').read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise SystemExit("server not ready after 600 s")
+    return start_server(workdir, {"FVSTEER_ADMIN_TOKEN": token, "FVSTEER_VECTORS_DIR": str(workdir / "vectors")})
 
 
 def steer(page: Page, out: Path) -> None:
@@ -129,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fvsteer-shots-") as tmp:
-        process, url = start_server(Path(tmp), secrets.token_hex(16))
+        process, url = start(Path(tmp), secrets.token_hex(16))
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
@@ -144,8 +116,7 @@ def main() -> None:
                 if errors:
                     raise SystemExit(f"JavaScript errors: {errors}")
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_server(process)
     print(f"wrote {args.out}/playground-*.png")
 
 
