@@ -1,10 +1,11 @@
-"""The committed starter bank on the embedded model, served as `make serve` serves it: every shipped relation
-loads as a fine-tuned vector, relation weights steer completions to the relation's answers, the fitted combiner
-answers analogies, and a fine-tune job sent through the SDK on 20 pairs of a relation the bank lacks makes a
-vector that steers other pairs of that relation. Marked ``model`` (minutes)."""
+"""The committed starter bank on the embedded model, served as `make serve` serves it: every relation the bank was
+built from is shipped and loads as a fine-tuned vector of the current file, relation weights steer completions to
+the relation's answers, the fitted combiner answers analogies, and a fine-tune job sent through the SDK on 20 pairs
+of a relation the bank lacks makes a vector that steers other pairs of that relation. Marked ``model`` (minutes)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -12,12 +13,15 @@ from collections.abc import Iterator
 import pytest
 from fvsteer_client import Client
 
-from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
+from app.fv.pairs import dataset_sha256, relation_pairs, shipped_relations, split_pairs
 from tests.conftest import ROOT, LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.model
 
 BANK = ROOT / "vectors" / "smollm2-135m-instruct"
+# The relations the committed bank (and its combiner) was built from: the 27 of the first release. The relations
+# added since (issue 16) get their vectors when the bank is rebuilt (`make vectors`), not here.
+BANK_RELATIONS: list[str] = json.loads((BANK / "combiner.json").read_text(encoding="utf-8"))["relations"]
 # Adjective → adverb: not a shipped relation, so not in the bank. The first 20 train; the rest check.
 ADVERBS = [
     ("quick", "quickly"), ("slow", "slowly"), ("careful", "carefully"), ("quiet", "quietly"), ("loud", "loudly"),
@@ -58,13 +62,16 @@ def answers(client: Client, pairs: list[tuple[str, str]], relations: dict[str, f
     return steered, unsteered
 
 
-def test_every_shipped_relation_loads_as_a_finetuned_vector(bank_server: LiveServer) -> None:
+def test_every_bank_relation_loads_as_a_finetuned_vector_of_the_current_file(bank_server: LiveServer) -> None:
     with Client(bank_server.url, admin_token=bank_server.admin_token) as client:
         listing = client.admin.list_vectors()
     assert not listing.refused, listing.refused
     finetuned = {vector.name: vector for vector in listing.vectors if vector.method == "finetuned"}
-    assert set(shipped_relations()) <= set(finetuned)
-    for name in shipped_relations():
+    assert set(BANK_RELATIONS) <= set(shipped_relations())
+    assert set(BANK_RELATIONS) <= set(finetuned)
+    for name in BANK_RELATIONS:
+        stale = finetuned[name].dataset_sha256 != dataset_sha256(relation_pairs(name))
+        assert not stale, f"{name}: the vector was built from another version of the file; run make vectors"
         metrics = finetuned[name].metrics
         assert metrics["holdout_top1_after"] >= metrics["holdout_top1_before"]
 
@@ -80,7 +87,7 @@ def test_relation_weights_steer_to_the_relation(bank_server: LiveServer, relatio
 def test_analogies_use_the_fitted_combiner(bank_server: LiveServer) -> None:
     with Client(bank_server.url, timeout=300) as client:
         result = client.analogy("hot", "cold", "up", choices=["down", "above"])
-    assert result.combiner == "affine" and set(shipped_relations()) <= set(result.weights)
+    assert result.combiner == "affine" and set(BANK_RELATIONS) <= set(result.weights)
     # The weights rank the problem's relation first in about half of UCLA VAT's problems (docs/results.md): here
     # antonym must be among the top two (the 80-epoch bank puts next-item just above it for hot:cold).
     top = [name for name, _ in result.top_relations(2)]
