@@ -8,8 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,94 +85,24 @@ def evaluation_pairs() -> dict[str, set[tuple[str, str]]]:
     return {name: read(DATA / name) for name, read in READERS.items() if (DATA / name).is_dir()}
 
 
-# The 27 relations of the first release were written before this check and overlap where the sets enumerate the
-# same facts (country → capital, translations of common words, antonyms, weekdays…). Their counts here are a
-# ceiling that may only go down as those files are rewritten or retired (issue 16); the committed starter bank was
-# built from them as they are. Every other relation is held to the 1 % budget on its own.
-LEGACY_OVERLAP = {
-    "adjective-noun": 4,
-    "agent-action": 17,
-    "animal-habitat": 14,
-    "animal-young": 19,
-    "antonym": 85,
-    "capitalize": 37,
-    "category-member": 34,
-    "cause-effect": 8,
-    "comparative": 42,
-    "country-capital": 102,
-    "country-language": 40,
-    "english-french": 92,
-    "english-german": 94,
-    "english-spanish": 92,
-    "male-female": 41,
-    "member-category": 11,
-    "mild-extreme": 25,
-    "next-item": 64,
-    "object-color": 28,
-    "part-whole": 20,
-    "present-past": 46,
-    "singular-plural": 40,
-    "synonym": 63,
-    "thing-material": 11,
-    "tool-function": 14,
-    "verb-agent": 15,
-    "whole-part": 31,
-}
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
-
-
-@dataclass(frozen=True)
-class Overlap:
-    pairs: dict[str, int]  # relation → its number of pairs
-    found: dict[str, list[str]]  # relation → its pairs that occur in a set, "x→y (set,…)"
-
-    def count(self, relations: Iterable[str]) -> int:
-        return sum(len(self.found.get(name, [])) for name in relations)
-
-    def detail(self, relations: Iterable[str]) -> str:
-        hits = sorted(((len(self.found[n]), n) for n in relations if self.found.get(n)), reverse=True)
-        return "; ".join(f"{name}: {n} [{', '.join(self.found[name][:8])}]" for n, name in hits)
-
-
-@pytest.fixture(scope="module")
-def overlap() -> Overlap:
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
+def test_shipped_pairs_are_not_taken_from_the_evaluation_sets() -> None:
     sets = evaluation_pairs()
     assert sets, f"no evaluation set found under {DATA}"
     for name, members in sets.items():
         assert len(members) >= 40, f"{name}: only {len(members)} pairs read; has the format changed?"
     every = set().union(*sets.values())
-    sizes: dict[str, int] = {}
+    total = 0
     found: dict[str, list[str]] = {}
     for relation in shipped_relations():
         pairs = relation_pairs(relation)
-        sizes[relation] = len(pairs)
+        total += len(pairs)
         for pair in pairs:
             key = _key(pair.input, pair.output)
             if key in every:
                 where = ",".join(name for name, members in sets.items() if key in members)
                 found.setdefault(relation, []).append(f"{pair.input}→{pair.output} ({where})")
-    return Overlap(sizes, found)
-
-
-@needs_data
-def test_relations_outside_the_legacy_ones_stay_within_one_percent(overlap: Overlap) -> None:
-    names = [name for name in overlap.pairs if name not in LEGACY_OVERLAP]
-    total = sum(overlap.pairs[name] for name in names)
-    count = overlap.count(names)
-    assert count <= MAX_OVERLAP * total, f"{count} of {total} pairs are in the evaluation sets: {overlap.detail(names)}"
-
-
-@needs_data
-def test_legacy_overlap_only_goes_down(overlap: Overlap) -> None:
-    grown = {name: (len(overlap.found.get(name, [])), ceiling) for name, ceiling in LEGACY_OVERLAP.items()
-             if name in overlap.pairs and len(overlap.found.get(name, [])) > ceiling}
-    assert not grown, f"more overlap than recorded (now, ceiling): {grown}; {overlap.detail(grown)}"
-
-
-@needs_data
-@pytest.mark.xfail(strict=True, reason="the 27 legacy relations still overlap the evaluation sets (issue 16)")
-def test_shipped_pairs_are_not_taken_from_the_evaluation_sets(overlap: Overlap) -> None:
-    total = sum(overlap.pairs.values())
-    count = overlap.count(overlap.pairs)
-    assert count <= MAX_OVERLAP * total, (
-        f"{count} of {total} shipped pairs occur in the evaluation sets: {overlap.detail(overlap.pairs)}")
+    count = sum(len(hits) for hits in found.values())
+    per_file = sorted(found.items(), key=lambda item: -len(item[1]))
+    detail = "; ".join(f"{name}: {len(hits)} [{', '.join(hits[:8])}]" for name, hits in per_file)
+    assert count <= MAX_OVERLAP * total, f"{count} of {total} shipped pairs occur in the evaluation sets: {detail}"
