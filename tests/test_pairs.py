@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from safetensors import safe_open
 
 from app.errors import InvalidInput, NotFound
 from app.fv.pairs import (
@@ -30,6 +31,17 @@ def raw(pairs: list[Pair]) -> list[dict[str, str]]:
     return [{"input": pair.input, "output": pair.output} for pair in pairs]
 
 
+# What the project promises per shipped relation (issue 16); the API's own floor for user pairs is MIN_PAIRS.
+MIN_SHIPPED_PAIRS = 40
+BANK = RELATIONS_DIR.parents[2] / "vectors" / "smollm2-135m-instruct"
+# The relations the committed starter bank (and its combiner) was built from: the 27 of the first release.
+BANK_RELATIONS: list[str] = json.loads((BANK / "combiner.json").read_text(encoding="utf-8"))["relations"]
+# Bank vectors built from a relation file that issue 16 has rewritten since (it replaced the pairs found in the
+# evaluation sets): `make vectors` rebuilds them, as its up-to-date check compares the same hashes. Take a name out
+# once its vector is rebuilt.
+STALE_BANK_VECTORS = frozenset(BANK_RELATIONS)
+
+
 def readme_counts() -> dict[str, int]:
     """``relation → pairs`` from the table of the relations README."""
     text = (RELATIONS_DIR / "README.md").read_text(encoding="utf-8")
@@ -42,13 +54,13 @@ def readme_counts() -> dict[str, int]:
 def test_shipped_relations_match_the_readme_and_are_big_enough() -> None:
     names = shipped_relations()
     counts = readme_counts()
-    assert len(names) >= 24
+    assert len(names) >= 100
     assert sorted(counts) == names, "README table and relation files disagree"
     total = 0
     for name in names:
         pairs = relation_pairs(name)  # validates shape, emptiness, duplicates
         assert len(pairs) == counts[name], name
-        assert len(pairs) >= 60, name
+        assert len(pairs) >= MIN_SHIPPED_PAIRS, name
         assert len({pair.input for pair in pairs}) == len(pairs), name
         for pair in pairs:
             assert pair.input == pair.input.strip() and pair.output == pair.output.strip(), (name, pair)
@@ -56,6 +68,24 @@ def test_shipped_relations_match_the_readme_and_are_big_enough() -> None:
         total += len(pairs)
     text = (RELATIONS_DIR / "README.md").read_text(encoding="utf-8")
     assert f"Total: {len(names)} relations, {total} pairs." in text
+
+
+def test_the_committed_bank_was_built_from_the_shipped_files() -> None:
+    """Every vector of the starter bank names a shipped relation; it was built from the file as it is now, or it is
+    listed in STALE_BANK_VECTORS (and really is stale). Relations newer than the bank have no vector yet."""
+    bank_relations = set(BANK_RELATIONS)
+    assert bank_relations and bank_relations <= set(shipped_relations())
+    stale = set()
+    for name in bank_relations:
+        with safe_open(str(BANK / f"{name}.safetensors"), framework="pt") as file:
+            meta = file.metadata()
+        assert meta["method"] == "finetuned", name
+        if meta["dataset_sha256"] != dataset_sha256(relation_pairs(name)):
+            stale.add(name)
+    unlisted = stale - STALE_BANK_VECTORS
+    assert not unlisted, f"stale vectors not listed, rebuild them (make vectors): {sorted(unlisted)}"
+    rebuilt = STALE_BANK_VECTORS - stale
+    assert not rebuilt, f"rebuilt since: take them out of STALE_BANK_VECTORS: {sorted(rebuilt)}"
 
 
 def test_raw_relation_files_have_exactly_input_and_output() -> None:
