@@ -1,5 +1,6 @@
 """Head scoring by causal mediation: the reference method (one full forward per head) against the fast one
-(prefix KV cache reused, all heads batched into one-token forwards), on the embedded model.
+(prefix KV cache shared, heads patched side by side in chunks of whole layers, blocks under a chunk replayed),
+on the embedded model.
 
 Both score the same corrupted prompts and the same heads with the same head means; the script prints both
 times, their ratio and the largest difference between the two AIE matrices. Run it on a quiet machine:
@@ -7,6 +8,7 @@ times, their ratio and the largest difference between the two AIE matrices. Run 
     .venv/bin/python benchmarks/mediation.py                        # all heads, 25 prompts (~40 min on 2 cores)
     .venv/bin/python benchmarks/mediation.py --reference-prompts 2  # quick look: reference on 2 prompts
 
+``--head-batch`` sets the fast method's chunk size (heads per forward; default ``DEFAULT_HEAD_BATCH``).
 With ``--reference-prompts N`` the ratio compares per-prompt times (the fast method still scores every prompt)
 and the difference is taken over those N prompts.
 """
@@ -21,7 +23,7 @@ import time
 import torch
 
 from app.fv.activations import mean_head_outputs
-from app.fv.mediation import ScoredPrompt, aie_fast, aie_reference, all_heads
+from app.fv.mediation import DEFAULT_HEAD_BATCH, ScoredPrompt, aie_fast, aie_reference, all_heads
 from app.fv.pairs import relation_pairs, split_pairs
 from app.fv.prompts import Template, bos_prefix, icl_prompts
 from app.model.adapter import adapt
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=25, help="corrupted prompts scored (Todd et al.: 25)")
     parser.add_argument("--mean-prompts", type=int, default=100, help="clean prompts averaged for head means")
     parser.add_argument("--reference-prompts", type=int, default=None, help="score only the first N by reference")
+    parser.add_argument("--head-batch", type=int, default=DEFAULT_HEAD_BATCH, help="fast method: heads per forward")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -63,7 +66,7 @@ def main() -> None:
     reference_sum = torch.zeros(adapter.n_layers, adapter.n_heads)
     for index, prompt in enumerate(prompts):
         started = time.perf_counter()
-        fast = aie_fast(adapter, [prompt], means, heads)
+        fast = aie_fast(adapter, [prompt], means, heads, head_batch=args.head_batch)
         fast_s += time.perf_counter() - started
         if index < n_reference:
             fast_sum += fast
@@ -78,7 +81,8 @@ def main() -> None:
     print(f"{'reference':<12}{n_reference:>8}{reference_s:>10.1f}{reference_s / n_reference:>10.2f}")
     print(f"{'fast':<12}{len(prompts):>8}{fast_s:>10.1f}{fast_s / len(prompts):>10.2f}")
     print(f"ratio (reference/fast per prompt): {ratio:.1f}x   max |AIE fast - AIE reference|: {max_abs_diff:.2e}")
-    print(f"heads={len(heads)} prompts={len(prompts)} reference_prompts={n_reference} reference_s={reference_s:.2f} "
+    print(f"head_batch={args.head_batch} "
+          f"heads={len(heads)} prompts={len(prompts)} reference_prompts={n_reference} reference_s={reference_s:.2f} "
           f"fast_s={fast_s:.2f} ratio={ratio:.2f} max_abs_diff={max_abs_diff:.3e}")
 
 

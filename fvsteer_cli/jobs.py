@@ -55,6 +55,10 @@ def _extraction_summary(result: ExtractResult) -> Lines:
         lines.append(("phase times", phase_times(result.phase_seconds, decimals=2)))
     cache = result.head_means_cache
     lines.append(("head-means cache", f"{'hit' if cache.hit else 'miss'} ({cache.backend})"))
+    if result.scoring_cache is not None:
+        scoring = result.scoring_cache
+        lines.append(("scoring cache", f"AIE {'hit' if scoring.aie_hit else 'miss'}, layer sweep "
+                                       f"{'hit' if scoring.layer_sweep_hit else 'miss'} ({scoring.backend})"))
     return lines
 
 

@@ -125,6 +125,7 @@ def test_extract_pairs_summary(live_server: LiveServer, sdk: fv.Client, cleanup:
     assert "zero-shot" in out and "with the vector" in out
     assert "means" in out and "scoring" in out  # phase times
     assert "head-means cache" in out
+    assert "scoring cache" in out and "AIE" in out and "layer sweep" in out
     info = sdk.get_vector(name)
     assert (info.relation, info.layer) == ("custom", 2)
 

@@ -196,6 +196,7 @@ def test_extraction_job_succeeds_and_saves_a_cma_vector(server: LiveServer, extr
     assert result["vector"] == name and job["progress"] == 1.0 and job["error"] is None
     assert 0 <= result["layer"] < N_LAYERS
     assert result["head_means_cache"] == {"hit": False, "backend": "redis"}
+    assert result["scoring_cache"] == {"aie_hit": False, "layer_sweep_hit": False, "backend": "redis"}
     assert len(result["heads"]) == SMALL["n_heads"]
     assert set(result["phase_seconds"]) == {"means", "scoring", "layer_sweep"}
 
@@ -261,6 +262,7 @@ def test_same_inputs_hit_the_redis_cache(server: LiveServer, extracted: dict[str
     name = new_name("again")
     job = extract_and_wait(server, name=name, relation="antonym", seed=extracted["seed"], **SMALL)
     assert job["result"]["head_means_cache"] == {"hit": True, "backend": "redis"}
+    assert job["result"]["scoring_cache"] == {"aie_hit": True, "layer_sweep_hit": True, "backend": "redis"}
     after = cache_counts(server)
     assert after["hit"] == before["hit"] + 1
     assert after["miss"] == before["miss"]
@@ -430,6 +432,7 @@ def test_restart_interrupts_the_running_job_and_redis_down_degrades(
         assert ready.json()["status"] == "degraded" and ready.json()["cache"] == "degraded"
         job = extract_and_wait(again, name=new_name("nocache"), pairs=user_pairs(14), **SMALL)
         assert job["result"]["head_means_cache"] == {"hit": False, "backend": "degraded"}
+        assert job["result"]["scoring_cache"] == {"aie_hit": False, "layer_sweep_hit": False, "backend": "degraded"}
         counts = cache_counts(again)
         assert counts["error"] >= 2 and counts["hit"] == 0  # the failed read and the failed write, no crash
         response = complete(again, prompt="Q: w1\nA:", relations={job["result"]["vector"]: 1.0})

@@ -123,19 +123,21 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path: Path, tiny_llama_dir: Path,
         body = {"pairs": pairs(secrets.token_hex(3)), "seed": 5, **QUICK_JOB}
         first = extract_and_wait(server, name=new_name("first"), **body)
         client = redis.Redis(port=port)
-        (key,) = client.keys("*")
-        fields = client.hkeys(key)
-        assert len(fields) > 1
-        client.hset(key, mapping={field: b"\x00garbage" for field in fields})  # every value, meta included
+        keys = client.keys("*")
+        assert sorted(key.split(b":")[1] for key in keys) == [b"aie", b"head-means", b"layer-sweep"]
+        for key in keys:  # every value of every record, meta included
+            client.hset(key, mapping={field: b"\x00garbage" for field in client.hkeys(key)})
         errors = cache_counts(server)["error"]
         second = extract_and_wait(server, name=new_name("second"), **body)
-        assert second["result"]["head_means_cache"]["hit"] is False  # the corrupt entry was not used
+        assert second["result"]["head_means_cache"]["hit"] is False  # the corrupt entries were not used
+        assert second["result"]["scoring_cache"] == {"aie_hit": False, "layer_sweep_hit": False, "backend": "redis"}
         assert torch.equal(stored_vector(server, second["result"]["vector"]),
                            stored_vector(server, first["result"]["vector"]))
         assert cache_counts(server)["error"] == errors + 1
         assert readiness(server) == "ready"  # Redis itself is fine
         third = extract_and_wait(server, name=new_name("third"), **body)  # the recomputed entry replaced it
         assert third["result"]["head_means_cache"]["hit"] is True
+        assert third["result"]["scoring_cache"] == {"aie_hit": True, "layer_sweep_hit": True, "backend": "redis"}
         assert "corrupt" in server.log()
     finally:
         stop_server(server)

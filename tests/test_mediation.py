@@ -12,9 +12,17 @@ import torch
 from torch import Tensor
 
 from app.fv.activations import capture_last_token_heads, mean_head_outputs
-from app.fv.mediation import ScoredPrompt, aie_fast, aie_reference, all_heads, patched_heads, top_heads
+from app.fv.mediation import (
+    ScoredPrompt,
+    aie_fast,
+    aie_reference,
+    all_heads,
+    layer_chunks,
+    patched_heads,
+    top_heads,
+)
 from app.model.adapter import ModelAdapter, adapt
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import ARCH_CONFIGS, tiny_model, tiny_tokenizer
 
 TOKENIZER = tiny_tokenizer()
 CLEAN = [
@@ -56,17 +64,16 @@ def pre_hook_count(adapter: ModelAdapter) -> int:
 # --- AIE: fast vs reference ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gemma2"])
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
 def test_fast_aie_equals_the_reference(arch: str) -> None:
     adapter = adapter_of(arch)
     means, prompts = means_of(arch), scored_prompts()
     reference = aie_reference(adapter, prompts, means)
     assert reference.shape == (adapter.n_layers, adapter.n_heads)
     assert reference.abs().max() > 1e-4, "the oracle sees no effect at all: the comparison would be vacuous"
-    n_rows = adapter.n_layers * adapter.n_heads + 1
     worst = 0.0
-    for head_batch in (5, 7, 16, 96):  # 17 rows split 5+5+5+2, 7+7+3, 16+1, and all at once
-        assert head_batch >= n_rows or n_rows % head_batch != 0
+    # 4 layers of 4 heads: one layer per forward (every block under it replayed), two, three + one, all at once.
+    for head_batch in (1, 8, 12, 96):
         fast = aie_fast(adapter, prompts, means, head_batch=head_batch)
         diff = float((fast - reference).abs().max())
         worst = max(worst, diff)
@@ -99,10 +106,62 @@ def test_fast_aie_reports_progress_and_runs_through_the_runner() -> None:
         calls.append(1)
         return fn()
 
-    aie_fast(adapter, scored_prompts(), means_of("llama"), head_batch=6, run=run,
+    aie_fast(adapter, scored_prompts(), means_of("llama"), head_batch=8, run=run,
              on_prompt=lambda step, total: steps.append((step, total)))
     assert steps == [(1, 3), (2, 3), (3, 3)]
-    assert len(calls) == 3 * (1 + 3)  # one prefix + ceil(17 / 6) scoring batches per prompt
+    assert len(calls) == 3 * (1 + 2)  # one full forward + two chunks of two layers per prompt
+    assert pre_hook_count(adapter) == 0
+
+
+def test_layer_chunks_keep_layers_whole_top_first() -> None:
+    heads = [(layer, head) for layer in range(4) for head in range(3)]
+    assert [chunk.heads for chunk in layer_chunks(heads, 1)] == [
+        [(layer, 0), (layer, 1), (layer, 2)] for layer in (3, 2, 1, 0)]
+    chunks = layer_chunks(heads, 7)
+    assert [chunk.first_layer for chunk in chunks] == [2, 0]
+    assert [len(chunk.heads) for chunk in chunks] == [6, 6]
+    assert sorted(head for chunk in layer_chunks(heads, 5) for head in chunk.heads) == heads
+    assert [chunk.first_layer for chunk in layer_chunks([(0, 1), (2, 0), (2, 2)], 100)] == [0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_blocks_below_a_chunk_are_replayed_not_run_and_restored(arch: str) -> None:
+    """Heads of the top layer only: after the full forward, no block below it runs; every block's own forward
+    is back afterwards, even when the forward fails."""
+    adapter = adapter_of(arch)
+    top = adapter.n_layers - 1
+    calls = [0] * adapter.n_layers
+    handles = [adapter.out_proj(layer).register_forward_pre_hook(
+        lambda module, args, layer=layer: calls.__setitem__(layer, calls[layer] + 1)) for layer in range(top + 1)]
+    try:
+        aie_fast(adapter, scored_prompts(), means_of(arch), [(top, 0), (top, 2)])
+    finally:
+        for handle in handles:
+            handle.remove()
+    n_prompts = len(CORRUPTED)
+    assert calls[:top] == [n_prompts] * top  # the full forward only
+    assert calls[top] == 2 * n_prompts
+    assert all("forward" not in block.__dict__ for block in adapter.blocks)
+
+    runs: list[bool] = []  # for each forward raised in: were the blocks below replaced at that moment?
+
+    def counting(fn: Callable[[], Any]) -> Any:
+        runs.append(False)
+        return fn()
+
+    def boom(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if len(runs) > 1:  # a chunk's forward, not the full one
+            runs[-1] = "forward" in adapter.blocks[0].__dict__
+            raise RuntimeError("boom")
+
+    handle = adapter.out_proj(top).register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            aie_fast(adapter, scored_prompts(), means_of(arch), [(top, 0)], run=counting)
+    finally:
+        handle.remove()
+    assert runs == [False, True]
+    assert all("forward" not in block.__dict__ for block in adapter.blocks)
     assert pre_hook_count(adapter) == 0
 
 

@@ -34,6 +34,7 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (server.Readiness, sdk.Readiness),
     (server.JobView, sdk.Job),
     (results.HeadMeansCache, sdk.HeadMeansCache),
+    (results.ScoringCache, sdk.ScoringCache),
     (results.ExtractMetrics, sdk.ExtractMetrics),
     (results.ExtractResult, sdk.ExtractResult),
     (results.EpochRecord, sdk.EpochRecord),
@@ -82,6 +83,7 @@ LENIENT: dict[tuple[str, str], str] = {
     ("AdminVectorListing", "refused"): "a default: servers before refused files omitted it",
     ("Readiness", "model"): "optional: a readiness answer is read before anything else is known",
     ("Readiness", "cache"): "optional: servers before the Redis cache omitted it",
+    ("ExtractResult", "scoring_cache"): "a default: servers before the AIE and layer-sweep caches omitted it",
     ("FinetuneResult", "head_means_cache"): "a default: the server sends null unless the start was a mediation FV",
     ("Analogy", "choice_scores"): "a default: null without choices",
 }

@@ -3,6 +3,10 @@
 Redis layout: a hash per key, field ``"<layer>.<head>"`` → float32 bytes, plus a ``meta`` field (JSON).
 A Redis that is down, slow or holding a corrupt value is never fatal: the cache reports a miss, logs
 once, marks itself ``degraded`` and the caller recomputes.
+
+The same store keeps *records* for the later phases of an extraction (``app/cache/scoring.py``: the AIE
+matrix, the layer sweep): a hash of named byte fields under a key the caller derives, with the same
+fault tolerance, TTL and backend.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -54,6 +58,10 @@ class HeadMeanCache(Protocol):
 
     def put(self, key: HeadMeanKey, means: Tensor) -> None: ...
 
+    def get_record(self, digest: str) -> dict[str, bytes] | None: ...
+
+    def put_record(self, digest: str, fields: dict[str, bytes]) -> None: ...
+
     def status(self) -> str: ...
 
 
@@ -63,6 +71,7 @@ class MemoryHeadMeanCache:
     def __init__(self, max_entries: int = 64) -> None:
         self.stats = CacheStats()
         self._entries: OrderedDict[str, Tensor] = OrderedDict()
+        self._records: OrderedDict[str, dict[str, bytes]] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
 
@@ -83,6 +92,21 @@ class MemoryHeadMeanCache:
             self._entries.move_to_end(key.digest())
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+
+    def get_record(self, digest: str) -> dict[str, bytes] | None:
+        with self._lock:
+            fields = self._records.get(digest)
+            if fields is None:
+                return None
+            self._records.move_to_end(digest)
+            return dict(fields)
+
+    def put_record(self, digest: str, fields: dict[str, bytes]) -> None:
+        with self._lock:
+            self._records[digest] = dict(fields)
+            self._records.move_to_end(digest)
+            while len(self._records) > self._max:
+                self._records.popitem(last=False)
 
     def status(self) -> str:
         return "memory"
@@ -171,17 +195,35 @@ class RedisHeadMeanCache:
         for layer in range(array.shape[0]):
             for head in range(array.shape[1]):
                 mapping[f"{layer}.{head}"] = array[layer, head].tobytes()
+        self._replace(key.digest(), mapping)
+
+    def _replace(self, digest: str, mapping: dict[str, bytes]) -> None:
+        """Write one hash whole (delete, set, expire in one transaction); a failure degrades, never raises."""
         try:
             pipe = self._client.pipeline(transaction=True)
-            pipe.delete(key.digest())
-            pipe.hset(key.digest(), mapping=mapping)  # type: ignore[arg-type]
+            pipe.delete(digest)
+            pipe.hset(digest, mapping=mapping)  # type: ignore[arg-type]
             if self.ttl_s:
-                pipe.expire(key.digest(), self.ttl_s)
+                pipe.expire(digest, self.ttl_s)
             pipe.execute()
         except Exception as exc:
             self._failed("write", exc)
             return
         self._recovered()
+
+    def get_record(self, digest: str) -> dict[str, bytes] | None:
+        """The record's fields, or None when absent or Redis fails (the caller recomputes)."""
+        try:
+            raw = self._client.hgetall(digest)
+        except Exception as exc:
+            self._failed("read", exc)
+            return None
+        self._recovered()
+        stored = cast(dict[bytes, bytes], raw)  # the client decodes nothing: names and values are bytes
+        return {name.decode(): value for name, value in stored.items()} if stored else None
+
+    def put_record(self, digest: str, fields: dict[str, bytes]) -> None:
+        self._replace(digest, fields)
 
     def status(self) -> str:
         return "degraded" if self.degraded else "redis"

@@ -1,4 +1,5 @@
-"""The causal-mediation extraction pipeline: prompts → head means (cached) → AIE → top-k heads → FV → layer.
+"""The causal-mediation extraction pipeline: prompts → head means → AIE → top-k heads → FV → layer, each of the
+head means, the AIE and the layer sweep cached (``app/cache``), so a repeat recomputes only what its options change.
 
 Every model forward goes through ``run`` so a job can execute them on the engine's thread between
 decode steps; ``report`` receives (phase, fraction) progress and may raise to cancel.
@@ -18,11 +19,12 @@ from typing import Any, Literal
 from torch import Tensor
 
 from app.cache.head_means import HeadMeanCache, HeadMeanKey
+from app.cache.scoring import AieKey, LayerSweep, SweepKey, get_aie, get_sweep, heads_sha256, put_aie, put_sweep
 from app.errors import InvalidInput
 from app.fv.activations import mean_head_outputs
 from app.fv.evaluation import accuracy, layer_sweep, mean_answer_log_prob, ranks_of_answers
-from app.fv.mediation import ScoredPrompt, aie_fast, top_heads
-from app.fv.pairs import Pair, dataset_sha256, split_pairs
+from app.fv.mediation import ScoredPrompt, aie_fast, all_heads, top_heads
+from app.fv.pairs import Pair, Split, dataset_sha256, split_pairs
 from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts, zero_shot_prompts
 from app.fv.vector import function_vector
 from app.model.adapter import ModelAdapter
@@ -71,6 +73,8 @@ class ExtractionResult:
     dataset_sha256: str
     phase_seconds: dict[str, float]
     cache_hit: bool
+    aie_cache_hit: bool
+    sweep_cache_hit: bool
 
     def metadata(self, name: str, relation: str, spec: ExtractionSpec) -> dict[str, str]:
         return {
@@ -116,7 +120,7 @@ def extract(
     def progress(phase: str) -> Callable[[int, int], None]:
         return lambda step, total: report(phase, done + PHASES[phase] * step / total)
 
-    # Phase 1: mean head outputs over N clean prompts (the cached part).
+    # Phase 1: mean head outputs over N clean prompts (cached).
     started = time.monotonic()
     report("means", 0.0)
     key = HeadMeanKey(model.fingerprint, spec.template.describe(), digest, shots, spec.n_prompts, spec.seed)
@@ -132,47 +136,79 @@ def extract(
     timings["means"] = time.monotonic() - started
     done += PHASES["means"]
 
-    # Phase 2: AIE of every head on corrupted prompts.
+    # Phase 2: AIE of every head on corrupted prompts (cached: a repeat with another n_heads reuses it).
     started = time.monotonic()
-    trial_rng = random.Random(spec.seed + 1)
-    trial_queries = [trial_rng.choice(split.train) for _ in range(spec.n_trials)]
-    corrupted = icl_prompts(tokenizer, spec.template, prefix, split.train, trial_queries, trial_rng, shots,
-                            shuffle_labels=True)
-    scored = [ScoredPrompt(tokenizer(item.text).input_ids, item.answer_token) for item in corrupted]
-    aie = aie_fast(adapter, scored, means, run=run, on_prompt=progress("scoring"))
+    heads_scored = all_heads(adapter)
+    aie_key = AieKey(key, spec.seed + 1, spec.n_trials, heads_sha256(heads_scored))
+    aie = get_aie(cache, aie_key, (adapter.n_layers, adapter.n_heads))
+    aie_hit = aie is not None
+    if aie is None:
+        trial_rng = random.Random(aie_key.trials_seed)
+        trial_queries = [trial_rng.choice(split.train) for _ in range(spec.n_trials)]
+        corrupted = icl_prompts(tokenizer, spec.template, prefix, split.train, trial_queries, trial_rng, shots,
+                                shuffle_labels=True)
+        scored = [ScoredPrompt(tokenizer(item.text).input_ids, item.answer_token) for item in corrupted]
+        aie = aie_fast(adapter, scored, means, heads_scored, run=run, on_prompt=progress("scoring"))
+        put_aie(cache, aie_key, aie)
     heads = top_heads(aie, spec.n_heads)
     vector = function_vector(adapter, means, heads)
     timings["scoring"] = time.monotonic() - started
     done += PHASES["scoring"]
 
-    # Phase 3: the layer, swept unless given. The validation split of a 60-100 pair dataset holds only
-    # 5-9 pairs, too few to tell layers apart, so training pairs asked zero-shot join it (never test pairs).
+    # Phase 3: the layer, swept unless given (cached with everything that makes the vector).
     started = time.monotonic()
-    extra = random.Random(spec.seed + 2).sample(split.train, min(SWEEP_TRAIN_PAIRS, len(split.train)))
-    valid = zero_shot_prompts(tokenizer, spec.template, prefix, split.valid + extra)
     layers = list(range(adapter.n_layers)) if spec.layer == "auto" else [spec.layer]
-    sweep = layer_sweep(adapter, tokenizer, valid, vector, layers, run=run, on_layer=progress("layer_sweep"))
-    top = max(sweep.values())
-    tied = [layer for layer in layers if sweep[layer] == top]
-    if len(tied) > 1:  # a handful of validation pairs ties often: the answers' log-probability decides
-        fine = {layer: mean_answer_log_prob(adapter, tokenizer, valid, (layer, vector), run=run) for layer in tied}
-        best = max(tied, key=lambda layer: fine[layer])
-    else:
-        best = tied[0]
-    baseline = accuracy(ranks_of_answers(adapter, tokenizer, valid, run=run))
+    sweep_key = SweepKey(aie_key, spec.n_heads, tuple(layers), spec.seed + 2, SWEEP_TRAIN_PAIRS)
+    sweep = get_sweep(cache, sweep_key)
+    sweep_hit = sweep is not None
+    if sweep is None:
+        sweep = _sweep_layers(model, spec, split, sweep_key, vector, run=run, on_layer=progress("layer_sweep"))
+        put_sweep(cache, sweep_key, sweep)
+    best, baseline = sweep.best, sweep.baseline
     timings["layer_sweep"] = time.monotonic() - started
     report("done", 1.0)
     metrics = {
         "sweep_zero_shot_top1": baseline,
-        "sweep_zero_shot_fv_top1": sweep[best],
-        "n_sweep": len(valid),
-        "layer_sweep": {str(layer): score for layer, score in sweep.items()},
+        "sweep_zero_shot_fv_top1": sweep.scores[best],
+        "n_sweep": len(split.valid) + min(SWEEP_TRAIN_PAIRS, len(split.train)),
+        "layer_sweep": {str(layer): score for layer, score in sweep.scores.items()},
         "aie": [[round(float(value), 6) for value in row] for row in aie],
         "n_prompts": spec.n_prompts,
         "n_trials": spec.n_trials,
         "shots": shots,
         "seed": spec.seed,
     }
-    log.info("extracted FV: layer %d, heads %s, sweep top-1 %.2f → %.2f (cache %s)", best,
-             [(layer, head) for layer, head, _ in heads], baseline, sweep[best], "hit" if cache_hit else "miss")
-    return ExtractionResult(vector, best, heads, aie, sweep, metrics, digest, timings, cache_hit)
+    log.info("extracted FV: layer %d, heads %s, sweep top-1 %.2f → %.2f (cache: means %s, AIE %s, sweep %s)", best,
+             [(layer, head) for layer, head, _ in heads], baseline, sweep.scores[best], _word(cache_hit),
+             _word(aie_hit), _word(sweep_hit))
+    return ExtractionResult(vector, best, heads, aie, sweep.scores, metrics, digest, timings, cache_hit, aie_hit,
+                            sweep_hit)
+
+
+def _word(hit: bool) -> str:
+    return "hit" if hit else "miss"
+
+
+def _sweep_layers(
+    model: ModelHandle, spec: ExtractionSpec, split: Split, key: SweepKey, vector: Tensor, *, run: Runner[Any],
+    on_layer: Callable[[int, int], None],
+) -> LayerSweep:
+    """Zero-shot top-1 with the vector at each layer of ``key.layers``; ties go to the answers' log-probability.
+
+    The validation split of a 60-100 pair dataset holds only 5-9 pairs, too few to tell layers apart, so
+    training pairs asked zero-shot join it (never test pairs).
+    """
+    adapter, tokenizer = model.adapter, model.tokenizer
+    prefix = bos_prefix(tokenizer, adapter.adds_bos)
+    extra = random.Random(key.pairs_seed).sample(split.train, min(key.train_pairs, len(split.train)))
+    valid = zero_shot_prompts(tokenizer, spec.template, prefix, split.valid + extra)
+    layers = list(key.layers)
+    scores = layer_sweep(adapter, tokenizer, valid, vector, layers, run=run, on_layer=on_layer)
+    top = max(scores.values())
+    tied = [layer for layer in layers if scores[layer] == top]
+    if len(tied) > 1:  # a handful of validation pairs ties often: the answers' log-probability decides
+        fine = {layer: mean_answer_log_prob(adapter, tokenizer, valid, (layer, vector), run=run) for layer in tied}
+        best = max(tied, key=lambda layer: fine[layer])
+    else:
+        best = tied[0]
+    return LayerSweep(scores, best, accuracy(ranks_of_answers(adapter, tokenizer, valid, run=run)))

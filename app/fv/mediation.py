@@ -5,9 +5,10 @@ mean over clean prompts and measure how much the probability of the right answer
 
 Two implementations with identical results:
 - :func:`aie_reference`: one full forward per (prompt, head), as in Todd et al. — kept as the oracle.
-- :func:`aie_fast`: patching the last token changes no earlier position, so the KV cache of the first
-  ``T-1`` tokens is computed once per prompt; then every head is scored by a one-token forward over
-  that cache, many heads per batch (one batch row per head).
+- :func:`aie_fast`: patching the last token changes no earlier position, so one full forward per prompt
+  fills the KV cache of the first ``T-1`` tokens and records every block's unpatched last-token output;
+  then each chunk of heads is one forward of copies of the last token laid side by side in one row (each
+  sees the shared prefix and itself), starting at the chunk's lowest layer.
 """
 
 from __future__ import annotations
@@ -100,34 +101,139 @@ def aie_reference(
     return (effect / len(prompts)).float()
 
 
-def _expanded(cache: DynamicCache, rows: int) -> DynamicCache:
-    """The one-row prefix cache seen as ``rows`` rows, without copying it (``expand`` is a view; the
-    forward's own concatenation with the new token makes the only copy)."""
-    copy = DynamicCache()
-    for layer in cache.layers:
-        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
-        fresh = DynamicLayer()  # type: ignore[no-untyped-call]
-        fresh.lazy_initialization(layer.keys, layer.values)
-        fresh.keys = layer.keys.expand(rows, -1, -1, -1)
-        fresh.values = layer.values.expand(rows, -1, -1, -1)
-        copy.layers.append(fresh)
-    return copy
+@dataclass(frozen=True)
+class Chunk:
+    """Heads scored by one forward: position ``b`` of the variant sequence patches ``heads[b]``; blocks below
+    ``first_layer`` (which no head of the chunk touches) are not run."""
+
+    heads: list[Head]
+
+    @property
+    def first_layer(self) -> int:
+        return min(layer for layer, _ in self.heads)
 
 
-KV_BUDGET_BYTES = 2 * 1024**3
+def layer_chunks(heads: list[Head], rows: int) -> list[Chunk]:
+    """Whole layers of heads, top layer first, gathered into chunks of about ``rows`` heads.
 
-
-def rows_within_budget(adapter: ModelAdapter, length: int, budget: int = KV_BUDGET_BYTES) -> int:
-    """How many heads one batched forward can score while its copied KV cache stays within ``budget``.
-
-    Bigger batches amortise per-forward overhead (on the embedded model all 270 heads in one batch run
-    ~3x faster per head than batches of 64); the budget keeps large models from running out of memory.
+    A chunk runs only from its lowest layer up, so small chunks skip more blocks while big ones keep the
+    matrix products wide; a layer is never split, so a chunk never runs a block below its own heads.
     """
-    config = adapter.model.config
-    kv_heads = getattr(config, "num_key_value_heads", None) or adapter.n_heads
-    itemsize = next(adapter.model.parameters()).element_size()
-    per_row = adapter.n_layers * 2 * kv_heads * length * adapter.head_dim * itemsize
-    return max(1, budget // max(per_row, 1))
+    by_layer: dict[int, list[Head]] = {}
+    for head in heads:
+        by_layer.setdefault(head[0], []).append(head)
+    chunks: list[Chunk] = []
+    current: list[Head] = []
+    for layer in sorted(by_layer, reverse=True):
+        if current and len(current) + len(by_layer[layer]) > rows:
+            chunks.append(Chunk(current))
+            current = []
+        current = current + by_layer[layer]
+    if current:
+        chunks.append(Chunk(current))
+    return chunks
+
+
+@contextmanager
+def _skipped_blocks(adapter: ModelAdapter, outputs: list[Any], below: int, width: int) -> Iterator[None]:
+    """Blocks under ``below`` return their unpatched last-token output (``outputs``), seen as ``width``
+    positions, instead of computing it: a head patched at layer ``l`` changes nothing before block ``l``."""
+    saved: list[tuple[torch.nn.Module, Any]] = []
+
+    def replay(output: Any) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return _widened(output, width)
+
+        return forward
+
+    try:
+        for layer in range(below):
+            block = adapter.blocks[layer]
+            saved.append((block, block.__dict__.get("forward")))
+            block.__dict__["forward"] = replay(outputs[layer])  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for block, forward in saved:
+            if forward is None:
+                del block.__dict__["forward"]
+            else:
+                block.__dict__["forward"] = forward
+
+
+def _widened(output: Any, width: int) -> Any:
+    """A block's one-position output (a tensor, or a tuple led by one) as ``width`` identical positions."""
+    if isinstance(output, tuple):
+        return (_widened(output[0], width), *output[1:])
+    return output.expand(output.shape[0], width, output.shape[-1])
+
+
+@contextmanager
+def _captured_block_outputs(adapter: ModelAdapter, into: list[Any]) -> Iterator[None]:
+    """Fill ``into[layer]`` with block ``layer``'s output at the last position, in the block's own form."""
+    def last(output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (last(output[0]), *output[1:])
+        return output[:, -1:, :].clone()
+
+    def make_hook(layer: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            into[layer] = last(output)
+
+        return hook
+
+    handles = [block.register_forward_hook(make_hook(layer)) for layer, block in enumerate(adapter.blocks)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _patched_positions(adapter: ModelAdapter, heads: list[Head], means: Tensor) -> Iterator[None]:
+    """Position ``b`` of the next (one-row) forward gets head ``heads[b]`` set to its mean."""
+    by_layer: dict[int, tuple[list[int], list[int]]] = {}
+    for position, (layer, head) in enumerate(heads):
+        positions, indices = by_layer.setdefault(layer, ([], []))
+        positions.append(position)
+        indices.append(head)
+
+    def make_hook(layer: int, positions: list[int], indices: list[int]) -> Callable[..., tuple[Any, ...]]:
+        position_index, head_index = torch.tensor(positions), torch.tensor(indices)
+
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            hidden = args[0]
+            split = hidden.reshape(hidden.shape[0], hidden.shape[1], adapter.n_heads, adapter.head_dim).clone()
+            device_positions = position_index.to(hidden.device)
+            split[0, device_positions, head_index.to(hidden.device)] = means[layer, head_index].to(
+                hidden.device, hidden.dtype)
+            return (split.reshape(hidden.shape), *args[1:])
+
+        return hook
+
+    handles = []
+    try:
+        for layer, (positions, indices) in by_layer.items():
+            handles.append(adapter.out_proj(layer).register_forward_pre_hook(make_hook(layer, positions, indices)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _trim(cache: DynamicCache, length: int) -> None:
+    """Drop what a forward appended after the first ``length`` positions (layers a chunk skipped got nothing)."""
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer)  # what a DynamicCache made without a config holds
+        extra = layer.get_seq_length() - length
+        if extra > 0:
+            layer.crop(-extra)
+
+
+# Heads per chunk: on the embedded model (9 heads a layer) 63 heads = 7 layers, so chunks start at layers 23, 16, 9,
+# 2, 0 and run ~60% of the block-rows of one chunk of all 270 heads, while 63-row matrix products stay efficient on
+# CPU; one layer per chunk (9 rows) skips the most but pays per-forward overhead 30 times a prompt.
+DEFAULT_HEAD_BATCH = 64
 
 
 def aie_fast(
@@ -136,51 +242,65 @@ def aie_fast(
     means: Tensor,
     heads: list[Head] | None = None,
     *,
-    head_batch: int | None = None,
+    head_batch: int = DEFAULT_HEAD_BATCH,
     run: Runner[Any] = run_here,
     on_prompt: Callable[[int, int], None] | None = None,
 ) -> Tensor:
-    """Same result as :func:`aie_reference` from one prefix forward per prompt plus batched one-token forwards."""
+    """Same result as :func:`aie_reference`, from one full forward per prompt plus one short forward per chunk.
+
+    The full forward fills the KV cache of the first ``T-1`` tokens, gives the unpatched probability and
+    records every block's last-token output. Each chunk of heads is then one forward of a single row whose
+    positions are copies of the last token (one per head, all at position ``T-1``), each attending to the
+    cached prefix and to itself only (a 4-D mask), so the prefix is shared without copying it per head;
+    blocks below the chunk's lowest layer replay their recorded output instead of running.
+    """
     heads = heads or all_heads(adapter)
     device = model_device(adapter)
+    dtype = next(adapter.model.parameters()).dtype
     effect = torch.zeros(adapter.n_layers, adapter.n_heads, dtype=torch.float64)
-    rows: list[Head | None] = [None, *heads]  # row 0: the unpatched corrupted run
+    chunks = layer_chunks(heads, head_batch)
     for index, prompt in enumerate(prompts):
         length = len(prompt.ids)
-        batch = head_batch or rows_within_budget(adapter, length)
+        cache = DynamicCache()
+        outputs: list[Any] = [None] * adapter.n_layers
 
-        def prefix(prompt: ScoredPrompt = prompt) -> DynamicCache:
-            cache = DynamicCache()
-            with torch.inference_mode():
-                adapter.model(input_ids=torch.tensor([prompt.ids[:-1]], device=device), past_key_values=cache,
-                              use_cache=True, logits_to_keep=1)
-            return cache
+        def unpatched(prompt: ScoredPrompt = prompt, cache: DynamicCache = cache,
+                      outputs: list[Any] = outputs) -> Tensor:
+            with torch.inference_mode(), _captured_block_outputs(adapter, outputs):
+                out = adapter.model(input_ids=torch.tensor([prompt.ids], device=device), past_key_values=cache,
+                                    use_cache=True, logits_to_keep=1)
+            _trim(cache, len(prompt.ids) - 1)
+            return _answer_probability(out.logits[:, -1], prompt.answer).double().cpu()
 
-        cache: DynamicCache = run(prefix)
-        probabilities: list[Tensor] = []
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
+        base = float(run(unpatched)[0])
+        for chunk in chunks:
 
-            def score(
-                chunk: list[Head | None] = chunk, prompt: ScoredPrompt = prompt, length: int = length,
-                cache: DynamicCache = cache,
-            ) -> Tensor:
-                size = len(chunk)
-                ids = torch.full((size, 1), prompt.ids[-1], dtype=torch.long, device=device)
-                with torch.inference_mode(), patched_heads(adapter, chunk, means):
-                    out = adapter.model(
-                        input_ids=ids,
-                        attention_mask=torch.ones((size, length), dtype=torch.long, device=device),
-                        position_ids=torch.full((size, 1), length - 1, dtype=torch.long, device=device),
-                        past_key_values=_expanded(cache, size),
-                        use_cache=True,
-                    )
-                return _answer_probability(out.logits[:, -1], prompt.answer).double().cpu()
+            def score(chunk: Chunk = chunk, prompt: ScoredPrompt = prompt, length: int = length,
+                      cache: DynamicCache = cache, outputs: list[Any] = outputs) -> Tensor:
+                width = len(chunk.heads)
+                allowed = torch.zeros((width, length - 1 + width), dtype=torch.bool, device=device)
+                allowed[:, : length - 1] = True
+                allowed[:, length - 1 :] = torch.eye(width, dtype=torch.bool, device=device)
+                bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+                    ~allowed, torch.finfo(dtype).min)
+                ids = torch.full((1, width), prompt.ids[-1], dtype=torch.long, device=device)
+                try:
+                    with (torch.inference_mode(), _patched_positions(adapter, chunk.heads, means),
+                          _skipped_blocks(adapter, outputs, chunk.first_layer, width)):
+                        out = adapter.model(
+                            input_ids=ids,
+                            attention_mask=bias[None, None],
+                            position_ids=torch.full((1, width), length - 1, dtype=torch.long, device=device),
+                            past_key_values=cache,
+                            use_cache=True,
+                        )
+                finally:
+                    _trim(cache, length - 1)
+                return _answer_probability(out.logits[0], prompt.answer).double().cpu()
 
-            probabilities.append(run(score))
-        probs = torch.cat(probabilities)
-        for row, head in enumerate(heads, start=1):
-            effect[head] += float(probs[row] - probs[0])
+            probs = run(score)
+            for position, head in enumerate(chunk.heads):
+                effect[head] += float(probs[position]) - base
         if on_prompt is not None:
             on_prompt(index + 1, len(prompts))
     return (effect / len(prompts)).float()

@@ -127,6 +127,12 @@ class HeadMeansCache(BaseModel):
     backend: CacheBackend
 
 
+class ScoringCache(BaseModel):
+    aie_hit: bool = Field(description="The AIE matrix came from the cache (same means, corrupted prompts, heads).")
+    layer_sweep_hit: bool = Field(description="The layer sweep came from the cache (same AIE, n_heads, layers).")
+    backend: CacheBackend
+
+
 class ExtractMetrics(BaseModel):
     """What an extraction measured; also stored in the vector's ``metrics``."""
 
@@ -151,6 +157,7 @@ class ExtractResult(BaseModel):
     metrics: ExtractMetrics
     phase_seconds: dict[str, float]
     head_means_cache: HeadMeansCache
+    scoring_cache: ScoringCache
 
 
 class EpochRecord(BaseModel):

@@ -37,6 +37,7 @@ from app.services.results import (
     FinetuneMetrics,
     FinetuneResult,
     HeadMeansCache,
+    ScoringCache,
 )
 
 
@@ -150,6 +151,8 @@ class VectorService:
                 metrics=ExtractMetrics.model_validate(result.metrics),
                 phase_seconds={key: round(value, 3) for key, value in result.phase_seconds.items()},
                 head_means_cache=HeadMeansCache(hit=result.cache_hit, backend=self.cache.status()),
+                scoring_cache=ScoringCache(aie_hit=result.aie_cache_hit, layer_sweep_hit=result.sweep_cache_hit,
+                                           backend=self.cache.status()),
             )
             ctx.stage(outcome)
             self.registry.add(result.vector, {**result.metadata(name, label, spec), "job": ctx.job_id})

@@ -202,6 +202,14 @@ class HeadMeansCache(_Model):
     backend: CacheBackend
 
 
+class ScoringCache(_Model):
+    """Whether a job's AIE matrix and layer sweep came from the cache, and which cache."""
+
+    aie_hit: bool
+    layer_sweep_hit: bool
+    backend: CacheBackend
+
+
 class ExtractMetrics(_Model):
     """What an extraction measured (also a mediation vector's ``metrics``): zero-shot top-1 on the sweep pairs
     without and with the vector, the sweep per layer, the AIE matrix [layer][head], and the options used."""
@@ -227,6 +235,7 @@ class ExtractResult(_Model):
     metrics: ExtractMetrics
     phase_seconds: dict[str, float]
     head_means_cache: HeadMeansCache
+    scoring_cache: ScoringCache | None = None
 
 
 class EpochRecord(_Model):
