@@ -9,6 +9,7 @@ is proportional to them. Per relation, the hold-out top-1 before and after train
 the two paths' vectors are apart.
 
     .venv/bin/python benchmarks/bank_build.py [--relations antonym,...] [--epochs 10] [--batch-relations 16]
+                                              [--threads 1] [--old-first]
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ def main() -> None:
     parser.add_argument("--relations", default=RELATIONS)
     parser.add_argument("--epochs", type=int, default=10, help="for both paths (the bank uses 80)")
     parser.add_argument("--batch-relations", type=int, default=16)
+    parser.add_argument("--old-first", action="store_true", help="run the one-at-a-time path first (drift check)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 on a machine shared with other work, where "
+                             "spinning OpenMP threads of two processes slow each other down many times over")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     relations = args.relations.split(",")
     model = load_bundle().model
     options = replace(FinetuneOptions(), epochs=args.epochs)
@@ -52,19 +59,27 @@ def main() -> None:
     print(f"{len(relations)} relations, {args.epochs} epochs, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    started = time.monotonic()
-    batched: list[FinetunedVector] = []
-    for start in range(0, len(datasets), args.batch_relations):
-        batched += make_finetuned_many(model, datasets[start : start + args.batch_relations], options,
-                                       MemoryHeadMeanCache())
-    new = phases(batched, time.monotonic() - started)
-    print(f"batched: {new}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    def run_batched() -> tuple[list[FinetunedVector], dict[str, float]]:
+        started = time.monotonic()
+        made: list[FinetunedVector] = []
+        for start in range(0, len(datasets), args.batch_relations):
+            made += make_finetuned_many(model, datasets[start : start + args.batch_relations], options,
+                                        MemoryHeadMeanCache())
+        return made, phases(made, time.monotonic() - started)
 
-    started = time.monotonic()
-    cache = MemoryHeadMeanCache()
-    alone = [make_finetuned(model, pairs, options, cache) for pairs in datasets]
-    old = phases(alone, time.monotonic() - started)
-    print(f"one at a time: {old}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    def run_alone() -> tuple[list[FinetunedVector], dict[str, float]]:
+        started = time.monotonic()
+        cache = MemoryHeadMeanCache()
+        made = [make_finetuned(model, pairs, options, cache) for pairs in datasets]
+        return made, phases(made, time.monotonic() - started)
+
+    for path in ("old", "new") if args.old_first else ("new", "old"):
+        if path == "new":
+            batched, new = run_batched()
+            print(f"batched: {new}, load average {os.getloadavg()[0]:.1f}", flush=True)
+        else:
+            alone, old = run_alone()
+            print(f"one at a time: {old}, load average {os.getloadavg()[0]:.1f}", flush=True)
 
     print(f"\n{'relation':<18} {'n':>3} {'before':>6} {'after old':>9} {'after new':>9} {'epoch old/new':>13} "
           f"{'max |dv|':>9} {'|v|':>7}")
@@ -82,6 +97,8 @@ def main() -> None:
           f"ratio {per_hour['new'] / per_hour['old']:.1f}x (training phase alone {training:.1f}x)")
     print(f"projected at {DEFAULT_EPOCHS} epochs: old {at_80['old']:.0f}, new {at_80['new']:.0f}, "
           f"ratio {at_80['new'] / at_80['old']:.1f}x")
+    # Both paths compute the same mediation inits: their time ratio shows how much the machine's load drifted.
+    print(f"drift: init seconds old/new {old['init'] / new['init']:.2f} (1.00 = same machine speed for both)")
 
 
 if __name__ == "__main__":

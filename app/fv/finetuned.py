@@ -134,6 +134,8 @@ def random_init(model: ModelHandle, seed: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Init:
+    """Where training starts, the heads that made it (mediation) and its seconds, recorded in the metadata."""
+
     vector: Tensor
     heads: list[tuple[int, int, float]]
     cache_hit: bool | None
