@@ -2,11 +2,15 @@
 analogy combiner fitted over them — written to the registry folder (``vectors/<model>/``), so relation weights
 and ``POST /analogies`` work right after ``make serve``.
 
-Each vector is made exactly as ``POST /vectors/finetune`` makes it (:func:`app.fv.finetuned.make_finetuned`,
-default options, seed 0), so the bank is reproducible; a relation whose vector is already there with the same
-dataset and options is skipped, so an interrupted build resumes. ``--force`` rebuilds.
+Each vector is made as ``POST /vectors/finetune`` makes it (default options, seed 0), the trainings of
+``--batch-relations`` relations at a time batched into the same forwards
+(:func:`app.fv.finetuned.make_finetuned_many`: per vector the same loss, optimizer and checkpoint rule as alone),
+so the bank is reproducible; a relation whose vector is already there with the same dataset and options is
+skipped and each batch is saved when done, so an interrupted build resumes. ``--force`` rebuilds. The last
+table gives every relation's hold-out top-1 (before training, after, and 10-shot prompting).
 
     .venv/bin/python -m app.starter_bank [--relations antonym,synonym] [--force] [--combiner-only]
+                                         [--batch-relations 16]
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ import time
 from app.analogy.bank import Bank
 from app.analogy.combiner import FILE_NAME, FitOptions, fit_combiner
 from app.bundle import load_bundle
-from app.fv.finetuned import FinetuneOptions, make_finetuned
+from app.fv.finetuned import FinetuneOptions, make_finetuned_many
 from app.fv.pairs import dataset_sha256, relation_pairs, shipped_relations
 from app.registry.registry import VectorRegistry
+
+# Relations trained per batch: the benchmark's choice (benchmarks/bank_build.py); memory grows with it
+# (every training prompt's prefix KV cache is kept for the whole training, ~0.5 MB a prompt on the embedded model).
+BATCH_RELATIONS = 16
 
 
 def _say(line: str) -> None:
@@ -40,11 +48,25 @@ def _up_to_date(registry: VectorRegistry, relation: str, options: FinetuneOption
             and metrics.get("init") == options.init)
 
 
+def holdout_table(registry: VectorRegistry, relations: list[str]) -> str:
+    """Every relation's hold-out top-1 as recorded in its vector: before training, after, 10-shot prompting."""
+    lines = [f"{'relation':<20} {'layer':>5} {'n':>3} {'before':>6} {'after':>6} {'10-shot':>7} {'epoch':>5}"]
+    for name in relations:
+        meta = registry.get(name).meta
+        metrics = meta.metrics
+        lines.append(f"{name:<20} {meta.layer:>5} {metrics['n_holdout']:>3} {metrics['holdout_top1_before']:>6.2f} "
+                     f"{metrics['holdout_top1_after']:>6.2f} {metrics['holdout_icl_top1']:>7.2f} "
+                     f"{metrics['best_epoch']:>5}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--relations", help="comma-separated subset (default: every shipped relation)")
     parser.add_argument("--force", action="store_true", help="rebuild vectors that are already there")
     parser.add_argument("--combiner-only", action="store_true", help="refit the combiner over the existing bank")
+    parser.add_argument("--batch-relations", type=int, default=BATCH_RELATIONS,
+                        help=f"relations trained together (default {BATCH_RELATIONS})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     local = load_bundle()
@@ -53,20 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     options = FinetuneOptions()
 
     if not args.combiner_only:
-        for index, relation in enumerate(relations, start=1):
-            if not args.force and _up_to_date(registry, relation, options):
-                _say(f"[{index}/{len(relations)}] {relation}: up to date")
-                continue
+        stale = [name for name in relations if args.force or not _up_to_date(registry, name, options)]
+        _say(f"{len(relations) - len(stale)} of {len(relations)} relations up to date; "
+             f"training {len(stale)}, {args.batch_relations} at a time")
+        for start in range(0, len(stale), args.batch_relations):
+            group = stale[start : start + args.batch_relations]
             started = time.monotonic()
-            pairs = relation_pairs(relation)
-            made = make_finetuned(model, pairs, options, cache)
-            if any(stored.name == relation for stored in registry.list()):
-                registry.delete(relation)
-            registry.add(made.vector, made.metadata(relation, relation, pairs, options))
-            result = made.result
-            _say(f"[{index}/{len(relations)}] {relation}: layer {made.layer}, hold-out top-1 "
-                 f"{result.holdout_before:.2f} -> {result.holdout_after:.2f} (10-shot {made.icl_holdout_top1:.2f}, "
-                 f"n={result.n_holdout}), {time.monotonic() - started:.0f} s")
+            datasets = [relation_pairs(name) for name in group]
+            made = make_finetuned_many(model, datasets, options, cache, report=lambda line: _say(f"  {line}"))
+            for name, pairs, vector in zip(group, datasets, made, strict=True):
+                if any(stored.name == name for stored in registry.list()):
+                    registry.delete(name)
+                registry.add(vector.vector, vector.metadata(name, name, pairs, options))
+            _say(f"[{start + len(group)}/{len(stale)}] {', '.join(group)}: {time.monotonic() - started:.0f} s")
+        _say(holdout_table(registry, relations))
 
     bank_names = [name for name in shipped_relations() if any(s.name == name for s in registry.list())]
     bank = Bank.from_registry(registry, bank_names)

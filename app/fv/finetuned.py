@@ -1,8 +1,9 @@
 """A fine-tuned vector made from a relation's pairs, end to end: the split, the initial vector, the training, the
 10-shot comparison on the same hold-out, and the metadata that records all of it.
 
-The fine-tuning job and ``make vectors`` (the starter bank) both call :func:`make_finetuned`, so a bank vector
-and a user's vector are made the same way. The pairs' test split (the one ``POST /vectors/{name}/evaluate``
+The fine-tuning job calls :func:`make_finetuned`; ``make vectors`` (the starter bank) calls
+:func:`make_finetuned_many`, the same steps with the trainings batched, so a bank vector and a user's vector are
+made the same way. The pairs' test split (the one ``POST /vectors/{name}/evaluate``
 scores) is never trained on: training uses train + valid, and a seeded hold-out of those picks the checkpoint.
 """
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from app.cache.head_means import HeadMeanCache
 from app.errors import InvalidInput
+from app.fv.batched_finetune import ROWS_PER_FORWARD, finetune_many
 from app.fv.evaluation import accuracy, ranks_of_answers
 from app.fv.extraction import ExtractionSpec, extract
 from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune, split_holdout
@@ -130,6 +132,60 @@ def random_init(model: ModelHandle, seed: int) -> Tensor:
     return direction * (scale / float(direction.norm()))
 
 
+@dataclass(frozen=True)
+class Init:
+    """Where training starts, the heads that made it (mediation) and its seconds, recorded in the metadata."""
+
+    vector: Tensor
+    heads: list[tuple[int, int, float]]
+    cache_hit: bool | None
+    seconds: float
+
+
+def initial_vector(
+    model: ModelHandle,
+    pairs: list[Pair],
+    options: FinetuneOptions,
+    layer: int,
+    cache: HeadMeanCache,
+    *,
+    run: Runner[Any] = run_here,
+    report: Callable[[str, float], None] = lambda phase, fraction: None,
+) -> Init:
+    """The vector training starts from (``options.init``); the mediation FV is extracted from all the pairs."""
+    started = time.monotonic()
+    heads: list[tuple[int, int, float]] = []
+    cache_hit: bool | None = None
+    if options.init == "mediation":
+        spec = ExtractionSpec(pairs=pairs, n_prompts=INIT_PROMPTS, n_trials=INIT_TRIALS, layer=layer, seed=options.seed)
+        extraction = extract(model, spec, cache, run=run, report=report)
+        init, heads, cache_hit = extraction.vector, extraction.heads, extraction.cache_hit
+    elif options.init == "zero":
+        init = torch.zeros(model.adapter.d_model)
+    elif options.init == "random":
+        init = random_init(model, options.seed)
+    else:
+        assert options.init_vector is not None
+        init = options.init_vector
+    return Init(init, heads, cache_hit, time.monotonic() - started)
+
+
+def training_spec(pairs: list[Pair], options: FinetuneOptions, layer: int) -> FinetuneSpec:
+    """Training uses train + valid of the 70/9/21 split; the test split is never trained on."""
+    split = split_pairs(pairs, options.seed)
+    return FinetuneSpec(split.train + split.valid, layer, epochs=options.epochs, lr=options.lr, l2=options.l2,
+                        seed=options.seed)
+
+
+def icl_holdout_top1(model: ModelHandle, training: FinetuneSpec, *, run: Runner[Any] = run_here) -> float:
+    """10-shot prompting on the training's hold-out pairs, demonstrations from its training part: the bar to meet."""
+    train_part, holdout = split_holdout(training.pairs, training.holdout_fraction, training.seed)
+    prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
+    shots = min(DEFAULT_SHOTS, len(train_part) - 1)
+    icl = icl_prompts(model.tokenizer, Template(), prefix, train_part, holdout, random.Random(training.seed), shots)
+    return accuracy(ranks_of_answers(model.adapter, model.tokenizer, icl, run=run))
+
+
 def make_finetuned(
     model: ModelHandle,
     pairs: list[Pair],
@@ -139,44 +195,48 @@ def make_finetuned(
     run: Runner[Any] = run_here,
     report: Report = lambda phase, fraction, detail: None,
 ) -> FinetunedVector:
-    adapter, tokenizer = model.adapter, model.tokenizer
+    adapter = model.adapter
     check_options(options, adapter.n_layers, adapter.d_model)
     layer = default_layer(adapter.n_layers) if options.layer is None else options.layer
-    split = split_pairs(pairs, options.seed)
-    training_pairs = split.train + split.valid
-    seconds: dict[str, float] = {}
-    heads: list[tuple[int, int, float]] = []
-    cache_hit: bool | None = None
-    share = 0.0
+    share = MEDIATION_SHARE if options.init == "mediation" else 0.0
+    init = initial_vector(model, pairs, options, layer, cache, run=run,
+                          report=lambda phase, fraction: report(f"mediation:{phase}", share * fraction, None))
 
     started = time.monotonic()
-    if options.init == "mediation":
-        share = MEDIATION_SHARE
-        spec = ExtractionSpec(pairs=pairs, n_prompts=INIT_PROMPTS, n_trials=INIT_TRIALS, layer=layer, seed=options.seed)
-        extraction = extract(model, spec, cache, run=run,
-                             report=lambda phase, fraction: report(f"mediation:{phase}", share * fraction, None))
-        init, heads, cache_hit = extraction.vector, extraction.heads, extraction.cache_hit
-    elif options.init == "zero":
-        init = torch.zeros(adapter.d_model)
-    elif options.init == "random":
-        init = random_init(model, options.seed)
-    else:
-        assert options.init_vector is not None
-        init = options.init_vector
-    seconds["init"] = time.monotonic() - started
-
-    started = time.monotonic()
-    training = FinetuneSpec(training_pairs, layer, epochs=options.epochs, lr=options.lr, l2=options.l2,
-                            seed=options.seed)
-    result = finetune(model, training, init, run=run, report=lambda phase, fraction, detail: report(
+    training = training_spec(pairs, options, layer)
+    result = finetune(model, training, init.vector, run=run, report=lambda phase, fraction, detail: report(
         "training", share + (1 - share) * fraction, {**detail, "epochs": options.epochs}))
-    seconds["training"] = time.monotonic() - started
+    seconds = {"init": init.seconds, "training": time.monotonic() - started}
 
-    # 10-shot prompting on the same hold-out pairs, demonstrations from the training part: the bar to meet.
-    train_part, holdout = split_holdout(training_pairs, training.holdout_fraction, options.seed)
-    prefix = bos_prefix(tokenizer, adapter.adds_bos)
-    shots = min(DEFAULT_SHOTS, len(train_part) - 1)
-    icl = icl_prompts(tokenizer, Template(), prefix, train_part, holdout, random.Random(options.seed), shots)
-    icl_top1 = accuracy(ranks_of_answers(adapter, tokenizer, icl, run=run))
+    icl_top1 = icl_holdout_top1(model, training, run=run)
     report("done", 1.0, None)
-    return FinetunedVector(result.vector, layer, result, heads, icl_top1, seconds, cache_hit)
+    return FinetunedVector(result.vector, layer, result, init.heads, icl_top1, seconds, init.cache_hit)
+
+
+def make_finetuned_many(
+    model: ModelHandle,
+    datasets: list[list[Pair]],
+    options: FinetuneOptions,
+    cache: HeadMeanCache,
+    *,
+    rows_per_forward: int = ROWS_PER_FORWARD,
+    report: Callable[[str], None] = lambda line: None,
+) -> list[FinetunedVector]:
+    """:func:`make_finetuned` for several datasets with the same options (the starter bank): each init as alone,
+    one after another, then one batched training (:func:`app.fv.batched_finetune.finetune_many`), then each
+    10-shot bar. A vector's ``seconds["training"]`` is its share of the batch's training time."""
+    adapter = model.adapter
+    check_options(options, adapter.n_layers, adapter.d_model)
+    layer = default_layer(adapter.n_layers) if options.layer is None else options.layer
+    inits = []
+    for index, pairs in enumerate(datasets, start=1):
+        inits.append(initial_vector(model, pairs, options, layer, cache))
+        report(f"init {index}/{len(datasets)}: {inits[-1].seconds:.0f} s")
+    started = time.monotonic()
+    specs = [training_spec(pairs, options, layer) for pairs in datasets]
+    results = finetune_many(model, specs, [init.vector for init in inits], rows_per_forward=rows_per_forward,
+                            report=lambda epoch, epochs: report(f"epoch {epoch}/{epochs}") if epoch % 10 == 0 else None)
+    share = (time.monotonic() - started) / len(datasets)
+    return [FinetunedVector(result.vector, layer, result, init.heads, icl_holdout_top1(model, spec),
+                            {"init": init.seconds, "training": share}, init.cache_hit)
+            for init, spec, result in zip(inits, specs, results, strict=True)]

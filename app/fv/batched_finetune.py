@@ -1,0 +1,244 @@
+"""Many fine-tuned function vectors trained at once (how ``make vectors`` builds the bank): per vector, the loss,
+optimizer, schedule and checkpoint rule of :func:`app.fv.finetune.finetune`, for a fraction of the model work.
+
+Two things make it fast, and neither changes what is computed:
+
+- **The prompts' prefixes are run once.** The vector is added only at the last prompt token, and a causal model's
+  earlier positions never see a later one, so every layer's keys and values of the first ``T − 1`` tokens are the
+  same at every epoch. They are computed once (:class:`PromptRows`); each epoch then runs one-token forwards over
+  that cache (a zero-shot prompt is ~8 tokens, so ~8× less work per row than a full forward).
+- **K relations share each forward.** A row is steered by its own relation's vector, gathered from one
+  ``[K, d_model]`` parameter, so per-op overhead is paid once for K vectors and the matmuls are larger.
+
+Why it is the same training per vector: a relation's loss is the mean over its own training rows (not over the
+mixed batch), and no other relation's rows reach its vector, so its gradient is the one it gets alone; Adam is
+elementwise, so a ``[K, d_model]`` parameter steps like K separate ones; the L2 term is per vector; each relation
+keeps its own best epoch by its own hold-out score. Training is full-batch and unshuffled, so no RNG is involved.
+A relation whose loss stops being finite stops recording, as alone; its rows touch no other relation's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from app.errors import InvalidInput
+from app.fv.finetune import FinetuneResult, FinetuneSpec, split_holdout
+from app.fv.forward import model_device
+from app.fv.prompts import PromptItem, bos_prefix, zero_shot_prompts
+from app.model.adapter import ModelAdapter
+from app.model.handle import ModelHandle
+from app.model.steering import BatchSteering, steered
+
+# Rows per one-token forward: all of a 27-relation bank's hold-out rows fit in one (benchmarks/bank_build.py).
+ROWS_PER_FORWARD = 512
+EpochReport = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PromptRows:
+    """Prompts whose first ``T − 1`` tokens are already run: what a one-token forward of their last tokens needs.
+
+    Rows are left-padded (the project's convention), so every row's last token is the single new position.
+    """
+
+    keys_values: list[tuple[Tensor, Tensor]]  # per layer, [rows, kv_heads, width − 1, head_dim]
+    mask: Tensor  # [rows, width]: the prefix's attention mask, then 1 for the last token
+    last: Tensor  # [rows, 1] the last token ids
+    positions: Tensor  # [rows, 1] the last token's position id
+    answers: Tensor  # [rows] first answer token
+    relation: Tensor  # [rows] index of the row's relation (its vector)
+
+
+def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]) -> PromptRows:
+    """Run the prefixes (all tokens but the last) of ``items`` once and keep their KV cache."""
+    adapter, device = model.adapter, model_device(model.adapter)
+    encoded: list[list[int]] = [model.tokenizer(item.text).input_ids for item in items]
+    if min(len(ids) for ids in encoded) < 2:
+        raise InvalidInput("a training prompt must be at least two tokens long", param="pairs")
+    width = max(len(ids) for ids in encoded)
+    pad = int(model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0)
+    ids = torch.full((len(items), width - 1), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :] = torch.tensor(tokens[:-1], dtype=torch.long)
+        mask[row, width - len(tokens) :] = 1
+    prefix_mask = mask[:, :-1]
+    cache = DynamicCache()
+    with torch.no_grad():  # not inference_mode: the cache takes part in the autograd-enabled epochs
+        adapter.model(input_ids=ids.to(device), attention_mask=prefix_mask.to(device),
+                      position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+    keys_values = []
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        keys_values.append((layer.keys, layer.values))
+    return PromptRows(
+        keys_values=keys_values,
+        mask=mask.to(device),
+        last=torch.tensor([[tokens[-1]] for tokens in encoded], device=device),
+        positions=torch.tensor([[len(tokens) - 1] for tokens in encoded], device=device),
+        answers=torch.tensor([item.answer_token for item in items], device=device),
+        relation=torch.tensor(relation, device=device),
+    )
+
+
+def last_token_logits_cached(adapter: ModelAdapter, rows: PromptRows, vectors: dict[int, Tensor]) -> Tensor:
+    """Last-position logits of ``rows``, ``vectors[layer]`` (``[rows, d_model]``) added at block ``layer``."""
+    cache = DynamicCache()
+    for keys, values in rows.keys_values:
+        layer = DynamicLayer()  # type: ignore[no-untyped-call]
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values  # the forward's concatenation copies; the stored cache stays
+        cache.layers.append(layer)
+    positions = torch.ones(rows.last.shape, dtype=torch.bool)
+    with steered(adapter, BatchSteering(vectors, positions)):
+        out = adapter.model(input_ids=rows.last, attention_mask=rows.mask, position_ids=rows.positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits: Tensor = out.logits[:, -1, :].float()
+    return logits
+
+
+def _check_shared(specs: list[FinetuneSpec]) -> None:
+    """One optimizer and one schedule step every vector: epochs, lr and l2 must agree."""
+    first = specs[0]
+    for spec in specs[1:]:
+        for name in ("epochs", "lr", "l2"):
+            if getattr(spec, name) != getattr(first, name):
+                raise InvalidInput(f"vectors trained together need the same {name}", param=name)
+
+
+class _Batch:
+    """The rows of every relation (training and hold-out), chunked for forwards, and the per-relation tallies."""
+
+    def __init__(self, model: ModelHandle, specs: list[FinetuneSpec], rows_per_forward: int) -> None:
+        self.model, self.specs = model, specs
+        prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
+        train: list[tuple[PromptItem, int]] = []
+        holdout: list[tuple[PromptItem, int]] = []
+        self.n_train, self.n_holdout = [], []
+        for index, spec in enumerate(specs):
+            train_pairs, holdout_pairs = split_holdout(spec.pairs, spec.holdout_fraction, spec.seed)
+            train += [(item, index) for item in zero_shot_prompts(model.tokenizer, spec.template, prefix, train_pairs)]
+            holdout += [(item, index)
+                        for item in zero_shot_prompts(model.tokenizer, spec.template, prefix, holdout_pairs)]
+            self.n_train.append(len(train_pairs))
+            self.n_holdout.append(len(holdout_pairs))
+        device = model_device(model.adapter)
+        self.train = self._chunks(train, rows_per_forward)
+        self.holdout = self._chunks(holdout, rows_per_forward)
+        self.layers = torch.tensor([spec.layer for spec in specs], device=device)
+        self.train_weight = 1.0 / torch.tensor(self.n_train, dtype=torch.float32, device=device)
+
+    def _chunks(self, rows: list[tuple[PromptItem, int]], size: int) -> list[PromptRows]:
+        """Rows sorted by length so that a chunk pads little, then cut into forwards of ``size`` rows."""
+        tokenizer = self.model.tokenizer
+        ordered = sorted(rows, key=lambda row: len(tokenizer(row[0].text).input_ids))
+        return [encode_rows(self.model, [item for item, _ in part], [index for _, index in part])
+                for part in (ordered[i : i + size] for i in range(0, len(ordered), max(1, size)))]
+
+    def row_vectors(self, vectors: Tensor, rows: PromptRows) -> dict[int, Tensor]:
+        """Each row's own vector at its relation's layer (zero at the others: adding 0 changes nothing)."""
+        gathered = vectors[rows.relation]
+        row_layers = self.layers[rows.relation]
+        return {int(layer): gathered * (row_layers == layer)[:, None].to(gathered.dtype)
+                for layer in torch.unique(row_layers)}
+
+    def tally(self, chunks: list[PromptRows], vectors: Tensor, dtype: torch.dtype,
+              with_grad: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per relation: summed cross-entropy and number right over ``chunks``; ``with_grad``: also the gradient of
+        every relation's mean training loss with respect to ``vectors``."""
+        k = len(self.specs)
+        device = vectors.device
+        losses, correct = torch.zeros(k, device=device), torch.zeros(k, device=device)
+        grad: Tensor | None = None
+        for rows in chunks:
+            with torch.inference_mode(False), torch.set_grad_enabled(with_grad):
+                steering = self.row_vectors(vectors.to(dtype), rows)
+                logits = last_token_logits_cached(self.model.adapter, rows, steering)
+                loss = F.cross_entropy(logits, rows.answers, reduction="none")
+                if with_grad:
+                    # Each relation's rows weigh 1/n_train of that relation: its mean, as when trained alone.
+                    (part,) = torch.autograd.grad((loss * self.train_weight[rows.relation]).sum(), [vectors])
+                    grad = part if grad is None else grad + part
+            losses.index_add_(0, rows.relation, loss.detach())
+            correct.index_add_(0, rows.relation, (logits.detach().argmax(dim=-1) == rows.answers).float())
+        return losses, correct, grad
+
+
+def finetune_many(
+    model: ModelHandle,
+    specs: list[FinetuneSpec],
+    inits: list[Tensor],
+    *,
+    rows_per_forward: int = ROWS_PER_FORWARD,
+    report: EpochReport = lambda epoch, epochs: None,
+) -> list[FinetuneResult]:
+    """Train one vector per spec from its init, all at once; result ``i`` is what ``finetune(model, specs[i],
+    inits[i])`` gives, to float rounding (``chunk_size`` is not used: ``rows_per_forward`` mixes relations)."""
+    adapter = model.adapter
+    if not specs or len(specs) != len(inits):
+        raise InvalidInput("one init vector per spec, at least one spec", param="inits")
+    _check_shared(specs)
+    for spec, init in zip(specs, inits, strict=True):
+        if not 0 <= spec.layer < adapter.n_layers:
+            raise InvalidInput(f"layer {spec.layer} is outside the model's 0..{adapter.n_layers - 1}", param="layer")
+        if init.shape != (adapter.d_model,):
+            raise InvalidInput(f"init vector has shape {list(init.shape)}; the model needs [{adapter.d_model}]",
+                               param="init")
+    batch = _Batch(model, specs, rows_per_forward)
+    device, dtype = model_device(adapter), next(adapter.model.parameters()).dtype
+    epochs, lr, l2 = specs[0].epochs, specs[0].lr, specs[0].l2
+
+    start = torch.stack([init.detach().to(device, torch.float32) for init in inits])
+    vectors = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adam([vectors], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    n_train = torch.tensor(batch.n_train, dtype=torch.float64)
+    n_holdout = torch.tensor(batch.n_holdout, dtype=torch.float64)
+
+    def evaluate_holdout() -> tuple[list[float], list[float]]:
+        with torch.no_grad():
+            losses, correct, _ = batch.tally(batch.holdout, vectors.detach(), dtype)
+        return (correct.double().cpu() / n_holdout).tolist(), (losses.double().cpu() / n_holdout).tolist()
+
+    before, before_loss = evaluate_holdout()
+    best = [(accuracy, -loss) for accuracy, loss in zip(before, before_loss, strict=True)]
+    best_vectors, best_epochs = start.clone(), [0] * len(specs)
+    histories: list[list[dict[str, float]]] = [[] for _ in specs]
+    running = [True] * len(specs)
+    for epoch in range(1, epochs + 1):
+        optimizer.zero_grad(set_to_none=True)
+        losses, correct, grad = batch.tally(batch.train, vectors, dtype, with_grad=True)
+        assert grad is not None
+        with torch.inference_mode(False), torch.enable_grad():
+            (penalty,) = torch.autograd.grad(l2 * (vectors - start).pow(2).sum(), [vectors])
+        vectors.grad = grad + penalty
+        optimizer.step()
+        schedule.step()
+        holdout_top1, holdout_loss = evaluate_holdout()
+        train_loss = (losses.double().cpu() / n_train).tolist()
+        train_top1 = (correct.double().cpu() / n_train).tolist()
+        for index in range(len(specs)):
+            if not running[index] or not math.isfinite(train_loss[index]):
+                running[index] = False
+                continue
+            histories[index].append({"epoch": epoch, "loss": train_loss[index], "train_top1": train_top1[index],
+                                     "holdout_top1": holdout_top1[index], "holdout_loss": holdout_loss[index]})
+            score = (holdout_top1[index], -holdout_loss[index])
+            if score > best[index]:
+                best[index], best_epochs[index] = score, epoch
+                best_vectors[index] = vectors.detach()[index].clone()
+        report(epoch, epochs)
+        if not any(running):
+            break
+    return [FinetuneResult(best_vectors[index].cpu().clone(), best_epochs[index], histories[index], before[index],
+                           best[index][0], batch.n_train[index], batch.n_holdout[index])
+            for index in range(len(specs))]

@@ -1,0 +1,105 @@
+"""Training many vectors at once on tiny models: the cached, padded one-token forward gives the logits of a full
+unpadded one, and each relation trained in the batch gets the loss curve, checkpoint and vector it gets alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.errors import InvalidInput
+from app.fv.batched_finetune import encode_rows, finetune_many, last_token_logits_cached
+from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune
+from app.fv.pairs import Pair
+from app.fv.prompts import Template, bos_prefix, zero_shot_prompts
+from app.model.adapter import adapt
+from app.model.handle import ModelHandle
+from app.model.steering import BatchSteering, steered
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+LETTERS = "abcdefghijklmnopqrst"
+# Three relations whose inputs differ in length, so that a batch mixes prompts of several lengths.
+RELATIONS = [
+    [Pair(a, b) for a, b in zip(LETTERS, LETTERS[1:] + "u", strict=True)],
+    [Pair(a * 3, a.upper()) for a in LETTERS[:16]],
+    [Pair(a + str(n) * (n % 4 + 1), str(n)) for n, a in enumerate(LETTERS[:18])],
+]
+# Float32 sums in another order (batch composition, cached vs full attention) differ by ~1e-6 per step.
+ATOL = 1e-4
+
+
+def handle(model_type: str = "llama") -> ModelHandle:
+    model, tokenizer = tiny_model(model_type), tiny_tokenizer()
+    return ModelHandle(adapt(model, tokenizer), tokenizer, "fp", "tiny")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_cached_padded_logits_equal_one_full_forward_per_prompt(model_type: str) -> None:
+    model = handle(model_type)
+    adapter = model.adapter
+    prefix = bos_prefix(model.tokenizer, adapter.adds_bos)
+    items = [item for pairs in RELATIONS for item in zero_shot_prompts(model.tokenizer, Template(), prefix, pairs[:3])]
+    assert len({len(item.text) for item in items}) >= 3
+    relation = [index for index in range(3) for _ in range(3)]
+    vectors = torch.randn(3, adapter.d_model, generator=torch.Generator().manual_seed(1))
+    rows = encode_rows(model, items, relation)
+    with torch.no_grad():
+        batched = last_token_logits_cached(adapter, rows, {1: vectors[rows.relation]})
+        for row, item in enumerate(items):
+            ids = torch.tensor([model.tokenizer(item.text).input_ids])
+            positions = torch.zeros(ids.shape, dtype=torch.bool)
+            positions[:, -1] = True
+            with steered(adapter, BatchSteering({1: vectors[relation[row]][None]}, positions)):
+                alone = adapter.model(input_ids=ids).logits[0, -1].float()
+            assert torch.allclose(batched[row], alone, atol=1e-5), (row, (batched[row] - alone).abs().max())
+    unsteered = last_token_logits_cached(adapter, rows, {})
+    assert not torch.allclose(unsteered, batched, atol=1e-3)  # the vectors were really added
+
+
+def assert_same_training(together: FinetuneResult, alone: FinetuneResult) -> None:
+    assert together.best_epoch == alone.best_epoch
+    assert (together.n_train, together.n_holdout) == (alone.n_train, alone.n_holdout)
+    assert together.holdout_before == alone.holdout_before and together.holdout_after == alone.holdout_after
+    assert len(together.history) == len(alone.history)
+    for mine, theirs in zip(together.history, alone.history, strict=True):
+        assert mine.keys() == theirs.keys()
+        for key in ("loss", "holdout_loss"):
+            assert mine[key] == pytest.approx(theirs[key], abs=ATOL), (key, mine, theirs)
+        assert mine["train_top1"] == theirs["train_top1"] and mine["holdout_top1"] == theirs["holdout_top1"]
+    assert torch.allclose(together.vector, alone.vector, atol=ATOL), (together.vector - alone.vector).abs().max()
+
+
+@pytest.mark.parametrize("rows_per_forward", [5, 512])
+def test_each_relation_trains_as_it_would_alone(rows_per_forward: int) -> None:
+    model = handle()
+    d_model = model.adapter.d_model
+    inits = [torch.randn(d_model, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    specs = [FinetuneSpec(pairs, layer=1, epochs=12, lr=0.3, l2=0.05, seed=seed)
+             for seed, pairs in enumerate(RELATIONS)]
+    together = finetune_many(model, specs, inits, rows_per_forward=rows_per_forward)
+    for spec, init, mine in zip(specs, inits, together, strict=True):
+        assert_same_training(mine, finetune(model, spec, init))
+    assert len({round(float(result.vector.norm()), 3) for result in together}) == 3  # three different vectors
+
+
+def test_relations_at_different_layers_train_as_alone_and_leave_the_model_untouched() -> None:
+    model = handle()
+    before = {name: param.clone() for name, param in model.adapter.model.named_parameters()}
+    d_model = model.adapter.d_model
+    specs = [FinetuneSpec(pairs, layer=layer, epochs=6, lr=0.3) for pairs, layer in zip(RELATIONS, [0, 2, 2],
+                                                                                         strict=True)]
+    inits = [torch.zeros(d_model)] * 3
+    together = finetune_many(model, specs, inits, rows_per_forward=16)
+    for spec, init, mine in zip(specs, inits, together, strict=True):
+        assert_same_training(mine, finetune(model, spec, init))
+    for name, param in model.adapter.model.named_parameters():
+        assert torch.equal(param, before[name]) and param.grad is None, name
+
+
+def test_vectors_trained_together_must_share_epochs_lr_and_l2() -> None:
+    model = handle()
+    zero = torch.zeros(model.adapter.d_model)
+    specs = [FinetuneSpec(RELATIONS[0], layer=1, epochs=3), FinetuneSpec(RELATIONS[1], layer=1, epochs=4)]
+    with pytest.raises(InvalidInput, match="same epochs"):
+        finetune_many(model, specs, [zero, zero])
+    with pytest.raises(InvalidInput, match="one init vector per spec"):
+        finetune_many(model, specs[:1], [zero, zero])

@@ -1,0 +1,50 @@
+"""``make vectors`` on a tiny model: relations trained in batches give the vectors the fine-tune job makes alone,
+with the same metadata; a second run finds them up to date; the closing table lists every relation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from app import starter_bank
+from app.bundle import load_bundle
+from app.cache.head_means import MemoryHeadMeanCache
+from app.fv.finetuned import FinetuneOptions, make_finetuned
+from app.fv.pairs import dataset_sha256, relation_pairs
+
+RELATIONS = ["capitalize", "singular-plural", "present-past"]  # short words: the tiny model's prompts stay short
+
+
+def test_batched_build_makes_the_vectors_a_job_makes_and_resumes(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FVSTEER_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("FVSTEER_VECTORS_DIR", str(tmp_path / "vectors"))
+    monkeypatch.delenv("FVSTEER_REDIS_URL", raising=False)
+    assert starter_bank.main(["--relations", ",".join(RELATIONS), "--batch-relations", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "training 3, 2 at a time" in err
+
+    bundle = load_bundle()
+    options = FinetuneOptions()
+    for name in RELATIONS:
+        stored = bundle.registry.get(name)
+        pairs = relation_pairs(name)
+        assert stored.meta.method == "finetuned" and stored.meta.dataset_sha256 == dataset_sha256(pairs)
+        metrics = stored.meta.metrics
+        assert {key: metrics[key] for key in ("epochs", "lr", "l2", "seed", "init")} == {
+            "epochs": options.epochs, "lr": options.lr, "l2": options.l2, "seed": options.seed, "init": "mediation"}
+        assert len(metrics["history"]) == options.epochs and metrics["holdout_top1_after"] >= 0
+        table_row = next(line for line in err.splitlines() if line.startswith(name + " "))
+        assert f"{metrics['holdout_top1_after']:.2f}" in table_row
+    # The first relation trained in a mixed batch: the vector the fine-tune job makes from its pairs alone.
+    stored, alone = bundle.registry.get(RELATIONS[0]), make_finetuned(
+        bundle.model, relation_pairs(RELATIONS[0]), options, MemoryHeadMeanCache())
+    assert alone.result.best_epoch == stored.meta.metrics["best_epoch"]
+    assert torch.allclose(stored.vector, alone.vector, atol=1e-4), (stored.vector - alone.vector).abs().max()
+    assert (bundle.registry.folder / "combiner.json").exists()
+
+    assert starter_bank.main(["--relations", ",".join(RELATIONS)]) == 0
+    assert "3 of 3 relations up to date; training 0" in capsys.readouterr().err
