@@ -36,8 +36,14 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import ROOT, LiveServer
+from tests.test_pairs import STALE_BANK_VECTORS
 
-pytestmark = pytest.mark.model
+# The figures below were measured with the starter antonym vector on the antonym file it was trained on; issue 16
+# rewrote that file (54 pairs: an 11-pair held-out split, under evaluate's 12), so while the committed vector is
+# stale (tests/test_pairs.py keeps STALE_BANK_VECTORS exactly true) this comparison has nothing sound to compare.
+# It runs again by itself once `make vectors` rebuilds the bank.
+pytestmark = [pytest.mark.model, pytest.mark.skipif(
+    "antonym" in STALE_BANK_VECTORS, reason="starter antonym vector is stale until `make vectors` (issue 16)")]
 
 # Chosen by measuring antonym, present-past, capitalize, country-capital and english-french with their shipped
 # starter vectors and pairs, nothing tuned (figures: benchmarks/lm_eval_tasks/README.md). antonym holds every target,
