@@ -25,7 +25,8 @@ from fvsteer_client import Client, Evaluation, Job, ServiceUnavailableError
 from fvsteer_cli.plots import plot_vector
 
 ROOT = Path(__file__).resolve().parent.parent
-FINETUNED_MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
+# Sections written by other scripts or from other benchmarks' runs start with this; the report keeps them all.
+SECTION_MARKER = "<!-- section: "
 CORE = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
 COLUMNS = [("zero_shot", "zero-shot"), ("zero_shot_fv", "zero-shot + FV"), ("icl", "10-shot ICL"),
            ("icl_shuffled", "shuffled 10-shot"), ("icl_shuffled_fv", "shuffled 10-shot + FV")]
@@ -112,7 +113,7 @@ def write_report(path: Path, model: str, rows: list[tuple[str, Job, Evaluation]]
     for relation, job, _ in rows:
         result = job.result or {}
         heads = ", ".join(f"{h[0]}.{h[1]}" for h in result.get("heads", []))
-        phases = ", ".join(f"{k} {v:.0f}" for k, v in (result.get("phase_seconds") or {}).items())
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in (result.get("phase_seconds") or {}).items())
         lines.append(f"| {relation} | {heads} | {phases} |")
     lines += ["", "## Plots", "", "AIE per head (chosen heads boxed); zero-shot accuracy by layer with the vector.", ""]
     for relation in relations:
@@ -121,9 +122,11 @@ def write_report(path: Path, model: str, rows: list[tuple[str, Job, Evaluation]]
     command = f".venv/bin/python benchmarks/fv_report.py --relations {','.join(relations)}"
     lines += ["", "## Regenerate", "", "```bash", command, "```", "",
               f"Generated {datetime.now(UTC).date().isoformat()}.", ""]
-    # The fine-tuned / composite section is written by benchmarks/finetune_report.py: keep it.
-    kept = path.read_text().partition(FINETUNED_MARKER) if path.exists() else ("", "", "")
-    path.write_text("\n".join(lines) + ("\n" + kept[1] + kept[2] if kept[1] else ""))
+    # Head scoring (benchmarks/mediation.py, extract_repeat.py) and the fine-tuned / composite section
+    # (benchmarks/finetune_report.py) come from other runs: keep them.
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(SECTION_MARKER):] if SECTION_MARKER in old else ""
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 if __name__ == "__main__":

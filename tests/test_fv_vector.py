@@ -12,13 +12,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.fv.evaluation import SETTINGS, accuracy, evaluate, layer_sweep, ranks_of_answers
+from app.fv.evaluation import SETTINGS, accuracy, evaluate, ranks_of_answers
 from app.fv.forward import encode_left_padded, last_token_logits
 from app.fv.pairs import Pair
 from app.fv.prompts import PromptItem, Template, icl_prompts, zero_shot_prompts
+from app.fv.sweep import sweep_layers
 from app.fv.vector import decode_vector, function_vector, head_contribution
 from app.model.adapter import ModelAdapter, adapt
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from app.model.steering import BatchSteering, steered
+from tests.tiny_models import ARCH_CONFIGS, tiny_model, tiny_tokenizer
 
 TOKENIZER = tiny_tokenizer()
 PROMPTS = ["<s>Q: hot\nA: cold\n\nQ: up\nA:", "<s>Q: a\nA:", "<s>Q: left\nA: right\n\nQ: wet\nA: dry\n\nQ: in\nA:",
@@ -192,18 +194,42 @@ def test_steering_changes_ranks_and_zero_steering_does_not() -> None:
     assert boosted.tolist() == [0] * len(PROMPTS)
 
 
-def test_layer_sweep_scores_every_requested_layer() -> None:
-    adapter = adapter_of("llama")
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+def test_layer_sweep_equals_one_steered_forward_per_layer(arch: str) -> None:
+    """The one-pass sweep (copies of the last token entering above their layer) gives, at every layer, the ranks
+    and answer log-probabilities of a plain steered forward, and the unsteered top-1; batches split anywhere."""
+    adapter = adapter_of(arch)
     order = model_ranking(adapter, PROMPTS)
-    items = [PromptItem(text, int(order[index, 0]), Pair("x", "y")) for index, text in enumerate(PROMPTS)]
-    vector = torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(1)) * 10
+    items = [PromptItem(text, int(order[index, index % 3]), Pair("x", "y")) for index, text in enumerate(PROMPTS)]
+    vector = torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(1)) * 3
+    layers = [3, 0, 2, 1]
     steps: list[tuple[int, int]] = []
-    sweep = layer_sweep(adapter, TOKENIZER, items, vector, [3, 0, 2], on_layer=lambda i, n: steps.append((i, n)))
-    assert list(sweep) == [3, 0, 2]
-    assert steps == [(1, 3), (2, 3), (3, 3)]
-    for layer, score in sweep.items():
-        assert score == accuracy(ranks_of_answers(adapter, TOKENIZER, items, (layer, vector)))
-    assert layer_sweep(adapter, TOKENIZER, items, torch.zeros(adapter.d_model), [1]) == {1: 1.0}
+    swept = sweep_layers(adapter, TOKENIZER, items, vector, layers, batch_size=2,
+                         on_batch=lambda i, n: steps.append((i, n)))
+    assert list(swept.top1) == layers and steps == [(1, 3), (2, 3), (3, 3)]
+    assert swept.baseline_top1 == accuracy(ranks_of_answers(adapter, TOKENIZER, items))
+    varied = set()
+    for layer in layers:
+        logits = steered_last_logits(adapter, [item.text for item in items], (layer, vector))
+        answers = torch.tensor([[item.answer_token] for item in items])
+        assert swept.top1[layer] == accuracy((logits > logits.gather(1, answers)).sum(dim=1))
+        expected = float(torch.log_softmax(logits, dim=-1).gather(1, answers).mean())
+        assert swept.log_prob[layer] == pytest.approx(expected, abs=1e-4)
+        varied.add(round(swept.log_prob[layer], 3))
+    assert len(varied) > 1, "the vector changes nothing: the comparison would be vacuous"
+    assert sweep_layers(adapter, TOKENIZER, items, vector, [1], batch_size=8).top1 == {1: swept.top1[1]}
+    assert all("forward" not in block.__dict__ for block in adapter.blocks)
+    assert all(not block._forward_hooks for block in adapter.blocks)
+
+
+def steered_last_logits(adapter: ModelAdapter, texts: list[str], vector: tuple[int, Tensor]) -> Tensor:
+    """The reference: one left-padded forward with ``vector`` added at every row's last token."""
+    ids, mask = encode_left_padded(TOKENIZER, texts, torch.device("cpu"))
+    positions = torch.zeros(ids.shape, dtype=torch.bool)
+    positions[:, -1] = True
+    steering = BatchSteering({vector[0]: vector[1].reshape(1, -1).expand(len(texts), -1)}, positions)
+    with torch.inference_mode(), steered(adapter, steering):
+        return last_token_logits(adapter, ids, mask)
 
 
 SPACE = TOKENIZER(" ", add_special_tokens=False).input_ids[0]

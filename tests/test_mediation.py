@@ -119,6 +119,8 @@ def test_layer_chunks_keep_layers_whole_top_first() -> None:
         [(layer, 0), (layer, 1), (layer, 2)] for layer in (3, 2, 1, 0)]
     chunks = layer_chunks(heads, 7)
     assert [chunk.first_layer for chunk in chunks] == [2, 0]
+    assert chunks[0].heads == [(2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)]  # bottom layer first inside
+    assert chunks[0].entries == [2, 2, 2, 3, 3, 3]
     assert [len(chunk.heads) for chunk in chunks] == [6, 6]
     assert sorted(head for chunk in layer_chunks(heads, 5) for head in chunk.heads) == heads
     assert [chunk.first_layer for chunk in layer_chunks([(0, 1), (2, 0), (2, 2)], 100)] == [0]
@@ -163,6 +165,27 @@ def test_blocks_below_a_chunk_are_replayed_not_run_and_restored(arch: str) -> No
     assert runs == [False, True]
     assert all("forward" not in block.__dict__ for block in adapter.blocks)
     assert pre_hook_count(adapter) == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_each_block_runs_only_the_heads_at_or_below_it(arch: str) -> None:
+    """One chunk with heads at layers 0, 2 and 3: in its forward block 0 and 1 run one position, block 2 two and
+    block 3 three (the rest come from the recorded unpatched output), and the AIE still equals the oracle's."""
+    adapter = adapter_of(arch)
+    heads = [(3, 1), (0, 2), (2, 0)]
+    widths: list[list[int]] = [[] for _ in range(adapter.n_layers)]
+    handles = [adapter.out_proj(layer).register_forward_pre_hook(
+        lambda module, args, layer=layer: widths[layer].append(args[0].shape[1])) for layer in range(adapter.n_layers)]
+    try:
+        fast = aie_fast(adapter, scored_prompts()[:1], means_of(arch), heads)
+    finally:
+        for handle in handles:
+            handle.remove()
+    length = len(scored_prompts()[0].ids)
+    assert [seen for seen in widths] == [[length, 1], [length, 1], [length, 2], [length, 3]]
+    reference = aie_reference(adapter, scored_prompts()[:1], means_of(arch), heads)
+    assert float((fast - reference).abs().max()) < 1e-4
+    assert all("forward" not in block.__dict__ for block in adapter.blocks)
 
 
 def test_mean_patch_of_the_clean_prompt_itself_has_no_effect() -> None:

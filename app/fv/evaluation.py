@@ -1,4 +1,4 @@
-"""First-token accuracy of prompts with and without a vector, the layer sweep, and the five-way evaluation
+"""First-token accuracy of prompts with and without a vector, and the five-way evaluation
 of Todd et al. (zero-shot, zero-shot + FV, 10-shot, shuffled 10-shot, shuffled 10-shot + FV)."""
 
 from __future__ import annotations
@@ -62,22 +62,6 @@ def ranks_of_answers(
                        lambda logits, answers: (logits > logits.gather(1, answers)).sum(dim=1), batch_size, run)
 
 
-def mean_answer_log_prob(
-    adapter: ModelAdapter,
-    tokenizer: PreTrainedTokenizerBase,
-    items: list[PromptItem],
-    vector: tuple[int, Tensor] | None = None,
-    *,
-    batch_size: int = 16,
-    run: Runner[Tensor] = run_here,
-) -> float:
-    """Mean log-probability of the answer tokens: a finer score than top-1 for breaking ties between layers."""
-    log_probs = _per_answer(adapter, tokenizer, items, vector,
-                            lambda logits, answers: torch.log_softmax(logits, dim=-1).gather(1, answers)[:, 0],
-                            batch_size, run)
-    return float(log_probs.mean()) if log_probs.numel() else 0.0
-
-
 def _last_token_steering(vector: tuple[int, Tensor] | None, shape: torch.Size) -> BatchSteering | None:
     if vector is None:
         return None
@@ -88,25 +72,6 @@ def _last_token_steering(vector: tuple[int, Tensor] | None, shape: torch.Size) -
 
 def accuracy(ranks: Tensor, k: int = 1) -> float:
     return float((ranks < k).float().mean()) if ranks.numel() else 0.0
-
-
-def layer_sweep(
-    adapter: ModelAdapter,
-    tokenizer: PreTrainedTokenizerBase,
-    items: list[PromptItem],
-    vector: Tensor,
-    layers: list[int],
-    *,
-    run: Runner[Tensor] = run_here,
-    on_layer: Callable[[int, int], None] | None = None,
-) -> dict[int, float]:
-    """Zero-shot top-1 accuracy on ``items`` with ``vector`` added at each of ``layers``."""
-    scores: dict[int, float] = {}
-    for index, layer in enumerate(layers):
-        scores[layer] = accuracy(ranks_of_answers(adapter, tokenizer, items, (layer, vector), run=run))
-        if on_layer is not None:
-            on_layer(index + 1, len(layers))
-    return scores
 
 
 SETTINGS = ("zero_shot", "zero_shot_fv", "icl", "icl_shuffled", "icl_shuffled_fv")

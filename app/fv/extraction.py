@@ -22,10 +22,10 @@ from app.cache.head_means import HeadMeanCache, HeadMeanKey
 from app.cache.scoring import AieKey, LayerSweep, SweepKey, get_aie, get_sweep, heads_sha256, put_aie, put_sweep
 from app.errors import InvalidInput
 from app.fv.activations import mean_head_outputs
-from app.fv.evaluation import accuracy, layer_sweep, mean_answer_log_prob, ranks_of_answers
 from app.fv.mediation import ScoredPrompt, aie_fast, all_heads, top_heads
 from app.fv.pairs import Pair, Split, dataset_sha256, split_pairs
 from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts, zero_shot_prompts
+from app.fv.sweep import sweep_layers
 from app.fv.vector import function_vector
 from app.model.adapter import ModelAdapter
 from app.model.handle import ModelHandle
@@ -203,12 +203,8 @@ def _sweep_layers(
     extra = random.Random(key.pairs_seed).sample(split.train, min(key.train_pairs, len(split.train)))
     valid = zero_shot_prompts(tokenizer, spec.template, prefix, split.valid + extra)
     layers = list(key.layers)
-    scores = layer_sweep(adapter, tokenizer, valid, vector, layers, run=run, on_layer=on_layer)
-    top = max(scores.values())
-    tied = [layer for layer in layers if scores[layer] == top]
-    if len(tied) > 1:  # a handful of validation pairs ties often: the answers' log-probability decides
-        fine = {layer: mean_answer_log_prob(adapter, tokenizer, valid, (layer, vector), run=run) for layer in tied}
-        best = max(tied, key=lambda layer: fine[layer])
-    else:
-        best = tied[0]
-    return LayerSweep(scores, best, accuracy(ranks_of_answers(adapter, tokenizer, valid, run=run)))
+    swept = sweep_layers(adapter, tokenizer, valid, vector, layers, run=run, on_batch=on_layer)
+    top = max(swept.top1.values())
+    # A handful of validation pairs ties often: the answers' log-probability decides.
+    best = max((layer for layer in layers if swept.top1[layer] == top), key=lambda layer: swept.log_prob[layer])
+    return LayerSweep(swept.top1, best, swept.baseline_top1)

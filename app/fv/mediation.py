@@ -7,8 +7,9 @@ Two implementations with identical results:
 - :func:`aie_reference`: one full forward per (prompt, head), as in Todd et al. — kept as the oracle.
 - :func:`aie_fast`: patching the last token changes no earlier position, so one full forward per prompt
   fills the KV cache of the first ``T-1`` tokens and records every block's unpatched last-token output;
-  then each chunk of heads is one forward of copies of the last token laid side by side in one row (each
-  sees the shared prefix and itself), starting at the chunk's lowest layer.
+  then all heads are one forward of copies of the last token laid side by side in one row (each sees the
+  shared prefix and itself), in which block ``l`` runs only the copies of heads at ``l`` and below
+  (:mod:`app.fv.ragged`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from app.fv.forward import model_device
+from app.fv.ragged import captured_block_outputs, ragged_blocks, trim, variant_mask
 from app.model.adapter import ModelAdapter
 from app.model.runner import Runner, run_here
 
@@ -103,21 +104,27 @@ def aie_reference(
 
 @dataclass(frozen=True)
 class Chunk:
-    """Heads scored by one forward: position ``b`` of the variant sequence patches ``heads[b]``; blocks below
-    ``first_layer`` (which no head of the chunk touches) are not run."""
+    """Heads scored by one forward, lowest layer first: position ``b`` of the variant sequence patches
+    ``heads[b]``. Block ``l`` runs only the positions whose head is at layer ``l`` or below (a prefix of them);
+    the others are still unpatched there, so the block's recorded unpatched output stands in for them."""
 
     heads: list[Head]
 
     @property
     def first_layer(self) -> int:
-        return min(layer for layer, _ in self.heads)
+        return self.heads[0][0]
+
+    @property
+    def entries(self) -> list[int]:
+        """The block each position enters at (:mod:`app.fv.ragged`): its head's layer."""
+        return [layer for layer, _ in self.heads]
 
 
 def layer_chunks(heads: list[Head], rows: int) -> list[Chunk]:
-    """Whole layers of heads, top layer first, gathered into chunks of about ``rows`` heads.
+    """Whole layers of heads, top layer first, gathered into chunks of about ``rows`` heads, each chunk ordered
+    by layer from the bottom up (so the positions a block runs are always the first ones).
 
-    A chunk runs only from its lowest layer up, so small chunks skip more blocks while big ones keep the
-    matrix products wide; a layer is never split, so a chunk never runs a block below its own heads.
+    A layer is never split: a chunk's positions then enter block by block with their own layer's heads.
     """
     by_layer: dict[int, list[Head]] = {}
     for head in heads:
@@ -128,65 +135,10 @@ def layer_chunks(heads: list[Head], rows: int) -> list[Chunk]:
         if current and len(current) + len(by_layer[layer]) > rows:
             chunks.append(Chunk(current))
             current = []
-        current = current + by_layer[layer]
+        current = by_layer[layer] + current
     if current:
         chunks.append(Chunk(current))
     return chunks
-
-
-@contextmanager
-def _skipped_blocks(adapter: ModelAdapter, outputs: list[Any], below: int, width: int) -> Iterator[None]:
-    """Blocks under ``below`` return their unpatched last-token output (``outputs``), seen as ``width``
-    positions, instead of computing it: a head patched at layer ``l`` changes nothing before block ``l``."""
-    saved: list[tuple[torch.nn.Module, Any]] = []
-
-    def replay(output: Any) -> Callable[..., Any]:
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            return _widened(output, width)
-
-        return forward
-
-    try:
-        for layer in range(below):
-            block = adapter.blocks[layer]
-            saved.append((block, block.__dict__.get("forward")))
-            block.__dict__["forward"] = replay(outputs[layer])  # an instance attribute shadows the class's forward
-        yield
-    finally:
-        for block, forward in saved:
-            if forward is None:
-                del block.__dict__["forward"]
-            else:
-                block.__dict__["forward"] = forward
-
-
-def _widened(output: Any, width: int) -> Any:
-    """A block's one-position output (a tensor, or a tuple led by one) as ``width`` identical positions."""
-    if isinstance(output, tuple):
-        return (_widened(output[0], width), *output[1:])
-    return output.expand(output.shape[0], width, output.shape[-1])
-
-
-@contextmanager
-def _captured_block_outputs(adapter: ModelAdapter, into: list[Any]) -> Iterator[None]:
-    """Fill ``into[layer]`` with block ``layer``'s output at the last position, in the block's own form."""
-    def last(output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (last(output[0]), *output[1:])
-        return output[:, -1:, :].clone()
-
-    def make_hook(layer: int) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            into[layer] = last(output)
-
-        return hook
-
-    handles = [block.register_forward_hook(make_hook(layer)) for layer, block in enumerate(adapter.blocks)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -221,19 +173,10 @@ def _patched_positions(adapter: ModelAdapter, heads: list[Head], means: Tensor) 
             handle.remove()
 
 
-def _trim(cache: DynamicCache, length: int) -> None:
-    """Drop what a forward appended after the first ``length`` positions (layers a chunk skipped got nothing)."""
-    for layer in cache.layers:
-        assert isinstance(layer, DynamicLayer)  # what a DynamicCache made without a config holds
-        extra = layer.get_seq_length() - length
-        if extra > 0:
-            layer.crop(-extra)
-
-
-# Heads per chunk: on the embedded model (9 heads a layer) 63 heads = 7 layers, so chunks start at layers 23, 16, 9,
-# 2, 0 and run ~60% of the block-rows of one chunk of all 270 heads, while 63-row matrix products stay efficient on
-# CPU; one layer per chunk (9 rows) skips the most but pays per-forward overhead 30 times a prompt.
-DEFAULT_HEAD_BATCH = 64
+# Heads per forward: every head of the embedded model (270) in one. Block ``l`` then runs only the heads at ``l``
+# and below, so the model's weights are read once per prompt and each head runs from its own layer up; chunks
+# read the upper blocks' weights again per chunk (on 2 CPU cores, chunks of 64 heads cost ~30 % more a prompt).
+DEFAULT_HEAD_BATCH = 512
 
 
 def aie_fast(
@@ -251,8 +194,8 @@ def aie_fast(
     The full forward fills the KV cache of the first ``T-1`` tokens, gives the unpatched probability and
     records every block's last-token output. Each chunk of heads is then one forward of a single row whose
     positions are copies of the last token (one per head, all at position ``T-1``), each attending to the
-    cached prefix and to itself only (a 4-D mask), so the prefix is shared without copying it per head;
-    blocks below the chunk's lowest layer replay their recorded output instead of running.
+    cached prefix and to itself only (a 4-D mask), so the prefix is shared without copying it per head; block
+    ``l`` runs only the positions of heads at ``l`` and below, and stands in the recorded output for the rest.
     """
     heads = heads or all_heads(adapter)
     device = model_device(adapter)
@@ -266,10 +209,10 @@ def aie_fast(
 
         def unpatched(prompt: ScoredPrompt = prompt, cache: DynamicCache = cache,
                       outputs: list[Any] = outputs) -> Tensor:
-            with torch.inference_mode(), _captured_block_outputs(adapter, outputs):
+            with torch.inference_mode(), captured_block_outputs(adapter, outputs):
                 out = adapter.model(input_ids=torch.tensor([prompt.ids], device=device), past_key_values=cache,
                                     use_cache=True, logits_to_keep=1)
-            _trim(cache, len(prompt.ids) - 1)
+            trim(cache, len(prompt.ids) - 1)
             return _answer_probability(out.logits[:, -1], prompt.answer).double().cpu()
 
         base = float(run(unpatched)[0])
@@ -278,24 +221,20 @@ def aie_fast(
             def score(chunk: Chunk = chunk, prompt: ScoredPrompt = prompt, length: int = length,
                       cache: DynamicCache = cache, outputs: list[Any] = outputs) -> Tensor:
                 width = len(chunk.heads)
-                allowed = torch.zeros((width, length - 1 + width), dtype=torch.bool, device=device)
-                allowed[:, : length - 1] = True
-                allowed[:, length - 1 :] = torch.eye(width, dtype=torch.bool, device=device)
-                bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-                    ~allowed, torch.finfo(dtype).min)
+                bias = variant_mask(torch.ones((1, length - 1), dtype=torch.long, device=device), width, dtype)
                 ids = torch.full((1, width), prompt.ids[-1], dtype=torch.long, device=device)
                 try:
                     with (torch.inference_mode(), _patched_positions(adapter, chunk.heads, means),
-                          _skipped_blocks(adapter, outputs, chunk.first_layer, width)):
+                          ragged_blocks(adapter, outputs, chunk.entries, length - 1)):
                         out = adapter.model(
                             input_ids=ids,
-                            attention_mask=bias[None, None],
+                            attention_mask=bias,
                             position_ids=torch.full((1, width), length - 1, dtype=torch.long, device=device),
                             past_key_values=cache,
                             use_cache=True,
                         )
                 finally:
-                    _trim(cache, length - 1)
+                    trim(cache, length - 1)
                 return _answer_probability(out.logits[0], prompt.answer).double().cpu()
 
             probs = run(score)
