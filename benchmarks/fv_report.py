@@ -105,8 +105,12 @@ def write_report(path: Path, model: str, rows: list[tuple[str, Job, Evaluation]]
     for relation, _, evaluation in rows:
         lines.append(f"| {relation} | {evaluation.layer} | {evaluation.n} | {evaluation.n_dropped} | "
                      + " | ".join(cell(evaluation, key) for key, _ in COLUMNS) + " |")
-    thin = [f"{relation} (n = {evaluation.n})" for relation, _, evaluation in rows if evaluation.n < 10]
+    thin = [f"{relation} (n = {evaluation.n})" for relation, _, evaluation in rows if 0 < evaluation.n < 10]
+    none = [relation for relation, _, evaluation in rows if evaluation.n == 0]
     lines += ["", "A row with few kept items says little" + (f": {', '.join(thin)}." if thin else "; none here.")]
+    if none:
+        lines += ["", f"No test item of {', '.join(none)} is answered by clean 10-shot prompting, so the columns "
+                  "measured on kept items are empty (0.00) there: the model does not know these pairs."]
     lines += ["", "## Extraction", "",
               "Phase times are wall-clock seconds on the machine that ran the report, with whatever else it was doing.",
               "", "| relation | heads (layer.head) | phase seconds |", "|---|---|---|"]
