@@ -5,8 +5,10 @@ Two things make it fast, and neither changes what is computed:
 
 - **The prompts' prefixes are run once.** The vector is added only at the last prompt token, and a causal model's
   earlier positions never see a later one, so every layer's keys and values of the first ``T − 1`` tokens are the
-  same at every epoch. They are computed once (:class:`PromptRows`); each epoch then runs one-token forwards over
-  that cache (a zero-shot prompt is ~8 tokens, so ~8× less work per row than a full forward).
+  same at every epoch; so is the last token's way up to the block the vector is added to. Both are computed once
+  (:class:`PromptRows`); each epoch then runs one-token forwards over that cache from the block above the
+  vector's (:mod:`app.fv.ragged`; a zero-shot prompt is ~8 tokens, so ~8× less work per row than a full forward,
+  and a vector at block 9 of 30 skips another third of it).
 - **K relations share each forward.** A row is steered by its own relation's vector, gathered from one
   ``[K, d_model]`` parameter, so per-op overhead is paid once for K vectors and the matmuls are larger.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ from app.errors import InvalidInput
 from app.fv.finetune import FinetuneResult, FinetuneSpec, split_holdout
 from app.fv.forward import model_device
 from app.fv.prompts import PromptItem, bos_prefix, zero_shot_prompts
+from app.fv.ragged import captured_block_outputs, ragged_blocks, trim
 from app.model.adapter import ModelAdapter
 from app.model.handle import ModelHandle
 from app.model.steering import BatchSteering, steered
@@ -50,6 +54,7 @@ class PromptRows:
     """
 
     keys_values: list[tuple[Tensor, Tensor]]  # per layer, [rows, kv_heads, width − 1, head_dim]
+    outputs: list[Any]  # per block, its unsteered output at the last token ([rows, 1, d_model], in the block's form)
     mask: Tensor  # [rows, width]: the prefix's attention mask, then 1 for the last token
     last: Tensor  # [rows, 1] the last token ids
     positions: Tensor  # [rows, 1] the last token's position id
@@ -58,30 +63,33 @@ class PromptRows:
 
 
 def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]) -> PromptRows:
-    """Run the prefixes (all tokens but the last) of ``items`` once and keep their KV cache."""
+    """Run ``items`` once: keep the KV cache of their prefixes (all tokens but the last) and every block's output at
+    the last token."""
     adapter, device = model.adapter, model_device(model.adapter)
     encoded: list[list[int]] = [model.tokenizer(item.text).input_ids for item in items]
     if min(len(ids) for ids in encoded) < 2:
         raise InvalidInput("a training prompt must be at least two tokens long", param="pairs")
     width = max(len(ids) for ids in encoded)
     pad = int(model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0)
-    ids = torch.full((len(items), width - 1), pad, dtype=torch.long)
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens) :] = torch.tensor(tokens[:-1], dtype=torch.long)
+        ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
         mask[row, width - len(tokens) :] = 1
-    prefix_mask = mask[:, :-1]
     cache = DynamicCache()
-    with torch.no_grad():  # not inference_mode: the cache takes part in the autograd-enabled epochs
-        adapter.model(input_ids=ids.to(device), attention_mask=prefix_mask.to(device),
-                      position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+    outputs: list[Any] = [None] * adapter.n_layers
+    with torch.no_grad(), captured_block_outputs(adapter, outputs):  # no_grad, not inference_mode: the cache and
+        adapter.model(input_ids=ids.to(device), attention_mask=mask.to(device),  # outputs join autograd epochs
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+    trim(cache, width - 1)
     keys_values = []
     for layer in cache.layers:
         assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
         keys_values.append((layer.keys, layer.values))
     return PromptRows(
         keys_values=keys_values,
+        outputs=outputs,
         mask=mask.to(device),
         last=torch.tensor([[tokens[-1]] for tokens in encoded], device=device),
         positions=torch.tensor([[len(tokens) - 1] for tokens in encoded], device=device),
@@ -91,7 +99,8 @@ def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]
 
 
 def last_token_logits_cached(adapter: ModelAdapter, rows: PromptRows, vectors: dict[int, Tensor]) -> Tensor:
-    """Last-position logits of ``rows``, ``vectors[layer]`` (``[rows, d_model]``) added at block ``layer``."""
+    """Last-position logits of ``rows``, ``vectors[layer]`` (``[rows, d_model]``) added at block ``layer``; blocks up to
+    the lowest such layer give their recorded unsteered output instead of running."""
     cache = DynamicCache()
     for keys, values in rows.keys_values:
         layer = DynamicLayer()  # type: ignore[no-untyped-call]
@@ -99,7 +108,9 @@ def last_token_logits_cached(adapter: ModelAdapter, rows: PromptRows, vectors: d
         layer.keys, layer.values = keys, values  # the forward's concatenation copies; the stored cache stays
         cache.layers.append(layer)
     positions = torch.ones(rows.last.shape, dtype=torch.bool)
-    with steered(adapter, BatchSteering(vectors, positions)):
+    entry = min(vectors, default=adapter.n_layers - 1) + 1
+    prefix = rows.mask.shape[1] - 1
+    with ragged_blocks(adapter, rows.outputs, [entry], prefix), steered(adapter, BatchSteering(vectors, positions)):
         out = adapter.model(input_ids=rows.last, attention_mask=rows.mask, position_ids=rows.positions,
                             past_key_values=cache, use_cache=True, logits_to_keep=1)
     logits: Tensor = out.logits[:, -1, :].float()
