@@ -12,12 +12,12 @@ import torch
 from app.analogy.bank import Bank, query, relation_scores
 from app.analogy.combiner import Combiner, FitOptions, fit_combiner, training_analogies
 from app.analogy.datasets import AnalogyProblem
-from app.analogy.scoring import ScoreRow, score_rows
+from app.analogy.scoring import ScoreRow, score_rows, variant_log_probs
 from app.analogy.solver import ORACLE_RELATIONS, evaluate_analogies
 from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
 from app.model.adapter import adapt
 from app.model.handle import ModelHandle
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import ARCH_CONFIGS, tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,25 @@ def test_scores_match_single_unpadded_forwards(model: ModelHandle) -> None:
     batched = score_rows(model.adapter, model.tokenizer, rows, batch_size=4)
     for (prompt, cont, layer, vec), got in zip(cases, batched.tolist(), strict=True):
         assert math.isclose(got, reference_log_prob(model, prompt, cont, layer, vec), abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+def test_variant_log_probs_equal_one_forward_per_vector(arch: str) -> None:
+    """The shared-prefix scoring of K vectors (at different layers; one- and three-token continuations) gives each
+    vector's plain steered log-probability, on every tiny family."""
+    network, tokenizer = tiny_model(arch), tiny_tokenizer()
+    handle = ModelHandle(adapt(network, tokenizer), tokenizer, "fp", "tiny")
+    d = handle.adapter.d_model
+    generator = torch.Generator().manual_seed(3)
+    vectors = torch.randn(4, d, generator=generator) * 2
+    layers = [2, 1, 3, 1]
+    for prompt, continuation in (("<s>Q: hot\nA:", "cold"), ("<s>Q: a much longer prompt\nA:", "xy z")):
+        got = variant_log_probs(handle.adapter, tokenizer, prompt, continuation, layers, vectors)
+        expected = [reference_log_prob(handle, prompt, continuation, layer, vector)
+                    for layer, vector in zip(layers, vectors, strict=True)]
+        assert torch.allclose(got, torch.tensor(expected), atol=1e-4), (arch, got, expected)
+        assert len({round(value, 3) for value in expected}) > 1  # the vectors really differ in effect
+    assert all("forward" not in block.__dict__ and not block._forward_hooks for block in handle.adapter.blocks)
 
 
 def test_bank_composite_sums_per_layer() -> None:

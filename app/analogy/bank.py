@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from app.analogy.scoring import ScoreRow, score_rows
+from app.analogy.scoring import variant_log_probs
 from app.errors import MissingBank
 from app.fv.prompts import Template, bos_prefix
 from app.model.handle import ModelHandle
@@ -59,7 +60,10 @@ def query(model: ModelHandle, text: str) -> str:
 def relation_scores(
     model: ModelHandle, bank: Bank, pairs: list[tuple[str, str]], *, run: Runner[Tensor] = run_here
 ) -> Tensor:
-    """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector."""
-    rows = [ScoreRow(query(model, a), b, {layer: vector})
-            for a, b in pairs for layer, vector in zip(bank.layers, bank.vectors, strict=True)]
-    return score_rows(model.adapter, model.tokenizer, rows, batch_size=64, run=run).reshape(len(pairs), len(bank))
+    """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector (one shared forward per pair:
+    :func:`app.analogy.scoring.variant_log_probs`)."""
+    rows: list[Tensor] = []
+    for a, b in pairs:
+        rows.append(run(functools.partial(variant_log_probs, model.adapter, model.tokenizer, query(model, a), b,
+                                          bank.layers, bank.vectors)))
+    return torch.stack(rows) if rows else torch.zeros(0, len(bank))

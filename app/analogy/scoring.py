@@ -9,12 +9,14 @@ differentiable so the analogy combiner can be fitted through the frozen model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from app.fv.forward import model_device
+from app.fv.ragged import added_at, captured_block_outputs, ragged_blocks, trim, variant_mask
 from app.model.adapter import ModelAdapter
 from app.model.runner import Runner, run_here
 from app.model.steering import BatchSteering, steered
@@ -101,3 +103,55 @@ def score_rows(
 
         parts.append(run(forward))
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def variant_log_probs(
+    adapter: ModelAdapter,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    continuation: str,
+    layers: list[int],
+    vectors: Tensor,
+) -> Tensor:
+    """``[K]``: ``log p(" " + continuation | prompt)`` with ``vectors[k]`` added at block ``layers[k]`` at the
+    prompt's last token — the K rows :func:`score_rows` would score, from one shared forward.
+
+    Nothing before the prompt's last token depends on the vector, and nothing up to the lowest vector's block
+    either (the continuation's tokens included). So one unsteered forward of the prompt and continuation fills the
+    prefix cache and records each block's output over the last prompt token and the continuation; then one forward
+    holds a group of those positions per vector (each group sees the prefix and itself, causally), run from the
+    block above the lowest vector's (:mod:`app.fv.ragged`).
+    """
+    device = model_device(adapter)
+    dtype = next(adapter.model.parameters()).dtype
+    prompt_ids: list[int] = tokenizer(prompt).input_ids
+    answer: list[int] = tokenizer(" " + continuation, add_special_tokens=False).input_ids
+    steer_at = len(prompt_ids) - 1
+    group = prompt_ids[steer_at:] + answer[:-1]  # the positions whose next token is the continuation's
+    count = len(layers)
+    cache = DynamicCache()
+    outputs: list[Any] = [None] * adapter.n_layers
+    with torch.inference_mode():
+        with captured_block_outputs(adapter, outputs, len(group)):
+            adapter.model(input_ids=torch.tensor([prompt_ids + answer[:-1]], device=device), past_key_values=cache,
+                          use_cache=True, logits_to_keep=1)
+        trim(cache, steer_at)
+        width = count * len(group)
+        starts = [k * len(group) for k in range(count)]
+        try:
+            with ragged_blocks(adapter, outputs, [min(layers) + 1] * width, steer_at), \
+                    added_at(adapter, [(layer, start, vector) for layer, start, vector in zip(
+                        layers, starts, vectors, strict=True)]):
+                logits = adapter.model(
+                    input_ids=torch.tensor([group * count], device=device),
+                    attention_mask=variant_mask(torch.ones((1, steer_at), dtype=torch.long, device=device), width,
+                                                dtype, group=len(group)),
+                    position_ids=torch.arange(steer_at, steer_at + len(group), device=device).repeat(count)[None],
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits[0].float()
+        finally:
+            trim(cache, steer_at)
+    log_probs = torch.log_softmax(logits, dim=-1).reshape(count, len(group), -1)
+    targets = torch.tensor(answer, device=log_probs.device)[None, :, None].expand(count, -1, 1)
+    return log_probs.gather(2, targets)[..., 0].sum(dim=1).cpu()

@@ -33,12 +33,13 @@ def active_counts(entries: list[int], n_layers: int) -> list[int]:
 
 
 @contextmanager
-def captured_block_outputs(adapter: ModelAdapter, into: list[Any]) -> Iterator[None]:
-    """Fill ``into[layer]`` with block ``layer``'s output at the last position, in the block's own form."""
+def captured_block_outputs(adapter: ModelAdapter, into: list[Any], positions: int = 1) -> Iterator[None]:
+    """Fill ``into[layer]`` with block ``layer``'s output at the last ``positions`` positions, in the block's own
+    form."""
     def last(output: Any) -> Any:
         if isinstance(output, tuple):
             return (last(output[0]), *output[1:])
-        return output[:, -1:, :].clone()
+        return output[:, -positions:, :].clone()
 
     def make_hook(layer: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -63,13 +64,17 @@ def trim(cache: DynamicCache, length: int) -> None:
             layer.crop(-extra)
 
 
-def variant_mask(prefix_mask: Tensor, width: int, dtype: torch.dtype) -> Tensor:
+def variant_mask(prefix_mask: Tensor, width: int, dtype: torch.dtype, group: int = 1) -> Tensor:
     """``[rows, 1, width, prefix + width]`` additive mask: each variant sees its row's prefix (``prefix_mask``,
-    ``[rows, prefix]``, 0 on padding) and itself."""
+    ``[rows, prefix]``, 0 on padding) and itself — or, when a variant is ``group`` consecutive positions, its own
+    group's positions up to itself."""
     rows, prefix = prefix_mask.shape
-    allowed = torch.zeros((rows, width, prefix + width), dtype=torch.bool, device=prefix_mask.device)
+    device = prefix_mask.device
+    allowed = torch.zeros((rows, width, prefix + width), dtype=torch.bool, device=device)
     allowed[:, :, :prefix] = prefix_mask.bool()[:, None, :]
-    allowed[:, :, prefix:] = torch.eye(width, dtype=torch.bool, device=prefix_mask.device)
+    group_of = torch.arange(width, device=device) // group
+    same_group = group_of[:, None] == group_of[None, :]
+    allowed[:, :, prefix:] = same_group & torch.ones(width, width, dtype=torch.bool, device=device).tril()
     bias = torch.zeros(allowed.shape, dtype=dtype, device=prefix_mask.device)
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -143,7 +148,40 @@ def _joined(out: Any, rest: Any) -> Any:
 
 
 def _widened(output: Any, width: int) -> Any:
-    """A block's one-position output (a tensor, or a tuple led by one) as ``width`` identical positions."""
+    """A block's recorded output (a tensor, or a tuple led by one) over ``width`` positions: one position as
+    ``width`` identical ones, a group of positions repeated once per variant."""
     if isinstance(output, tuple):
         return (_widened(output[0], width), *output[1:])
-    return output.expand(output.shape[0], width, output.shape[-1])
+    if output.shape[1] == 1:
+        return output.expand(output.shape[0], width, output.shape[-1])
+    return output.repeat(1, width // output.shape[1], 1)
+
+
+@contextmanager
+def added_at(adapter: ModelAdapter, additions: list[tuple[int, int, Tensor]]) -> Iterator[None]:
+    """In the next forward, for each ``(layer, position, vector)``: ``vector`` added to block ``layer``'s output at
+    ``position`` (every row)."""
+    by_layer: dict[int, list[tuple[int, Tensor]]] = {}
+    for layer, position, vector in additions:
+        by_layer.setdefault(layer, []).append((position, vector))
+
+    def make_hook(items: list[tuple[int, Tensor]]) -> Callable[..., Any]:
+        index = torch.tensor([position for position, _ in items])
+        stacked = torch.stack([vector for _, vector in items])
+
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            hidden = output if isinstance(output, Tensor) else output[0]
+            delta = torch.zeros_like(hidden)
+            delta[:, index.to(hidden.device)] = stacked.to(hidden.device, hidden.dtype)
+            return hidden + delta if isinstance(output, Tensor) else (output[0] + delta, *output[1:])
+
+        return hook
+
+    handles = []
+    try:
+        for layer, items in by_layer.items():
+            handles.append(adapter.blocks[layer].register_forward_hook(make_hook(items)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

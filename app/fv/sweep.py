@@ -13,8 +13,7 @@ the embedded model.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from app.fv.forward import encode_left_padded, model_device
 from app.fv.prompts import PromptItem
-from app.fv.ragged import captured_block_outputs, ragged_blocks, trim, variant_mask
+from app.fv.ragged import added_at, captured_block_outputs, ragged_blocks, trim, variant_mask
 from app.model.adapter import ModelAdapter
 from app.model.runner import Runner, run_here
 
@@ -39,29 +38,6 @@ class SweepScores:
     top1: dict[int, float]
     log_prob: dict[int, float]
     baseline_top1: float
-
-
-@contextmanager
-def _added_at(adapter: ModelAdapter, layers: list[int], vector: Tensor) -> Iterator[None]:
-    """Position ``j`` of the next forward gets ``vector`` added to the output of block ``layers[j]``."""
-    handles = []
-
-    def make_hook(position: int) -> Callable[..., Any]:
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            hidden = output if isinstance(output, Tensor) else output[0]
-            delta = torch.zeros_like(hidden)
-            delta[:, position] = vector.to(hidden.device, hidden.dtype)
-            return hidden + delta if isinstance(output, Tensor) else (output[0] + delta, *output[1:])
-
-        return hook
-
-    try:
-        for position, layer in enumerate(layers):
-            handles.append(adapter.blocks[layer].register_forward_hook(make_hook(position)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _batch_ranks(
@@ -86,7 +62,7 @@ def _batch_ranks(
         width = len(layers)
         try:
             with ragged_blocks(adapter, outputs, [layer + 1 for layer in layers], prefix), \
-                    _added_at(adapter, layers, vector):
+                    added_at(adapter, [(layer, position, vector) for position, layer in enumerate(layers)]):
                 logits = adapter.model(
                     input_ids=ids[:, -1:].expand(-1, width),
                     attention_mask=variant_mask(mask[:, :-1], width, dtype),
