@@ -229,6 +229,13 @@ def test_jobs_cancel_running(gated_server: LiveServer, capsys: pytest.CaptureFix
             sdk.get_vector(name)
 
 
+def _default_sigint() -> None:
+    """In the CLI's process, before exec: SIGINT back to its default. A shell starts background jobs with SIGINT
+    ignored, a child inherits that, and Python then never turns SIGINT into KeyboardInterrupt: a test run launched
+    in the background would wait for a Ctrl-C that cannot arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_extract_ctrl_c_cancels(gated_server: LiveServer) -> None:
     faults = Faults(gated_server)
     name = unique("intr")
@@ -238,6 +245,7 @@ def test_extract_ctrl_c_cancels(gated_server: LiveServer) -> None:
             [sys.executable, "-m", "fvsteer_cli", "extract", name, "--relation", "antonym", *SMALL, "--seed",
              fresh_seed()],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_default_sigint,
         )
         try:
             assert proc.stderr is not None

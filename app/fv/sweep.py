@@ -6,7 +6,7 @@ The vector is added to the output of block ``L`` at the last prompt token (the F
 unpatched forward of the prompts fills their prefix caches, records each block's last-token output and gives the
 unsteered ranks; then one forward of a copy of the last token per layer (:mod:`app.fv.ragged`) runs the copy for
 layer ``L`` only from block ``L + 1`` up, with the vector added to block ``L``'s recorded output. The numbers are
-those of one steered forward per layer (:func:`app.fv.evaluation.ranks_of_answers`), for ~1/20 of the work on
+those of one steered forward per layer (:func:`app.fv.evaluation.ranks_of_answers`), in ~1/15 of the time on
 the embedded model.
 """
 
