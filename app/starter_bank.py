@@ -21,7 +21,8 @@ import sys
 import time
 
 from app.analogy.bank import Bank
-from app.analogy.combiner import FILE_NAME, FitOptions, fit_combiner
+from app.analogy.combiner import FILE_NAME
+from app.analogy.fitting import FitOptions, fit_combiner
 from app.bundle import load_bundle
 from app.fv.finetuned import FinetuneOptions, make_finetuned_many
 from app.fv.pairs import dataset_sha256, relation_pairs, shipped_relations

@@ -3,6 +3,7 @@ composite, the combiner (softmax start, save/load, fitting), and the dataset eva
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 
 from app.analogy.bank import Bank, query, relation_scores
-from app.analogy.combiner import Combiner, FitOptions, fit_combiner, training_analogies
+from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.datasets import AnalogyProblem
+from app.analogy.fitting import FitOptions, fit_combiner, training_analogies
 from app.analogy.scoring import ScoreRow, score_rows, variant_log_probs
 from app.analogy.solver import ORACLE_RELATIONS, evaluate_analogies
 from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
@@ -94,17 +96,58 @@ def test_bank_composite_sums_per_layer() -> None:
 
 
 def test_softmax_combiner_and_save_load(tmp_path: Path) -> None:
-    scores = torch.tensor([[0.0, -1.0, -3.0]])
+    scores = torch.tensor([[0.0, -1.0, -3.0], [-2.0, -0.5, -1.0]])
     plain = Combiner.softmax(["p", "q", "r"], temperature=0.5)
     assert torch.allclose(plain.weights(scores), torch.softmax(scores / 0.5, dim=-1))
-    fitted = Combiner(["p", "q", "r"], torch.eye(3) * 2, torch.tensor([0.1, 0.0, -0.1]), 0.7, metrics={"n": 3})
+    calibration = Calibration(torch.tensor([-1.0, -0.5, -2.0]), torch.tensor([1.0, 2.0, 0.5]))
+    fitted = Combiner(["p", "q", "r"], torch.eye(3) * 2, torch.tensor([0.1, 0.0, -0.1]), 0.7, metrics={"n": 3},
+                      calibration=calibration, top_k=2)
     path = tmp_path / "combiner.json"
     fitted.save(path, "fp")
     loaded = Combiner.load(path, "fp")
     assert loaded.relations == fitted.relations and loaded.temperature == 0.7 and loaded.kind == "affine"
+    assert loaded.top_k == 2 and loaded.calibration is not None
     assert torch.allclose(loaded.weights(scores), fitted.weights(scores))
     with pytest.raises(ValueError, match="fingerprint"):
         Combiner.load(path, "another-model")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["top_k"] = 4
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ValueError, match="top_k"):
+        Combiner.load(path, "fp")
+    record.update(top_k=None, calibration={"centre": [0.0, 0.0, 0.0], "scale": [1.0, 0.0, 1.0]})
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ValueError, match="calibration"):
+        Combiner.load(path, "fp")
+
+
+def test_a_first_release_combiner_file_still_loads(tmp_path: Path) -> None:
+    """Format /1 had neither calibration nor top-k: it loads as the plain affine combiner it was."""
+    path = tmp_path / "combiner.json"
+    path.write_text(json.dumps({"format": "fvsteer-combiner/1", "model_fingerprint": "fp", "relations": ["p", "q"],
+                                "temperature": 2.0, "weight": [[1.0, 0.5], [0.0, 1.0]], "bias": [0.0, 0.1]}))
+    loaded = Combiner.load(path, "fp")
+    scores = torch.tensor([[-1.0, -2.0]])
+    expected = torch.softmax(scores / 2.0, dim=-1) @ torch.tensor([[1.0, 0.5], [0.0, 1.0]]).T + torch.tensor([0, 0.1])
+    assert loaded.calibration is None and loaded.top_k is None
+    assert torch.allclose(loaded.weights(scores), expected)
+
+
+def test_mixture_calibrates_each_vector_and_keeps_the_top_k() -> None:
+    scores = torch.tensor([[-1.0, -5.0, -3.0], [-2.0, -6.0, -2.5], [-3.0, -4.5, -3.5]])
+    calibration = Calibration.of(scores)
+    assert torch.allclose(calibration.centre, torch.tensor([-2.0, -15.5 / 3, -3.0]))
+    standard = calibration(scores)
+    assert torch.allclose(standard.mean(dim=0), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(standard.std(dim=0), torch.ones(3), atol=1e-6)
+    full = mix(scores, 1.0, None, None)
+    assert torch.allclose(full, torch.softmax(scores, dim=-1))
+    top = mix(scores, 1.0, calibration, 2)
+    assert torch.allclose(top.sum(dim=-1), torch.ones(3))
+    assert ((top > 0).sum(dim=-1) == 2).all()
+    kept = calibration(scores).topk(2, dim=-1).indices
+    assert torch.allclose(top.gather(1, kept), torch.softmax(calibration(scores).gather(1, kept), dim=-1))
+    assert mix(scores, 0.5, None, 1).equal(torch.nn.functional.one_hot(scores.argmax(-1), 3).float())
 
 
 def test_training_analogies_use_test_split_pairs_of_one_relation() -> None:
@@ -119,12 +162,19 @@ def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) ->
     d = model.adapter.d_model
     generator = torch.Generator().manual_seed(0)
     bank = Bank(["antonym", "synonym", "capitalize"], [1, 1, 2], torch.randn(3, d, generator=generator))
-    options = FitOptions(per_relation=6, epochs=2, batch_size=8, lr=0.05)
+    options = FitOptions(per_relation=6, epochs=2, batch_size=8, lr=0.05, temperatures=(0.5, 1.0), top_ks=(1, None))
     combiner = fit_combiner(model, bank, options)
     metrics = combiner.metrics
     assert combiner.relations == bank.names and combiner.kind == "affine"
-    assert metrics["valid_log_prob_fitted"] >= metrics["valid_log_prob_softmax"]
     assert metrics["n_train"] + metrics["n_valid"] == 18
+    grid = metrics["selection"]
+    assert len(grid) == 2 * 2 * 2  # raw and calibrated × temperatures × top-ks
+    best = max(grid, key=lambda point: point["valid_log_prob"])
+    assert metrics["selected"] == {key: best[key] for key in ("calibrated", "temperature", "top_k")}
+    assert metrics["valid_log_prob_selected"] == pytest.approx(best["valid_log_prob"], abs=1e-3)
+    assert metrics["valid_log_prob_selected"] >= metrics["valid_log_prob_softmax"]
+    assert metrics["valid_log_prob_fitted"] >= metrics["valid_log_prob_selected"]
+    assert combiner.top_k == best["top_k"] and (combiner.calibration is not None) == best["calibrated"]
     assert fit_combiner(model, bank, options).weight.equal(combiner.weight)  # seeded: same fit
 
 

@@ -36,27 +36,19 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import ROOT, LiveServer
-from tests.test_pairs import STALE_BANK_VECTORS
 
-# The figures below were measured with the starter antonym vector on the antonym file it was trained on; issue 16
-# rewrote that file (54 pairs: an 11-pair held-out split, under evaluate's 12), so while the committed vector is
-# stale (tests/test_pairs.py keeps STALE_BANK_VECTORS exactly true) this comparison has nothing sound to compare.
-# It runs again by itself once `make vectors` rebuilds the bank.
-pytestmark = [pytest.mark.model, pytest.mark.skipif(
-    "antonym" in STALE_BANK_VECTORS, reason="starter antonym vector is stale until `make vectors` (issue 16)")]
+pytestmark = pytest.mark.model
 
-# Chosen by measuring antonym, present-past, capitalize, country-capital and english-french with their shipped
-# starter vectors and pairs, nothing tuned (figures: benchmarks/lm_eval_tasks/README.md). antonym holds every target,
-# and 10-shot prompting gets all 19 of its held-out pairs right (given as evaluate's `pairs`, as below), so
-# evaluate's figures are over exactly the pairs lm-eval runs on; the one pair the vector misses (laugh: " laugh"
-# -1.345 nats, " cry" -1.382) is missed by all three measures. (present-past: the steered generation's first
-# *token* is right for every pair evaluate keeps, but the vector, added at every generated token too, glues sub-word
-# junk to 5 of the 20 answers, " found" + "Qilled", " fed" + "erated": first-word exact match 0.75 against
-# evaluate's 1.0.)
-RELATION = "antonym"
+# The relation: one whose held-out split 10-shot prompting gets entirely right (so evaluate, which keeps only the
+# pairs 10-shot gets right, scores exactly the pairs lm-eval runs on) and whose starter vector is strong, among the
+# 103 of the rebuilt bank (`make vectors`' table: country-continent 0.92 after training, 10-shot 1.00; capitalize's
+# 10-shot misses two of its 20, antonym's vector gets 3 of 11). Measured (2026-12-03): on its 13 held-out pairs,
+# evaluate 12/13, lm-eval gen and mc 0/13 unsteered → 12/13 steered; chat 0/13 → 3/13. Nothing tuned; the figures
+# of other relations are in benchmarks/lm_eval_tasks/README.md.
+RELATION = "country-continent"
 STARTER_BANK = ROOT / "vectors" / "smollm2-135m-instruct"
-# One pair in 19 is 0.053, so for antonym this asks for the same count of right answers as evaluate; the 1e-9 only
-# keeps a 0.05 difference (1.0 - 0.95 = 0.050000000000000044 in floats) within it on a 20-pair split.
+# Under one pair in 13 (0.077): for country-continent this asks for the same count of right answers as evaluate;
+# the 1e-9 only keeps a 0.05 difference (1.0 - 0.95 = 0.050000000000000044 in floats) within it on a 20-pair split.
 TOLERANCE = 0.05 + 1e-9
 LM_EVAL_TIMEOUT_S = 480
 
@@ -209,10 +201,8 @@ def test_chat_task_runs_steered_and_unsteered(setup: Setup) -> None:
     """The chat task runs through ``/v1/chat/completions`` both ways, an answer per pair.
 
     It is not evaluate's prompt: the model answers after its chat template and default system prompt, and the
-    vector goes to the last token of the assistant header, not to the "A:" it was trained at. There the antonym
-    vector mostly makes the model end its turn at once (measured: "<|im_end|>" first, -2.5 nats, " lower" next at
-    -3.0 for "upper"), so the steered figure is low; it still beats the unsteered one, which answers "A:" or
-    chats, by the pairs it gets right (positive -> "negative", 1.1 nats clear of ending the turn)."""
+    vector goes to the last token of the assistant header, not to the "A:" it was trained at, so the steered figure
+    is low (country-continent: 3 of 13); it still beats the unsteered one, which answers "A:" or chats."""
     plain = run_lm_eval(setup, "chat unsteered", setup.base, ["chat"], chat=True)
     steered = run_lm_eval(setup, "chat steered", setup.preset, ["chat"], chat=True)
     unsteered_value = plain["chat"]["exact_match,first_word"]

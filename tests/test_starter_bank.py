@@ -19,11 +19,10 @@ from tests.test_pairs import BANK, BANK_RELATIONS, STALE_BANK_VECTORS
 
 pytestmark = pytest.mark.model
 
-# The relations the committed bank (and its combiner) was built from: the 27 of the first release. The relations
-# added since (issue 16) get their vectors when the bank is rebuilt (`make vectors`), not here; the vectors built from
-# a file rewritten since are listed in STALE_BANK_VECTORS (tests/test_pairs.py checks that list without the model).
-# Adjective → adverb: not in the bank (the shipped `adjective-adverb` relation, a different word list, has no vector
-# yet; the job trains its own, `adverb`). The first 20 train; the rest check.
+# The committed bank (and its combiner) holds every shipped relation; a vector built from a relation file edited
+# since is listed in STALE_BANK_VECTORS (tests/test_pairs.py checks that list without the model).
+# Adjective → adverb, a word list of this test's own: the job trains the vector `adverb` from it (the bank's
+# `adjective-adverb` vector is not used). The first 20 train; the rest check.
 ADVERBS = [
     ("quick", "quickly"), ("slow", "slowly"), ("careful", "carefully"), ("quiet", "quietly"), ("loud", "loudly"),
     ("soft", "softly"), ("sad", "sadly"), ("easy", "easily"), ("bad", "badly"), ("kind", "kindly"),
@@ -77,14 +76,10 @@ def test_every_bank_relation_loads_as_a_finetuned_vector(bank_server: LiveServer
         assert metrics["holdout_top1_after"] >= metrics["holdout_top1_before"]
 
 
-# antonym's file was rewritten in issue 16 (85 of its 89 pairs were in Todd et al.'s set; the new ones are rarer
-# opposites): its committed vector, built from the old file, steered 3 of the new file's 10 test pairs (unsteered: 0),
-# one short of the bar. It is expected to pass again once `make vectors` rebuilds the vector from the current file.
-STALE_ANTONYM = pytest.mark.xfail(reason="stale antonym vector on the rewritten antonym file (issue 16); make vectors")
-
-
-@pytest.mark.parametrize(
-    "relation", [pytest.param("antonym", marks=STALE_ANTONYM), "country-capital", "present-past"])
+# Three relations whose bank vectors hold 0.88-1.0 of their hold-out pairs (`make vectors`' table). antonym is not
+# one: on its current file (rarer opposites, the everyday ones being in the evaluation sets) the embedded model's
+# vector gets 3 of 11 hold-out pairs (10-shot prompting: 1).
+@pytest.mark.parametrize("relation", ["country-capital", "present-past", "country-adjective"])
 def test_relation_weights_steer_to_the_relation(bank_server: LiveServer, relation: str) -> None:
     test = [(pair.input, pair.output) for pair in split_pairs(relation_pairs(relation), 0).test][:10]
     with Client(bank_server.url, timeout=300) as client:
