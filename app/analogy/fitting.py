@@ -113,8 +113,9 @@ class _Objective:
 def select_mixture(
     objective: _Objective, valid: list[TrainingAnalogy], valid_scores: Tensor, calibration: Calibration,
     options: FitOptions, report: Callable[[str], None],
-) -> tuple[Mixture, list[dict[str, Any]]]:
-    """The grid point with the best validation log p (the plain softmax at T = 1 is one of them)."""
+) -> tuple[Mixture, float, list[dict[str, Any]]]:
+    """The grid point with the best validation log p (the plain softmax at T = 1 is one of them), that log p, and
+    every point's figures."""
     grid: list[dict[str, Any]] = []
     best: tuple[float, Mixture] | None = None
     for calibrated, temperature, top_k in itertools.product((False, True), options.temperatures, options.top_ks):
@@ -128,7 +129,7 @@ def select_mixture(
         if best is None or score > best[0]:
             best = (score, point)
     assert best is not None
-    return best[1], grid
+    return best[1], best[0], grid
 
 
 def fit_combiner(
@@ -150,7 +151,7 @@ def fit_combiner(
     objective = _Objective(model, bank, run)
     report(f"combiner: {len(train)} training / {len(valid)} validation analogies over {len(bank)} relations")
 
-    chosen, grid = select_mixture(objective, valid, valid_scores, calibration, options, report)
+    chosen, selected, grid = select_mixture(objective, valid, valid_scores, calibration, options, report)
     chosen_calibration = calibration if chosen.calibrated else None
     k = len(bank)
     weight = torch.nn.Parameter(torch.eye(k))
@@ -177,7 +178,7 @@ def fit_combiner(
         with torch.no_grad():
             return objective.mean(valid, combine(valid_scores))
 
-    selected = validation()
+    # Epoch 0 is the selected mixture itself (W = I, b = 0, its T): the grid already measured it.
     best = (selected, weight.detach().clone(), bias.detach().clone(), float(log_t.detach().exp()), 0)
     for epoch in range(1, options.epochs + 1):
         order = list(range(len(train)))
