@@ -12,25 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 
-from app.fv.pairs import RELATIONS_DIR, shipped_relations
+from app.fv.pairs import shipped_relation_types, shipped_relations
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- section: starter bank (benchmarks/bank_report.py) -->"
 SECTION_MARKER = "<!-- section: "
 FINETUNE_MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
-
-
-def relation_types() -> dict[str, str]:
-    """``relation → type`` from the table of the relations README."""
-    text = (RELATIONS_DIR / "README.md").read_text(encoding="utf-8")
-    return {match[1]: match[2].strip() for match in re.finditer(r"^\| `([a-z-]+)` \| ([^|]+) \|", text, re.M)}
 
 
 def vector_metrics(folder: Path, relation: str) -> tuple[int, dict[str, Any]]:
@@ -44,7 +37,7 @@ def fmt(value: object) -> str:
 
 
 def section(folder: Path) -> list[str]:
-    types = relation_types()
+    types = shipped_relation_types()
     rows = {name: vector_metrics(folder, name) for name in shipped_relations()}
     first = next(iter(rows.values()))[1]
     lines = [MARKER, "", "## Starter bank: 103 fine-tuned vectors", "",

@@ -1,15 +1,21 @@
 """Regenerate the fine-tuned / composite part of docs/results.md (everything from its section marker on):
 
-1. fine-tuned vs mediation FV vs 10-shot prompting on the six core relations' held-out test pairs;
-2. analogy accuracy (unsteered, softmax composite, fitted composite, oracle relation) on ../shared/data's
-   UCLA VAT and the BATS / Google multiple-choice sets;
-3. alignment with SemEval-2012 Task 2 human prototypicality ratings.
+1. ``relations``: fine-tuned vs mediation FV vs 10-shot prompting on every bank relation's held-out test pairs;
+2. ``external``: the same on Todd et al.'s pairs for six first-release tasks (inputs the relation ships removed);
+3. ``analogies``: unsteered, softmax composite, fitted composite and oracle relation on ../shared/data's UCLA VAT
+   and the BATS / Google multiple-choice sets, per set and per relation type, beside the 27-vector bank's figures
+   (``benchmarks/results/bank27.json``);
+4. ``semeval``: alignment with SemEval-2012 Task 2 human prototypicality ratings.
 
-Runs in-process on the served model and the registry (``FVSTEER_VECTORS_DIR``, the starter bank by default);
-mediation FVs are extracted with fvsteer's defaults (head means from Redis when ``FVSTEER_REDIS_URL`` is set).
-About 30 min on 2 CPU cores:
+Each part's figures go to ``benchmarks/results/finetune_report.json`` (committed) as soon as they are measured, and
+the markdown is written from that file, so the parts can be run one at a time (``--parts``) and ``--parts none``
+rewrites the section alone. ``relations`` resumes: a relation already measured with the current vector is kept,
+so an interrupted run goes on where it stopped (``--fresh`` starts over). Runs in-process on the served model and
+the registry (``FVSTEER_VECTORS_DIR``, the starter bank by default); mediation FVs are extracted with fvsteer's
+defaults, cached in Redis when ``FVSTEER_REDIS_URL`` is set (then a second part reuses the first one's extractions).
+On 2 CPU cores: analogies ≈ 20 min, semeval ≈ 25 min, relations ≈ 1 min a relation.
 
-    .venv/bin/python benchmarks/finetune_report.py [--data ../shared/data] [--bats-limit 600]
+    .venv/bin/python benchmarks/finetune_report.py [--parts relations,external,analogies,semeval] [--data DIR]
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,16 +39,36 @@ from app.analogy.offline import alignment, analogy_accuracy
 from app.bundle import ModelBundle, load_bundle
 from app.fv.evaluation import accuracy, ranks_of_answers
 from app.fv.extraction import ExtractionSpec, extract
-from app.fv.pairs import Pair, relation_pairs, split_pairs
+from app.fv.pairs import Pair, relation_pairs, shipped_relation_types, shipped_relations, split_pairs
 from app.fv.prompts import Template, bos_prefix, icl_prompts, zero_shot_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
-CORE = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
+RESULTS = ROOT / "benchmarks" / "results" / "finetune_report.json"
+BANK27 = ROOT / "benchmarks" / "results" / "bank27.json"
+PARTS = ("relations", "external", "analogies", "semeval")
+EXTERNAL = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
+# (key, title, path under --data, whether --bats-limit samples it)
+SETS: list[tuple[str, str, str, bool]] = [
+    ("ucla", "UCLA VAT", "ucla_vat/UCLA_VAT.csv", False),
+    ("bats", "BATS (multiple choice, test)", "bats_ushio2021_mc/bats_test.jsonl", True),
+    ("google", "Google (multiple choice, test)", "bats_ushio2021_mc/google_test.jsonl", False),
+]
+ORACLE_FIRST_TARGET = 0.70
+SEMEVAL_TARGET = (0.45, 25)  # mean ρ of the fine-tuned vectors, subcategories matched
 
 
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def composite_target(key: str, result: dict[str, Any]) -> tuple[str, bool]:
+    """Issue 16's target for a set's fitted composite: (text, met)."""
+    if key == "ucla":
+        return "≥ 0.85", result["composite"] >= 0.85
+    if key == "bats":
+        return "≥ 0.70", result["composite"] >= 0.70
+    return f"≥ unsteered + 0.05 = {result['baseline'] + 0.05:.2f}", result["composite"] >= result["baseline"] + 0.05
 
 
 class Mediation:
@@ -56,6 +85,12 @@ class Mediation:
             self.made[relation] = (result.layer, result.vector)
             say(f"mediation FV of {relation}: layer {result.layer} ({time.monotonic() - started:.0f} s)")
         return self.made[relation]
+
+
+def vector_stamp(local: ModelBundle, relation: str) -> str:
+    """Which fine-tuned vector a row measured: its dataset hash and creation time."""
+    meta = local.registry.get(relation).meta
+    return f"{meta.dataset_sha256}@{meta.created}"
 
 
 def compare(local: ModelBundle, mediation: Mediation, relation: str, held_out: list[Pair],
@@ -81,26 +116,30 @@ def compare(local: ModelBundle, mediation: Mediation, relation: str, held_out: l
         "icl": accuracy(ranks_of_answers(adapter, tokenizer, icl)),
         "only_finetuned": int((by_finetuned & ~by_mediation).sum()),
         "only_mediation": int((by_mediation & ~by_finetuned).sum()),
-        "best_epoch": metrics.get("best_epoch"), "training_s": (metrics.get("seconds") or {}).get("training"),
+        "best_epoch": metrics.get("best_epoch"), "vector": vector_stamp(local, relation),
     }
     say(f"{relation}: {row}")
     return row
 
 
-def core_table(local: ModelBundle, mediation: Mediation) -> list[dict[str, Any]]:
-    """The shipped relations' own test split (never trained on, nor used to pick a checkpoint)."""
-    rows = []
-    for relation in CORE:
+def measure_relations(local: ModelBundle, mediation: Mediation, store: Results, fresh: bool) -> None:
+    """Every bank relation on its own test split (never trained on, nor used to pick a checkpoint), saved one
+    relation at a time; rows already measured with the same vector are kept unless ``fresh``."""
+    rows: dict[str, Any] = {} if fresh else dict(store.data.get("relations", {}))
+    names = [name for name in shipped_relations() if name in {v.name for v in local.registry.list()}]
+    for relation in names:
+        if relation in rows and rows[relation].get("vector") == vector_stamp(local, relation):
+            continue
         split = split_pairs(relation_pairs(relation), 0)
-        rows.append(compare(local, mediation, relation, split.test, split.train))
-    return rows
+        rows[relation] = compare(local, mediation, relation, split.test, split.train)
+        store.save("relations", {name: rows[name] for name in names if name in rows})
 
 
-def external_table(local: ModelBundle, mediation: Mediation, folder: Path, limit: int) -> list[dict[str, Any]]:
-    """Todd et al.'s pairs for the same six tasks, minus every input the shipped relation has (in any split): a
-    larger held-out set written by others, so a one-item difference on a 20-item split is not the whole story."""
+def external_rows(local: ModelBundle, mediation: Mediation, folder: Path, limit: int) -> list[dict[str, Any]]:
+    """Todd et al.'s pairs for six tasks, minus every input the shipped relation has (in any split): a larger
+    held-out set written by others, so a one-item difference on a 20-item split is not the whole story."""
     rows = []
-    for relation in CORE:
+    for relation in EXTERNAL:
         ours = relation_pairs(relation)
         known = {pair.input.casefold() for pair in ours}
         fresh: dict[str, Pair] = {}
@@ -114,6 +153,31 @@ def external_table(local: ModelBundle, mediation: Mediation, folder: Path, limit
     return rows
 
 
+class Results:
+    """The measured figures, part by part, in one JSON file (written after every change, atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def save(self, part: str, value: Any) -> None:
+        self.data[part] = value
+        self.data.setdefault("measured", {})[part] = datetime.now(UTC).isoformat(timespec="seconds")
+        partial = self.path.with_suffix(".json.partial")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, self.path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "–"
+
+
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar test: how surprising the split of discordant items is if the methods are equal."""
     n = only_a + only_b
@@ -123,113 +187,266 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| relation | n | zero-shot | mediation FV (layer) | fine-tuned FV | 10-shot ICL | only FT / only med. "
-             "(McNemar p) |", "|---|---:|---:|---:|---:|---:|---:|"]
+def items(row: dict[str, Any], key: str) -> int:
+    """Accuracies are counts over n: compare in whole items so float noise cannot flip a tie."""
+    return round(float(row[key]) * int(row["n"]))
+
+
+def near_icl(row: dict[str, Any]) -> bool:
+    return items(row, "finetuned") - items(row, "icl") >= -0.05 * int(row["n"]) - 1e-9
+
+
+def comparison_lines(rows: list[dict[str, Any]], types: dict[str, str] | None = None) -> list[str]:
+    typed = types is not None
+    lines = ["| relation |" + (" type |" if typed else "") + " n | zero-shot | mediation FV (layer) | fine-tuned FV | "
+             "10-shot ICL | only FT / only med. (McNemar p) |", "|---|" + ("---|" if typed else "") + "---:" * 6 + "|"]
     for row in rows:
-        lines.append(f"| {row['relation']} | {row['n']} | {fmt(row['zero_shot'])} | {fmt(row['mediation'])} "
+        kind = f" {(types or {}).get(row['relation'], '?')} |" if typed else ""
+        lines.append(f"| {row['relation']} |{kind} {row['n']} | {fmt(row['zero_shot'])} | {fmt(row['mediation'])} "
                      f"({row['mediation_layer']}) | **{fmt(row['finetuned'])}** | {fmt(row['icl'])} | "
                      f"{row['only_finetuned']} / {row['only_mediation']} "
                      f"({mcnemar_p(row['only_finetuned'], row['only_mediation']):.2g}) |")
-    # Accuracies are counts over n: compare in whole items so float noise cannot flip a tie (18/20 vs 19/20 − 5 pts).
-    items = {key: {row["relation"]: round(row[key] * row["n"]) for row in rows} for key in ("finetuned", "mediation",
-                                                                                           "icl")}
-    better = sum(items["finetuned"][r["relation"]] > items["mediation"][r["relation"]] for r in rows)
-    at_least = sum(items["finetuned"][r["relation"]] >= items["mediation"][r["relation"]] for r in rows)
-    near_icl = sum(items["finetuned"][r["relation"]] - items["icl"][r["relation"]] >= -0.05 * r["n"] - 1e-9
-                   for r in rows)
+    better = sum(items(row, "finetuned") > items(row, "mediation") for row in rows)
+    at_least = sum(items(row, "finetuned") >= items(row, "mediation") for row in rows)
     return [*lines, "", f"Fine-tuned ≥ mediation on {at_least} of {len(rows)} relations, better on {better}; within 5 "
-            f"points of 10-shot prompting or above it on {near_icl}.", ""]
+            f"points of 10-shot prompting or above it on {sum(near_icl(row) for row in rows)}.", ""]
 
 
-def fmt(value: object) -> str:
-    return f"{value:.2f}" if isinstance(value, int | float) else "–"
-
-
-def analogy_lines(title: str, result: dict[str, Any]) -> list[str]:
-    lines = [f"**{title}** ({result['n']} problems, bank of {result['bank']}, {result['combiner']} combiner; "
-             f"the weights put the oracle relation first in {fmt(result['weights_pick_oracle'])} of the problems "
-             "that have one)", "",
-             "| relation type | n | unsteered | softmax composite | fitted composite | oracle relation |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for relation, counts in result["by_relation"].items():
-        lines.append(f"| {relation} | {counts['n']} | {fmt(counts.get('baseline'))} | {fmt(counts.get('softmax'))} | "
-                     f"{fmt(counts.get('composite'))} | {fmt(counts.get('oracle'))} |")
-    lines.append(f"| **overall** | {result['n']} | **{fmt(result['baseline'])}** | {fmt(result['softmax'])} | "
-                 f"**{fmt(result['composite'])}** | {fmt(result['oracle'])} (n = {result['n_oracle']}) |")
+def type_summary_lines(rows: list[dict[str, Any]], types: dict[str, str]) -> list[str]:
+    """Means per relation type (each relation counts once, whatever its n)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[types.get(row["relation"], "?")].append(row)
+    lines = ["| type | relations | zero-shot | mediation FV | fine-tuned FV | 10-shot ICL | FT ≥ mediation | "
+             "FT within 5 points of ICL or above |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, group in [*sorted(groups.items()), ("**all**", rows)]:
+        def mean(key: str, group: list[dict[str, Any]] = group) -> float:
+            return sum(float(row[key]) for row in group) / len(group)
+        lines.append(f"| {kind} | {len(group)} | {fmt(mean('zero_shot'))} | {fmt(mean('mediation'))} | "
+                     f"**{fmt(mean('finetuned'))}** | {fmt(mean('icl'))} | "
+                     f"{sum(items(r, 'finetuned') >= items(r, 'mediation') for r in group)} | "
+                     f"{sum(near_icl(r) for r in group)} |")
     return [*lines, ""]
+
+
+def set_family(key: str, label: str) -> str:
+    """A coarser relation type for a set's label: BATS's four categories, Google's semantic / syntactic halves."""
+    if key == "bats":
+        return {"I": "inflection", "D": "derivation", "E": "encyclopedic", "L": "lexicography"}.get(label[:1], "?")
+    if key == "google":
+        return "syntactic (gram…)" if label.startswith("gram") else "semantic"
+    return label
+
+
+def family_lines(key: str, result: dict[str, Any]) -> list[str]:
+    """Per family, problem-weighted accuracies (the by-label rates times their n, summed)."""
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for label, counts in result["by_relation"].items():
+        total = sums[set_family(key, label)]
+        total["n"] += counts["n"]
+        for condition in ("baseline", "softmax", "composite"):
+            total[condition] += counts[condition] * counts["n"]
+        if counts.get("oracle") is not None:
+            total["n_oracle"] += counts["n"]
+            total["oracle"] += counts["oracle"] * counts["n"]
+            total["oracle_first"] += counts["oracle_first"] * counts["n"]
+    lines = ["| type | n | unsteered | softmax composite | fitted composite | oracle relation (n) | oracle first |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for family, total in sorted(sums.items()):
+        n, n_oracle = total["n"], total["n_oracle"]
+        oracle = f"{total['oracle'] / n_oracle:.2f} ({n_oracle:.0f})" if n_oracle else "–"
+        first = fmt(total["oracle_first"] / n_oracle) if n_oracle else "–"
+        lines.append(f"| {family} | {n:.0f} | {total['baseline'] / n:.2f} | {total['softmax'] / n:.2f} | "
+                     f"**{total['composite'] / n:.2f}** | {oracle} | {first} |")
+    return [*lines, ""]
+
+
+def analogy_lines(key: str, title: str, result: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    old_rows = (old or {}).get("by_relation", {})
+    lines = [f"**{title}** ({result['n']} problems, bank of {result['bank']}, {result['combiner']} combiner; the "
+             f"weights put the oracle relation first in {fmt(result['weights_pick_oracle'])} of the "
+             f"{result['n_oracle']} problems that have one)", ""]
+    if key != "ucla":
+        lines += family_lines(key, result)
+    firsts = result.get("first_relations")
+    lines += ["| relation type | n | unsteered | softmax composite | fitted composite | oracle relation | oracle first "
+              "| 27-bank fitted |" + (" largest weight most often on |" if firsts else ""),
+              "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if firsts else "")]
+    for relation, counts in result["by_relation"].items():
+        chosen = ""
+        if firsts:
+            chosen = " " + ", ".join(f"{name} {count}" for name, count in firsts.get(relation, {}).items()) + " |"
+        lines.append(f"| {relation} | {counts['n']} | {fmt(counts.get('baseline'))} | {fmt(counts.get('softmax'))} | "
+                     f"**{fmt(counts.get('composite'))}** | {fmt(counts.get('oracle'))} | "
+                     f"{fmt(counts.get('oracle_first'))} | {fmt(old_rows.get(relation, {}).get('composite'))} |"
+                     + chosen)
+    lines.append(f"| **overall** | {result['n']} | **{fmt(result['baseline'])}** | {fmt(result['softmax'])} | "
+                 f"**{fmt(result['composite'])}** | {fmt(result['oracle'])} (n = {result['n_oracle']}) | "
+                 f"{fmt(result['weights_pick_oracle'])} | {fmt((old or {}).get('composite'))} |"
+                 + (" |" if firsts else ""))
+    return [*lines, ""]
+
+
+def targets_lines(analogies: dict[str, Any], bank27: dict[str, Any], aligned: dict[str, Any] | None) -> list[str]:
+    lines = ["| set | n | unsteered | softmax composite (27 → now) | fitted composite (27 → now) | oracle relation "
+             "(27 → now) | oracle first (27 → now) | target: fitted composite | met | target: oracle first ≥ 0.70 |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for key, title, _, _ in SETS:
+        if key not in analogies:
+            continue
+        now, old = analogies[key], bank27["sets"].get(key, {})
+        target, met = composite_target(key, now)
+        first_met = now["weights_pick_oracle"] is not None and now["weights_pick_oracle"] >= ORACLE_FIRST_TARGET
+        lines.append(f"| {title} | {now['n']} | {fmt(now['baseline'])} | {fmt(old.get('softmax'))} → "
+                     f"{fmt(now['softmax'])} | {fmt(old.get('composite'))} → **{fmt(now['composite'])}** | "
+                     f"{fmt(old.get('oracle'))} → {fmt(now['oracle'])} | {fmt(old.get('weights_pick_oracle'))} → "
+                     f"{fmt(now['weights_pick_oracle'])} | {target} | {'met' if met else '**missed**'} | "
+                     f"{'met' if first_met else '**missed**'} |")
+    if aligned is not None:
+        mean, count = aligned["mean"]["finetuned"], len(aligned["subcategories"])
+        met = mean >= SEMEVAL_TARGET[0] and count >= SEMEVAL_TARGET[1]
+        then = bank27["semeval"]["subcategories"]
+        shared = [row["finetuned"] for row in aligned["subcategories"]
+                  if row["subcategory"] in {old["subcategory"] for old in then}]
+        lines += ["", f"SemEval-2012 alignment: mean ρ of the fine-tuned vectors {mean:+.2f} over {count} "
+                  f"subcategories (27-bank: {bank27['semeval']['mean']['finetuned']:+.2f} over {len(then)}; on "
+                  f"those same {len(shared)} subcategories the current bank has "
+                  f"{sum(shared) / max(1, len(shared)):+.2f}); target ρ ≥ {SEMEVAL_TARGET[0]:.2f} with ≥ "
+                  f"{SEMEVAL_TARGET[1]} subcategories: {'met' if met else '**missed**'}."]
+    return [*lines, ""]
+
+
+def semeval_lines(aligned: dict[str, Any], bank27: dict[str, Any]) -> list[str]:
+    old = {row["subcategory"]: row for row in bank27["semeval"]["subcategories"]}
+    lines = ["| subcategory | relation | n | fine-tuned | mediation | unsteered | 27-bank fine-tuned (relation) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in aligned["subcategories"]:
+        before = old.get(row["subcategory"])
+        then = f"{before['finetuned']:+.2f} ({before['relation']})" if before else "–"
+        lines.append(f"| {row['subcategory']} {row['name']} | {row['relation']} | {row['n']} | "
+                     f"**{row['finetuned']:+.2f}** | {row['mediation']:+.2f} | {row['unsteered']:+.2f} | {then} |")
+    mean = aligned["mean"]
+    lines.append(f"| **mean** | | | **{mean['finetuned']:+.2f}** | {mean['mediation']:+.2f} | "
+                 f"{mean['unsteered']:+.2f} | {bank27['semeval']['mean']['finetuned']:+.2f} |")
+    return [*lines, ""]
+
+
+def section(data: dict[str, Any], bank27: dict[str, Any], vectors: str, settings: dict[str, Any]) -> list[str]:
+    types = shipped_relation_types()
+    lines = [MARKER, "", "## Fine-tuned function vectors", ""]
+    relations = data.get("relations", {})
+    if relations:
+        rows = list(relations.values())
+        shipped = len(shipped_relations())
+        lines += [f"Every bank relation's vector (`vectors/{vectors}/`, built by `make vectors`; the recipe is in the "
+                  "starter-bank section above) against the mediation FV of the same pairs at its own swept layer "
+                  "(fvsteer's extraction defaults), 10-shot prompting with no vector, and the bare zero-shot prompt. "
+                  "Every column is first-token top-1 on **all** of the relation's held-out test pairs (split seed 0; "
+                  "never trained on, nor used to pick the checkpoint; no 10-shot filter); the last column counts the "
+                  "test items only one of the two vectors gets right, with an exact McNemar test of that split."
+                  + ("" if len(rows) == shipped else f" **Measured for {len(rows)} of the {shipped} relations so "
+                     "far**: the part resumes where it stopped (`--parts relations`)."), "",
+                  *type_summary_lines(rows, types), *comparison_lines(rows, types)]
+    if "external" in data:
+        lines += [f"**Larger held-out set.** The same comparison on up to {settings.get('external_limit')} pairs per "
+                  "task from Todd et al.'s datasets (`../shared/data/todd/<relation>.json`; seeded sample after "
+                  "dropping every input the shipped relation has in any split, so neither vector nor the 10-shot "
+                  "demonstrations have seen them; demonstrations from the shipped train split). Todd's pairs are "
+                  "harder in places (english-french holds verbs and multi-word answers, country-capital rarer "
+                  "countries).", "", *comparison_lines(data["external"])]
+    analogies, aligned = data.get("analogies", {}), data.get("semeval")
+    lines += ["## Analogies with composite vectors", "",
+              "Weights from the source pair A:B: `sᵢ = log p(B | \"Q: A\\nA:\", vᵢ)` for every bank vector, then "
+              "the mixture and affine map of the fitted combiner (`vectors/<model>/combiner.json`, fitted and "
+              "selected by `make vectors` on analogies built from the shipped relations' test pairs, never on these "
+              "sets; the starter-bank section gives its validation figures). *Softmax composite* is the unfitted "
+              "start: a plain softmax of the raw scores. The composite is added at the last token of "
+              "`\"Q: C\\nA:\"` and each candidate D scored by `log p(D | ·)`. *Unsteered* scores "
+              "`log p(D | \"A : B :: C :\")`; *oracle* uses the vector of the problem's labelled relation where a "
+              "bank relation matches it in meaning and direction (`ORACLE_RELATIONS` in `app/analogy/solver.py`); "
+              "*oracle first* is how often the largest weight falls on that relation. The 27-bank figures are the "
+              "first-release bank's, measured by this script before issue 16 (`benchmarks/results/bank27.json`; "
+              "its oracle for the capital labels was country-capital, the reverse direction).", "",
+              "### Against issue 16's targets", "", *targets_lines(analogies, bank27, aligned)]
+    for key, title, _, sampled in SETS:
+        if key in analogies:
+            sample = f", seeded sample of {analogies[key]['n']}" if sampled else ""
+            lines += analogy_lines(key, title + sample, analogies[key], bank27["sets"].get(key))
+    if aligned is not None:
+        lines += ["## Alignment with human relation judgments", "",
+                  "SemEval-2012 Task 2: per subcategory with a matching bank relation (`SEMEVAL_RELATIONS` in "
+                  "`app/analogy/datasets.py`, chosen from each subcategory's definition, never from scores), "
+                  "Spearman ρ between the human prototypicality rating of each pair X:Y and "
+                  "`log p(Y | \"Q: X\\nA:\", v)`. The 27-bank column is the first-release vector, where that bank "
+                  "mapped the subcategory (to the relation named).", "", *semeval_lines(aligned, bank27)]
+    measured = data.get("measured", {})
+    lines += ["### Regenerate", "", "```bash", "make vectors                       # the bank and the combiner",
+              "FVSTEER_REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python benchmarks/finetune_report.py "
+              f"--bats-limit {settings.get('bats_limit')} --external-limit {settings.get('external_limit')}",
+              ".venv/bin/python benchmarks/finetune_report.py --parts none   # rewrite this section from the JSON",
+              ".venv/bin/fvsteer analogies --dataset ../shared/data/ucla_vat/UCLA_VAT.csv   # one set, as a table",
+              ".venv/bin/fvsteer alignment --semeval ../shared/data/semeval2012_task2", "```", "",
+              "Measured: " + ", ".join(f"{part} {measured[part][:10]}" for part in PARTS if part in measured) + ".",
+              ""]
+    return lines
+
+
+def write(path: Path, lines: list[str]) -> None:
+    existing = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
+    head = existing.split(MARKER)[0].rstrip() + "\n\n"
+    path.write_text(head + "\n".join(lines), encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to measure ({', '.join(PARTS)}), or 'none'")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--bats-limit", type=int, default=600, help="seeded sample of BATS test problems")
     parser.add_argument("--external-limit", type=int, default=200, help="seeded sample of Todd et al.'s pairs per task")
+    parser.add_argument("--fresh", action="store_true", help="measure every relation again")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args()
-    local = load_bundle()
-    mediation = Mediation(local)
-    core = core_table(local, mediation)
-    external = external_table(local, mediation, args.data / "todd", args.external_limit)
-    datasets = [("UCLA VAT", args.data / "ucla_vat" / "UCLA_VAT.csv", None),
-                ("BATS (multiple choice, test)", args.data / "bats_ushio2021_mc" / "bats_test.jsonl", args.bats_limit),
-                ("Google (multiple choice, test)", args.data / "bats_ushio2021_mc" / "google_test.jsonl", None)]
-    analogies = []
-    for title, path, limit in datasets:
-        started = time.monotonic()
-        analogies.append((title, path, limit, analogy_accuracy(local, path, limit=limit, say=say)))
-        say(f"{title}: {time.monotonic() - started:.0f} s")
-    aligned = alignment(local, args.data / "semeval2012_task2", mediation=mediation, say=say)
-    write(args.out, local, core, external, analogies, aligned, args)
+    parts = [] if args.parts == "none" else [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)}; known: {', '.join(PARTS)} or none")
+    store = Results(args.results)
+    settings = {"bats_limit": args.bats_limit, "external_limit": args.external_limit}
+    if parts:
+        local = load_bundle()
+        mediation = Mediation(local)
+        store.data["vectors"] = local.registry.folder.name
+        timed(store, "relations" in parts, "relations", lambda: measure_relations(local, mediation, store, args.fresh))
+        timed(store, "external" in parts, "external",
+              lambda: store.save("external", external_rows(local, mediation, args.data / "todd", args.external_limit)))
+        timed(store, "analogies" in parts, "analogies", lambda: measure_analogies(local, store, args.data,
+                                                                                 args.bats_limit))
+        timed(store, "semeval" in parts, "semeval",
+              lambda: store.save("semeval", alignment(local, args.data / "semeval2012_task2", mediation=mediation,
+                                                      say=say)))
+        store.save("settings", settings)
+    bank27 = json.loads(BANK27.read_text(encoding="utf-8"))
+    write(args.out, section(store.data, bank27, store.data.get("vectors", "?"), store.data.get("settings", settings)))
 
 
-def write(path: Path, local: ModelBundle, core: list[dict[str, Any]], external: list[dict[str, Any]],
-          analogies: list[tuple[str, Path, Any, Any]], aligned: dict[str, Any], args: argparse.Namespace) -> None:
-    tuned = local.registry.get("antonym").meta.metrics
-    lines = [MARKER, "", "## Fine-tuned function vectors", "",
-             f"The starter bank (`make vectors`, committed in `vectors/{local.registry.folder.name}/`): one vector per "
-             "shipped relation, trained with the model frozen (FV_METHOD.md §6) from the mediation FV of the same "
-             f"pairs at block {core[0]['finetuned_layer']}: Adam (lr {tuned['lr']}, cosine schedule, "
-             f"{tuned['epochs']} full-batch epochs, λ = {tuned['l2']}), on the train + valid split; a seeded quarter "
-             "of those pairs picks the checkpoint. Below, every column is first-token top-1 on **all** held-out test "
-             "pairs (split seed 0; no 10-shot filter), the mediation FV at its own swept layer; the last column counts "
-             "the test items only one of the two vectors gets right, with an exact McNemar test of that split.", "",
-             *comparison_lines(core),
-             f"**Larger held-out set.** The same comparison on up to {args.external_limit} pairs per task from Todd "
-             "et al.'s datasets (`../shared/data/todd/<relation>.json`; seeded sample after dropping every input the "
-             "shipped relation has in any split, so neither vector nor the 10-shot demonstrations have seen them; "
-             "demonstrations from the shipped train split). Todd's pairs are harder in places (english-french holds "
-             "verbs and multi-word answers, country-capital rarer countries).", "",
-             *comparison_lines(external),
-              "## Analogies with composite vectors", "",
-              "Weights from the source pair A:B: `sᵢ = log p(B | \"Q: A\\nA:\", vᵢ)` for every bank vector, a softmax, "
-              "then the fitted affine combiner (`vectors/<model>/combiner.json`, fitted by `make vectors` on analogies "
-              "built from the shipped relations' test pairs, never on these sets). The composite is added at the last "
-              "token of `\"Q: C\\nA:\"` and each candidate D scored by `log p(D | ·)`. *Unsteered* scores "
-              "`log p(D | \"A : B :: C :\")`; *oracle* uses the vector of the problem's labelled relation where a "
-              "bank relation matches it (`ORACLE_RELATIONS` in `app/analogy/solver.py`).", ""]
-    for title, _, limit, result in analogies:
-        lines += analogy_lines(title + (f", seeded sample of {limit}" if limit else ""), result)
-    lines += ["## Alignment with human relation judgments", "",
-              "SemEval-2012 Task 2: per subcategory with a matching bank relation (`SEMEVAL_RELATIONS` in "
-              "`app/analogy/datasets.py`), Spearman ρ between the human prototypicality rating of each pair X:Y "
-              "and `log p(Y | \"Q: X\\nA:\", v)`.", "",
-              "| subcategory | relation | n | fine-tuned | mediation | unsteered |", "|---|---|---:|---:|---:|---:|"]
-    for row in aligned["subcategories"]:
-        lines.append(f"| {row['subcategory']} {row['name']} | {row['relation']} | {row['n']} | "
-                     f"{row['finetuned']:+.2f} | {row['mediation']:+.2f} | {row['unsteered']:+.2f} |")
-    mean = aligned["mean"]
-    lines.append(f"| **mean** | | | **{mean['finetuned']:+.2f}** | {mean['mediation']:+.2f} | "
-                 f"{mean['unsteered']:+.2f} |")
-    lines += ["", "### Regenerate", "", "```bash", "make vectors                       # the bank and the combiner",
-              f".venv/bin/python benchmarks/finetune_report.py --bats-limit {args.bats_limit} "
-              f"--external-limit {args.external_limit}",
-              ".venv/bin/fvsteer analogies --dataset ../shared/data/ucla_vat/UCLA_VAT.csv   # one set, as a table",
-              ".venv/bin/fvsteer alignment --semeval ../shared/data/semeval2012_task2", "```", "",
-              f"Generated {datetime.now(UTC).date().isoformat()}.", ""]
-    existing = path.read_text() if path.exists() else "# Results\n"
-    head = existing.split(MARKER)[0].rstrip() + "\n\n"
-    path.write_text(head + "\n".join(lines))
+def timed(store: Results, wanted: bool, part: str, measure: Callable[[], None]) -> None:
+    if not wanted:
+        return
+    started = time.monotonic()
+    measure()
+    seconds = dict(store.data.get("seconds", {}))
+    seconds[part] = round(time.monotonic() - started)
+    store.save("seconds", seconds)
+    say(f"{part}: {seconds[part]} s")
+
+
+def measure_analogies(local: ModelBundle, store: Results, data: Path, bats_limit: int) -> None:
+    results = dict(store.data.get("analogies", {}))
+    for key, _, relative, limit in SETS:
+        results[key] = analogy_accuracy(local, data / relative, limit=bats_limit if limit else None, say=say)
+        store.save("analogies", results)
 
 
 if __name__ == "__main__":

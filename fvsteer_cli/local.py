@@ -63,10 +63,11 @@ def _cmd_analogies(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(result, indent=2))
         return EXIT_OK
-    rows = [[relation, str(counts["n"]), *(_accuracy_cell(counts.get(c)) for c in _CONDITIONS)]
-            for relation, counts in result["by_relation"].items()]
-    rows.append(["overall", str(result["n"]), *(_accuracy_cell(result.get(c)) for c in _CONDITIONS)])
-    out(table(["RELATION", "N", "UNSTEERED", "SOFTMAX", "COMPOSITE", "ORACLE"], rows))
+    rows = [[relation, str(counts["n"]), *(_accuracy_cell(counts.get(c)) for c in _CONDITIONS),
+             _accuracy_cell(counts.get("oracle_first"))] for relation, counts in result["by_relation"].items()]
+    rows.append(["overall", str(result["n"]), *(_accuracy_cell(result.get(c)) for c in _CONDITIONS),
+                 _accuracy_cell(result.get("weights_pick_oracle"))])
+    out(table(["RELATION", "N", "UNSTEERED", "SOFTMAX", "COMPOSITE", "ORACLE", "ORACLE FIRST"], rows))
     return EXIT_OK
 
 

@@ -203,6 +203,15 @@ def test_evaluation_counts_every_condition(model: ModelHandle) -> None:
     by_relation = report["by_relation"]
     assert isinstance(by_relation, dict)
     assert by_relation["Function"]["n"] == 1 and "oracle" not in by_relation["Function"]
+    assert "oracle_first" not in by_relation["Function"]
+    # Per type, the oracle-first rate counts the same problems as the overall rate.
+    firsts = [by_relation[name]["oracle_first"] for name in ("Opposite", "Synonym")]
+    assert all(value in (0.0, 1.0) for value in firsts) and report["weights_pick_oracle"] == sum(firsts) / 2
+    first_relations = report["first_relations"]
+    assert isinstance(first_relations, dict)
+    for label, count in (("Opposite", 1), ("Function", 1), ("unlabelled", 1)):
+        assert sum(first_relations[label].values()) == count and set(first_relations[label]) <= set(bank.names)
+    assert (first_relations["Opposite"].get("antonym") == 1) == (by_relation["Opposite"]["oracle_first"] == 1.0)
 
 
 def test_oracle_relations_are_shipped() -> None:

@@ -97,7 +97,7 @@ def test_analogies_on_a_csv(offline_registry: VectorRegistry, tmp_path: Path,
     result = json.loads(out)
     assert {"baseline", "composite", "n"} <= set(result) and result["n"] == 3 and result["n_oracle"] == 2
     code, out, err = run(capsys, "analogies", "--dataset", str(dataset))
-    assert code == 0 and "overall" in out and "COMPOSITE" in out
+    assert code == 0 and "overall" in out and "COMPOSITE" in out and "ORACLE FIRST" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("relation,A,B\nx,y,z\n")
     code, _, err = run(capsys, "analogies", "--dataset", str(bad))

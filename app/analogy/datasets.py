@@ -201,12 +201,14 @@ _RATING_LINE = re.compile(r'^\s*(?P<score>[-+]?\d+(?:\.\d+)?)\s+"(?P<pair>[^"]*)
 _UNIQUE_PAIRS = re.compile(r"^#\s*Number of Unique Pairs:\s*(\d+)\s*$")
 _SUBCATEGORY_ID = re.compile(r"^\d+[a-z]$")
 
-# SemEval subcategory id -> shipped relation in app/fv/relations/<name>.json. Only where the meaning and the
+# SemEval subcategory id -> shipped relation in app/fv/relations/<name>.json, chosen from the subcategory's
+# definition (subcategories-definitions.txt) and paradigm pairs, never from scores. Only where the meaning and the
 # pair order X:Y both agree; subcategories whose direction is reversed or whose meaning is only loosely related
-# are left out (e.g. 3e Conversion is young -> adult, the reverse of animal-young; 9a Item:Location is
-# place -> item, the reverse of animal-habitat; 3g Coordinates is any two co-hyponyms, not male -> female;
+# are left out (e.g. 3e Conversion is young -> adult, the reverse of animal-young; 9c Location:Activity is
+# place -> action, the reverse of action-place; 3g Coordinates is any two co-hyponyms, not male -> female;
 # 4e/4f/4g are incompatible, asymmetric or pseudo opposites, not the one standard antonym; 5a ItemAttribute is
-# any attribute, far wider than object-color).
+# any attribute, far wider than object-color). The antonym kinds go to the relation of the same kind: 4a
+# (complementary) to antonym-binary, 4c (reversing acts) and 4d to antonym-directional, 4b to antonym.
 SEMEVAL_RELATIONS: dict[str, str] = {
     "1a": "category-member",  # Taxonomic, "Y is a kind of X": flower:tulip, bird:robin.
     "1b": "category-member",  # Functional, "Y functions as an X": tool:hammer, vehicle:car.
@@ -214,19 +216,25 @@ SEMEVAL_RELATIONS: dict[str, str] = {
     "1d": "category-member",  # Plural Collective: snacks:chips, fruit:apples — same relation, plural forms.
     "1e": "category-member",  # ClassIndividual, "Y is a specific X": planet:Earth, ocean:Pacific.
     "2a": "whole-part",  # Object:Component, "a Y is a part of an X": hand:finger, egg:yolk.
-    "2b": "whole-part",  # Collection:Member: army:soldier, flock:sheep (whole-part holds these group pairs).
+    "2b": "collection-member",  # Collection:Member, "X is made from a collection of Y": army:soldier, flock:sheep.
     "2c": "whole-part",  # Mass:Portion, "X may be divided into Y": week:day, hour:seconds.
+    "2f": "whole-part",  # Item:Topological Part, "Y is one of the areas of X": house:bedroom, airplane:cockpit.
     "2g": "thing-material",  # Object:Stuff, "X is made of Y": bread:flour, table:wood.
     "3a": "synonym",  # Synonymity: kid:child, big:large.
     "3b": "mild-extreme",  # Dimensional Similarity, weaker -> stronger kind: pain:agony, stream:river, jog:run.
     "3c": "mild-extreme",  # Dimensional Excessive, "Y is an excessive form of X": tired:exhausted, angry:enraged.
-    "4a": "antonym",  # Contradictory: alive:dead, hot:cold.
-    "4b": "antonym",  # Contrary: old:young, happy:sad.
-    "4c": "antonym",  # Reverse, "X may be undone by Y": buy:sell, attract:repel.
-    "4d": "antonym",  # Directional: up:down, north:south, top:bottom.
+    "4a": "antonym-binary",  # Contradictory, "cannot be X and Y at the same time": alive:dead, on:off.
+    "4b": "antonym",  # Contrary, gradable opposites: old:young, happy:sad.
+    "4c": "antonym-directional",  # Reverse, "X may be undone by Y": buy:sell, tie:untie (reversing verbs).
+    "4d": "antonym-directional",  # Directional: up:down, north:south, top:bottom.
+    "5d": "adjective-noun",  # Agent Attribute:State, "a person who is X is in a state of Y": tired:exhaustion.
     "5e": "agent-action",  # Object:Typical Action, "an X will typically Y": dog:bark, heart:beat.
+    "7a": "profession-product",  # Agent:Object, "an X makes Y": baker:bread, weaver:cloth.
+    "7c": "profession-tool",  # Agent:Instrument, "an X uses Y to perform their role": barber:scissors.
     "8a": "cause-effect",  # Cause:Effect, "an X causes Y": injury:pain, joke:laughter.
     "8g": "tool-function",  # Instrument:Intended Action: broom:sweep, knife:cut.
+    "9a": "container-content",  # Item:Location, "an X is a place where Y is found": arsenal:weapon, bookshelf:books.
+    "9h": "next-item",  # Sequence, "Y follows X in sequence": beginning:middle, pregnancy:birth.
 }
 
 

@@ -8,7 +8,7 @@ oracle uses the vector of the problem's known relation instead of the composite.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -127,12 +127,16 @@ class ConditionCounts:
 
 @dataclass
 class AnalogyReport:
-    """Accuracy per condition (baseline, softmax, composite, oracle), overall and per relation type."""
+    """Accuracy per condition (baseline, softmax, composite, oracle), overall and per relation type; per type,
+    ``oracle_first`` is how often the largest weight is on the oracle relation, and ``first_relations`` names the
+    relations the largest weight falls on most often (what the weights choose instead)."""
 
     overall: dict[str, ConditionCounts] = field(default_factory=lambda: defaultdict(ConditionCounts))
     by_relation: dict[str, dict[str, ConditionCounts]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(ConditionCounts)))
     picked_oracle: ConditionCounts = field(default_factory=ConditionCounts)
+    # Per relation type, which bank relation the largest weight fell on, and how often.
+    first: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, relation: str, condition: str, right: bool) -> None:
         self.overall[condition].add(right)
@@ -149,7 +153,9 @@ class AnalogyReport:
                 "softmax": overall.get("softmax"), "oracle": overall.get("oracle"),
                 "n": overall["n"], "n_oracle": self.overall["oracle"].n if "oracle" in self.overall else 0,
                 "weights_pick_oracle": self.picked_oracle.accuracy(),
-                "by_relation": {relation: table(counts) for relation, counts in sorted(self.by_relation.items())}}
+                "by_relation": {relation: table(counts) for relation, counts in sorted(self.by_relation.items())},
+                "first_relations": {relation: dict(counts.most_common(3))
+                                    for relation, counts in sorted(self.first.items())}}
 
 
 def evaluate_analogies(
@@ -178,10 +184,13 @@ def evaluate_analogies(
                                          [bank.one(oracles[i] or "") for i in with_oracle], run=run)
         for i, problem in enumerate(chunk):
             relation = problem.relation or "unlabelled"
+            report.first[relation][bank.names[int(weights[i].argmax())]] += 1
             for name, per_problem in results.items():
                 report.add(relation, name, int(per_problem[i].argmax()) == problem.answer)
         for j, i in enumerate(with_oracle):
             report.add(chunk[i].relation or "unlabelled", "oracle", int(oracle_scores[j].argmax()) == chunk[i].answer)
-            report.picked_oracle.add(bank.names[int(weights[i].argmax())] == oracles[i])
+            picked = bank.names[int(weights[i].argmax())] == oracles[i]
+            report.picked_oracle.add(picked)
+            report.by_relation[chunk[i].relation or "unlabelled"]["oracle_first"].add(picked)
         progress(min(start + batch, len(problems)), len(problems))
     return report

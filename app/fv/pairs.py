@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ class Split:
 def shipped_relations() -> list[str]:
     """Names of the relation datasets that ship with fvsteer."""
     return sorted(path.stem for path in RELATIONS_DIR.glob("*.json"))
+
+
+def shipped_relation_types() -> dict[str, str]:
+    """``relation → type`` (morphology-inflection, lexicography, …) from the table of the relations README."""
+    text = (RELATIONS_DIR / "README.md").read_text(encoding="utf-8")
+    return {match[1]: match[2].strip() for match in re.finditer(r"^\| `([a-z-]+)` \| ([^|]+) \|", text, re.M)}
 
 
 def relation_pairs(name: str, param: str = "relation") -> list[Pair]:
