@@ -199,7 +199,7 @@ def near_icl(row: dict[str, Any]) -> bool:
 def comparison_lines(rows: list[dict[str, Any]], types: dict[str, str] | None = None) -> list[str]:
     typed = types is not None
     lines = ["| relation |" + (" type |" if typed else "") + " n | zero-shot | mediation FV (layer) | fine-tuned FV | "
-             "10-shot ICL | only FT / only med. (McNemar p) |", "|---|" + ("---|" if typed else "") + "---:" * 6 + "|"]
+             "10-shot ICL | only FT / only med. (McNemar p) |", "|---|" + ("---|" if typed else "") + "---:|" * 6]
     for row in rows:
         kind = f" {(types or {}).get(row['relation'], '?')} |" if typed else ""
         lines.append(f"| {row['relation']} |{kind} {row['n']} | {fmt(row['zero_shot'])} | {fmt(row['mediation'])} "
