@@ -182,14 +182,15 @@ def evaluate_analogies(
         with_oracle = [i for i, name in enumerate(oracles) if name is not None]
         oracle_scores = candidate_scores(model, [chunk[i] for i in with_oracle],
                                          [bank.one(oracles[i] or "") for i in with_oracle], run=run)
+        firsts = [bank.names[int(index)] for index in weights.argmax(dim=1)]
         for i, problem in enumerate(chunk):
             relation = problem.relation or "unlabelled"
-            report.first[relation][bank.names[int(weights[i].argmax())]] += 1
+            report.first[relation][firsts[i]] += 1
             for name, per_problem in results.items():
                 report.add(relation, name, int(per_problem[i].argmax()) == problem.answer)
         for j, i in enumerate(with_oracle):
             report.add(chunk[i].relation or "unlabelled", "oracle", int(oracle_scores[j].argmax()) == chunk[i].answer)
-            picked = bank.names[int(weights[i].argmax())] == oracles[i]
+            picked = firsts[i] == oracles[i]
             report.picked_oracle.add(picked)
             report.by_relation[chunk[i].relation or "unlabelled"]["oracle_first"].add(picked)
         progress(min(start + batch, len(problems)), len(problems))
