@@ -275,7 +275,8 @@ def analogy_lines(key: str, title: str, result: dict[str, Any], old: dict[str, A
     for relation, counts in result["by_relation"].items():
         chosen = ""
         if firsts:
-            chosen = " " + ", ".join(f"{name} {count}" for name, count in firsts.get(relation, {}).items()) + " |"
+            ranked = sorted(firsts.get(relation, {}).items(), key=lambda item: (-item[1], item[0]))
+            chosen = " " + ", ".join(f"{name} {count}" for name, count in ranked) + " |"
         lines.append(f"| {relation} | {counts['n']} | {fmt(counts.get('baseline'))} | {fmt(counts.get('softmax'))} | "
                      f"**{fmt(counts.get('composite'))}** | {fmt(counts.get('oracle'))} | "
                      f"{fmt(counts.get('oracle_first'))} | {fmt(old_rows.get(relation, {}).get('composite'))} |"
