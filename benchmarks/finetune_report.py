@@ -126,7 +126,8 @@ def measure_relations(local: ModelBundle, mediation: Mediation, store: Results, 
     """Every bank relation on its own test split (never trained on, nor used to pick a checkpoint), saved one
     relation at a time; rows already measured with the same vector are kept unless ``fresh``."""
     rows: dict[str, Any] = {} if fresh else dict(store.data.get("relations", {}))
-    names = [name for name in shipped_relations() if name in {v.name for v in local.registry.list()}]
+    loaded = {stored.name for stored in local.registry.list()}
+    names = [name for name in shipped_relations() if name in loaded]
     for relation in names:
         if relation in rows and rows[relation].get("vector") == vector_stamp(local, relation):
             continue
@@ -162,7 +163,8 @@ class Results:
 
     def save(self, part: str, value: Any) -> None:
         self.data[part] = value
-        self.data.setdefault("measured", {})[part] = datetime.now(UTC).isoformat(timespec="seconds")
+        if part in PARTS:
+            self.data.setdefault("measured", {})[part] = datetime.now(UTC).isoformat(timespec="seconds")
         partial = self.path.with_suffix(".json.partial")
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
