@@ -14,8 +14,10 @@ from app.analogy.bank import Bank, query, relation_scores
 from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.fitting import FitOptions, fit_combiner, training_analogies
-from app.analogy.scoring import ScoreRow, score_rows, variant_log_probs
+from app.analogy.prefixed import prefixed_log_probs, prefixed_rows
+from app.analogy.scoring import ScoreRow, encode_rows, score_rows, sequence_log_probs, variant_log_probs
 from app.analogy.solver import ORACLE_RELATIONS, evaluate_analogies
+from app.errors import InvalidInput
 from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
 from app.model.adapter import adapt
 from app.model.handle import ModelHandle
@@ -80,6 +82,43 @@ def test_variant_log_probs_equal_one_forward_per_vector(arch: str) -> None:
                     for layer, vector in zip(layers, vectors, strict=True)]
         assert torch.allclose(got, torch.tensor(expected), atol=1e-4), (arch, got, expected)
         assert len({round(value, 3) for value in expected}) > 1  # the vectors really differ in effect
+    assert all("forward" not in block.__dict__ and not block._forward_hooks for block in handle.adapter.blocks)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+def test_prefixed_rows_score_and_differentiate_as_full_forwards(arch: str) -> None:
+    """Rows run once up to the steered block, then only their group from the block above: the same log-probs and
+    the same gradients as full steered forwards, for prompts and continuations of different lengths, vectors at two
+    blocks, any row subset (and in several preparation batches)."""
+    network, tokenizer = tiny_model(arch), tiny_tokenizer()
+    handle = ModelHandle(adapt(network, tokenizer), tokenizer, "fp", "tiny")
+    cases = [("<s>Q: hot\nA:", "cold"), ("<s>Q: a much longer prompt\nA:", "xy z w"), ("<s>Q: up\nA:", "down"),
+             ("<s>Q: b\nA:", "c d")]
+    rows = [ScoreRow(prompt, continuation) for prompt, continuation in cases]
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randn(len(rows), 2, handle.adapter.d_model, generator=generator)
+    prepared = prefixed_rows(handle.adapter, tokenizer, rows, 1, batch_size=3)
+    for index in (torch.arange(len(rows)), torch.tensor([2, 0])):
+        results = []
+        for prefixed in (False, True):
+            weights = torch.nn.Parameter(base[index].clone())
+            vectors = {1: weights[:, 0] * 2, 3: weights[:, 1]}
+            with torch.enable_grad():
+                if prefixed:
+                    got = prefixed_log_probs(handle.adapter, prepared.select(index), vectors)
+                else:
+                    got = sequence_log_probs(handle.adapter, encode_rows(tokenizer, [rows[i] for i in index]), vectors)
+                (grad,) = torch.autograd.grad(got.sum(), [weights])
+            results.append((got.detach(), grad))
+        (full, full_grad), (fast, fast_grad) = results
+        assert torch.allclose(fast, full, atol=1e-4), (arch, fast, full)
+        assert torch.allclose(fast_grad, full_grad, atol=1e-4), arch
+        assert full_grad.abs().sum() > 0
+    unsteered = prefixed_log_probs(handle.adapter, prepared, {})
+    expected = [reference_log_prob(handle, prompt, continuation, None, None) for prompt, continuation in cases]
+    assert torch.allclose(unsteered, torch.tensor(expected), atol=1e-4), arch
+    with pytest.raises(InvalidInput, match="block 0"):
+        prefixed_log_probs(handle.adapter, prepared, {0: base[:, 0]})
     assert all("forward" not in block.__dict__ and not block._forward_hooks for block in handle.adapter.blocks)
 
 
@@ -181,8 +220,9 @@ def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) ->
 def test_relation_scores_shape_and_steering_matters(model: ModelHandle) -> None:
     d = model.adapter.d_model
     bank = Bank(["p", "q"], [1, 1], torch.stack([torch.zeros(d), torch.ones(d) * 3]))
-    scores = relation_scores(model, bank, [("hot", "cold"), ("up", "down")])
-    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    scores = relation_scores(model, bank, [("hot", "cold"), ("up", "down"), ("hot", "cold")])
+    assert scores.shape == (3, 2) and torch.isfinite(scores).all()
+    assert torch.equal(scores[2], scores[0])  # a pair asked twice: its one scoring, in both places
     unsteered = score_rows(model.adapter, model.tokenizer, [ScoreRow(query(model, "hot"), "cold")])
     assert math.isclose(float(scores[0, 0]), float(unsteered[0]), abs_tol=1e-4)  # zero vector = no steering
     assert not math.isclose(float(scores[0, 1]), float(scores[0, 0]), abs_tol=1e-3)

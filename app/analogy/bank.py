@@ -60,10 +60,15 @@ def query(model: ModelHandle, text: str) -> str:
 def relation_scores(
     model: ModelHandle, bank: Bank, pairs: list[tuple[str, str]], *, run: Runner[Tensor] = run_here
 ) -> Tensor:
-    """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector (one shared forward per pair:
-    :func:`app.analogy.scoring.variant_log_probs`)."""
+    """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector (one shared forward per
+    distinct pair: :func:`app.analogy.scoring.variant_log_probs`; the combiner's training analogies reuse each
+    source pair ~2×)."""
+    distinct = list(dict.fromkeys(pairs))
     rows: list[Tensor] = []
-    for a, b in pairs:
+    for a, b in distinct:
         rows.append(run(functools.partial(variant_log_probs, model.adapter, model.tokenizer, query(model, a), b,
                                           bank.layers, bank.vectors)))
-    return torch.stack(rows) if rows else torch.zeros(0, len(bank))
+    if not rows:
+        return torch.zeros(0, len(bank))
+    at = {pair: index for index, pair in enumerate(distinct)}
+    return torch.stack(rows)[torch.tensor([at[pair] for pair in pairs])]

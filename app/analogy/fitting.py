@@ -28,7 +28,8 @@ from torch import Tensor
 
 from app.analogy.bank import Bank, query, relation_scores
 from app.analogy.combiner import Calibration, Combiner, mix
-from app.analogy.scoring import ScoreRow, encode_rows, sequence_log_probs
+from app.analogy.prefixed import PrefixedRows, prefixed_log_probs, prefixed_rows
+from app.analogy.scoring import ScoreRow
 from app.fv.pairs import relation_pairs, split_pairs
 from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here
@@ -89,30 +90,36 @@ def oracle_first_rate(weights: Tensor, bank: Bank, items: list[TrainingAnalogy])
 
 
 class _Objective:
-    """``log p(D | "Q: C\\nA:", composite)`` of analogies, differentiable in the weights."""
+    """``log p(D | "Q: C\\nA:", composite)`` of a fixed list of analogies, differentiable in the weights; their
+    unsteered part is run once (:mod:`app.analogy.prefixed`), as every grid point, step and epoch scores them
+    again."""
 
-    def __init__(self, model: ModelHandle, bank: Bank, run: Runner[Any]) -> None:
-        self.model, self.bank, self.run = model, bank, run
+    def __init__(self, model: ModelHandle, bank: Bank, items: list[TrainingAnalogy], run: Runner[Any]) -> None:
+        self.model, self.bank, self.items, self.run = model, bank, items, run
+        rows = [ScoreRow(query(model, item.target[0]), item.target[1]) for item in items]
+        self.rows: PrefixedRows = run(functools.partial(prefixed_rows, model.adapter, model.tokenizer, rows,
+                                                        min(bank.layers)))
 
-    def log_probs(self, items: list[TrainingAnalogy], weights: Tensor) -> Tensor:
-        rows = [ScoreRow(query(self.model, item.target[0]), item.target[1]) for item in items]
-        encoded = encode_rows(self.model.tokenizer, rows)
-        return sequence_log_probs(self.model.adapter, encoded, self.bank.composite(weights))
+    def log_probs(self, index: list[int], weights: Tensor) -> Tensor:
+        """The analogies ``index`` (in that order), ``weights`` ``[len(index), K]``."""
+        return prefixed_log_probs(self.model.adapter, self.rows.select(torch.tensor(index)),
+                                  self.bank.composite(weights))
 
-    def mean(self, items: list[TrainingAnalogy], weights: Tensor) -> float:
+    def mean(self, weights: Tensor) -> float:
+        """Mean over every analogy, ``weights`` ``[N, K]``."""
         def forward() -> float:
             with torch.no_grad():
-                total = sum(float(self.log_probs(items[i : i + VALIDATION_BATCH],
+                total = sum(float(self.log_probs(list(range(i, min(i + VALIDATION_BATCH, len(self.items)))),
                                                  weights[i : i + VALIDATION_BATCH]).sum())
-                            for i in range(0, len(items), VALIDATION_BATCH))
-            return total / len(items)
+                            for i in range(0, len(self.items), VALIDATION_BATCH))
+            return total / len(self.items)
         result: float = self.run(forward)
         return result
 
 
 def select_mixture(
-    objective: _Objective, valid: list[TrainingAnalogy], valid_scores: Tensor, calibration: Calibration,
-    options: FitOptions, report: Callable[[str], None],
+    objective: _Objective, valid_scores: Tensor, calibration: Calibration, options: FitOptions,
+    report: Callable[[str], None],
 ) -> tuple[Mixture, float, list[dict[str, Any]]]:
     """The grid point with the best validation log p (the plain softmax at T = 1 is one of them), that log p, and
     every point's figures."""
@@ -121,9 +128,9 @@ def select_mixture(
     for calibrated, temperature, top_k in itertools.product((False, True), options.temperatures, options.top_ks):
         point = Mixture(calibrated, temperature, top_k)
         weights = mix(valid_scores, temperature, calibration if calibrated else None, top_k)
-        score = objective.mean(valid, weights)
+        score = objective.mean(weights)
         grid.append({**asdict(point), "valid_log_prob": round(score, 4),
-                     "valid_oracle_first": round(oracle_first_rate(weights, objective.bank, valid), 4)})
+                     "valid_oracle_first": round(oracle_first_rate(weights, objective.bank, objective.items), 4)})
         report(f"combiner selection: calibrated={calibrated} T={temperature} top_k={top_k}: "
                f"validation log p {score:.3f}")
         if best is None or score > best[0]:
@@ -148,10 +155,10 @@ def fit_combiner(
     scores = relation_scores(model, bank, [item.source for item in analogies], run=run)
     valid_scores, train_scores = scores[:n_valid], scores[n_valid:]
     calibration = Calibration.of(train_scores)
-    objective = _Objective(model, bank, run)
+    training, validating = _Objective(model, bank, train, run), _Objective(model, bank, valid, run)
     report(f"combiner: {len(train)} training / {len(valid)} validation analogies over {len(bank)} relations")
 
-    chosen, selected, grid = select_mixture(objective, valid, valid_scores, calibration, options, report)
+    chosen, selected, grid = select_mixture(validating, valid_scores, calibration, options, report)
     chosen_calibration = calibration if chosen.calibrated else None
     k = len(bank)
     weight = torch.nn.Parameter(torch.eye(k))
@@ -166,7 +173,7 @@ def fit_combiner(
     def step(batch: list[int]) -> float:
         with torch.inference_mode(False), torch.enable_grad():
             optimizer.zero_grad(set_to_none=True)
-            log_probs = objective.log_probs([train[i] for i in batch], combine(train_scores[batch]))
+            log_probs = training.log_probs(batch, combine(train_scores[batch]))
             loss = -log_probs.mean() + options.l2 * ((weight - torch.eye(k)).pow(2).sum() + bias.pow(2).sum())
             grads = torch.autograd.grad(loss, [weight, bias, log_t])
             for parameter, grad in zip((weight, bias, log_t), grads, strict=True):
@@ -176,7 +183,7 @@ def fit_combiner(
 
     def validation() -> float:
         with torch.no_grad():
-            return objective.mean(valid, combine(valid_scores))
+            return validating.mean(combine(valid_scores))
 
     # Epoch 0 is the selected mixture itself (W = I, b = 0, its T): the grid already measured it.
     best = (selected, weight.detach().clone(), bias.detach().clone(), float(log_t.detach().exp()), 0)
