@@ -115,6 +115,22 @@ def stop_server(server: LiveServer) -> None:
         server.process.kill()
 
 
+# The Redis the tests use: db 15, apart from a developer's own data; `.ci/run` starts the server.
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(scope="session")
+def raw_redis() -> Iterator[redis.Redis]:
+    """A client of the tests' Redis (the cache tests read and write its keys directly)."""
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {TEST_REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama") / "tiny-llama")

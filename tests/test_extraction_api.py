@@ -20,10 +20,9 @@ import redis
 from app.cache.head_means import HeadMeanKey
 from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs
 from app.fv.prompts import Template
-from tests.conftest import LiveServer, free_port, start_server, stop_server
+from tests.conftest import TEST_REDIS_URL, LiveServer, free_port, start_server, stop_server
 from tests.tiny_models import ARCH_CONFIGS
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 LLAMA: dict[str, Any] = ARCH_CONFIGS["llama"]
 N_LAYERS = int(LLAMA["num_hidden_layers"])
 N_HEADS = int(LLAMA["num_attention_heads"])
@@ -129,16 +128,11 @@ def cache_key_of(metadata: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    yield client
+def redis_client(raw_redis: redis.Redis) -> Iterator[redis.Redis]:
+    """The tests' Redis; the keys this module's servers create are deleted after it."""
+    yield raw_redis
     if CREATED_KEYS:
-        client.delete(*CREATED_KEYS)
-    client.close()
+        raw_redis.delete(*CREATED_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +144,7 @@ def jobs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, jobs_dir: Path,
            redis_client: redis.Redis) -> Iterator[LiveServer]:
     """The server most tests share; the last test of the module kills it (SIGKILL) to test recovery."""
-    live = start(tmp_path_factory.mktemp("extract"), tiny_llama_dir, REDIS_URL, jobs_dir)
+    live = start(tmp_path_factory.mktemp("extract"), tiny_llama_dir, TEST_REDIS_URL, jobs_dir)
     yield live
     stop_server(live)
 

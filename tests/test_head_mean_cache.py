@@ -22,9 +22,8 @@ from app.cache.head_means import (
     RedisHeadMeanCache,
     make_head_mean_cache,
 )
-from tests.conftest import free_port, start_redis
+from tests.conftest import TEST_REDIS_URL, free_port, start_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 SHAPE = (3, 4, 5)
 
 
@@ -34,17 +33,6 @@ def random_key() -> HeadMeanKey:
 
 def random_means(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def raw_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -68,7 +56,7 @@ def test_key_digest_depends_on_every_field() -> None:
 def test_factory_picks_the_backend() -> None:
     assert isinstance(make_head_mean_cache(None), MemoryHeadMeanCache)
     assert isinstance(make_head_mean_cache(""), MemoryHeadMeanCache)
-    cache = make_head_mean_cache(REDIS_URL, ttl_s=30)
+    cache = make_head_mean_cache(TEST_REDIS_URL, ttl_s=30)
     assert isinstance(cache, RedisHeadMeanCache) and cache.ttl_s == 30
 
 
@@ -132,7 +120,7 @@ def test_memory_cache_stores_float32_on_cpu() -> None:
 
 
 def test_redis_roundtrip_is_exact(raw_redis: redis.Redis, key: HeadMeanKey) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL)
     means = random_means()
     assert cache.get(key, SHAPE) is None
     cache.put(key, means)
@@ -143,13 +131,13 @@ def test_redis_roundtrip_is_exact(raw_redis: redis.Redis, key: HeadMeanKey) -> N
     assert cache.stats.fields_read == SHAPE[0] * SHAPE[1]
     assert cache.status() == "redis"
     # Another cache object (another server process) sees the same entry.
-    other = RedisHeadMeanCache(REDIS_URL)
+    other = RedisHeadMeanCache(TEST_REDIS_URL)
     shared = other.get(key, SHAPE)
     assert shared is not None and torch.equal(shared, means)
 
 
 def test_redis_misses_on_other_key_and_shape(raw_redis: redis.Redis, key: HeadMeanKey) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL)
     cache.put(key, random_means())
     assert cache.get(replace(key, seed=key.seed + 1), SHAPE) is None
     assert cache.get(key, (3, 4, 6)) is None  # same head_dim count differs
@@ -160,7 +148,7 @@ def test_redis_misses_on_other_key_and_shape(raw_redis: redis.Redis, key: HeadMe
 
 
 def test_redis_layout(raw_redis: redis.Redis, key: HeadMeanKey) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL)
     means = random_means()
     cache.put(key, means)
     assert raw_redis.type(key.digest()) == b"hash"
@@ -176,7 +164,7 @@ def test_redis_layout(raw_redis: redis.Redis, key: HeadMeanKey) -> None:
 
 
 def test_redis_put_replaces_the_whole_entry(raw_redis: redis.Redis, key: HeadMeanKey) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL)
     cache.put(key, random_means())
     smaller = random_means((2, 2, 5), seed=1)
     cache.put(key, smaller)
@@ -187,11 +175,11 @@ def test_redis_put_replaces_the_whole_entry(raw_redis: redis.Redis, key: HeadMea
 
 
 def test_redis_ttl_is_applied(raw_redis: redis.Redis, key: HeadMeanKey) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL, ttl_s=120)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL, ttl_s=120)
     cache.put(key, random_means())
     ttl = raw_redis.ttl(key.digest())
     assert 0 < ttl <= 120
-    short = RedisHeadMeanCache(REDIS_URL, ttl_s=1)
+    short = RedisHeadMeanCache(TEST_REDIS_URL, ttl_s=1)
     short.put(key, random_means())
     assert raw_redis.pttl(key.digest()) <= 1000
     deadline = time.monotonic() + 5
@@ -223,7 +211,7 @@ def _nan_field() -> bytes:
 def test_corrupt_entry_is_a_miss_never_an_exception(
     raw_redis: redis.Redis, key: HeadMeanKey, field: str, value: bytes | str | None
 ) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL)
     means = random_means()
     cache.put(key, means)
     if value is None:
@@ -258,7 +246,7 @@ def test_degraded_cache_recovers_when_redis_answers(raw_redis: redis.Redis, key:
     cache = RedisHeadMeanCache(f"redis://127.0.0.1:{free_port()}/15", socket_timeout_s=1.0)
     assert cache.get(key, SHAPE) is None and cache.status() == "degraded"
     # Same object, Redis now reachable (as after Redis comes back).
-    cache._client = redis.Redis.from_url(REDIS_URL, socket_timeout=1.0)
+    cache._client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=1.0)
     means = random_means()
     cache.put(key, means)
     assert cache.status() == "redis"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -31,10 +30,9 @@ from app.fv.extraction import ExtractionResult, ExtractionSpec, extract
 from app.fv.pairs import relation_pairs
 from app.model.adapter import adapt
 from app.model.handle import ModelHandle
-from tests.conftest import free_port
+from tests.conftest import TEST_REDIS_URL, free_port
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 SHAPE = (4, 4)
 
 
@@ -45,17 +43,6 @@ def random_aie_key() -> AieKey:
 
 def sweep_key(aie: AieKey) -> SweepKey:
     return SweepKey(aie, 3, (0, 1, 2, 3), 2, 24)
-
-
-@pytest.fixture(scope="module")
-def raw_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    yield client
-    client.close()
 
 
 # --- keys ----------------------------------------------------------------------------------------------
@@ -108,18 +95,18 @@ def test_memory_roundtrip_is_exact() -> None:
 
 
 def test_redis_roundtrip_is_exact(raw_redis: redis.Redis) -> None:
-    roundtrip(RedisHeadMeanCache(REDIS_URL, ttl_s=60))
+    roundtrip(RedisHeadMeanCache(TEST_REDIS_URL, ttl_s=60))
 
 
 def test_redis_records_take_the_ttl(raw_redis: redis.Redis) -> None:
     key = random_aie_key()
-    put_aie(RedisHeadMeanCache(REDIS_URL, ttl_s=60), key, torch.zeros(SHAPE))
+    put_aie(RedisHeadMeanCache(TEST_REDIS_URL, ttl_s=60), key, torch.zeros(SHAPE))
     assert 0 < raw_redis.ttl(key.digest()) <= 60
     raw_redis.delete(key.digest())
 
 
 def test_corrupt_records_are_misses(raw_redis: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
-    cache = RedisHeadMeanCache(REDIS_URL, ttl_s=60)
+    cache = RedisHeadMeanCache(TEST_REDIS_URL, ttl_s=60)
     key = random_aie_key()
     raw_redis.hset(key.digest(), mapping={"meta": b'{"shape": [4, 4]}', "aie": b"\x00" * 12})  # truncated
     raw_redis.hset(sweep_key(key).digest(), mapping={"sweep": b'{"scores": {"9": 1.0}, "best": 9, "baseline": 0}'})
@@ -176,7 +163,7 @@ def test_a_repeat_hits_every_cache_and_gives_the_cold_vector(backend: str, handl
                                                              request: pytest.FixtureRequest) -> None:
     if backend == "redis":
         request.getfixturevalue("raw_redis")
-    cache = MemoryHeadMeanCache() if backend == "memory" else RedisHeadMeanCache(REDIS_URL, ttl_s=120)
+    cache = MemoryHeadMeanCache() if backend == "memory" else RedisHeadMeanCache(TEST_REDIS_URL, ttl_s=120)
     model = fresh(handle)
     cold = extract(model, spec(), cache)
     assert hits(cold) == (False, False, False)
