@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
 
 from app.analogy.scoring import ScoreRow
 from app.errors import InvalidInput
 from app.fv.forward import model_device
-from app.fv.ragged import captured_block_outputs, ragged_blocks, trim
+from app.fv.ragged import cache_over, captured_block_outputs, kept_keys_values, ragged_blocks, trim
 from app.model.adapter import ModelAdapter
 from app.model.steering import BatchSteering, steered
 
@@ -121,11 +120,7 @@ def prefixed_rows(
                           position_ids=torch.cat([prefix_positions[part], positions[part]], dim=1).to(device),
                           past_key_values=cache, use_cache=True, logits_to_keep=1)
         trim(cache, prefix)
-        part_keys_values = []
-        for cached in cache.layers:
-            assert isinstance(cached, DynamicLayer) and cached.keys is not None and cached.values is not None
-            part_keys_values.append((cached.keys, cached.values))
-        keys_values.append(part_keys_values)
+        keys_values.append(kept_keys_values(cache))
         for block in range(entry):
             outputs[block].append(recorded[block])
     return PrefixedRows(
@@ -148,12 +143,7 @@ def prefixed_log_probs(adapter: ModelAdapter, rows: PrefixedRows, vectors: dict[
     if vectors and min(vectors) < rows.entry - 1:
         raise InvalidInput(f"these rows were run up to block {rows.entry - 1}; a vector at block {min(vectors)} "
                            "needs rows prepared for it", param="layer")
-    cache = DynamicCache()
-    for keys, values in rows.keys_values:
-        layer = DynamicLayer()  # type: ignore[no-untyped-call]
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values  # the forward's concatenation copies; the stored cache stays
-        cache.layers.append(layer)
+    cache = cache_over(rows.keys_values)
     group = rows.group_ids.shape[1]
     at_steer = torch.zeros(rows.group_ids.shape, dtype=torch.bool)
     at_steer[:, 0] = True

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from app.errors import InvalidInput
 from app.fv.finetune import FinetuneResult, FinetuneSpec, split_holdout
 from app.fv.forward import model_device
 from app.fv.prompts import PromptItem, bos_prefix, zero_shot_prompts
-from app.fv.ragged import captured_block_outputs, ragged_blocks, trim
+from app.fv.ragged import cache_over, captured_block_outputs, kept_keys_values, ragged_blocks, trim
 from app.model.adapter import ModelAdapter
 from app.model.handle import ModelHandle
 from app.model.steering import BatchSteering, steered
@@ -83,12 +82,8 @@ def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]
                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
     trim(cache, width - 1)
-    keys_values = []
-    for layer in cache.layers:
-        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
-        keys_values.append((layer.keys, layer.values))
     return PromptRows(
-        keys_values=keys_values,
+        keys_values=kept_keys_values(cache),
         outputs=outputs,
         mask=mask.to(device),
         last=torch.tensor([[tokens[-1]] for tokens in encoded], device=device),
@@ -101,12 +96,7 @@ def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]
 def last_token_logits_cached(adapter: ModelAdapter, rows: PromptRows, vectors: dict[int, Tensor]) -> Tensor:
     """Last-position logits of ``rows``, ``vectors[layer]`` (``[rows, d_model]``) added at block ``layer``; blocks up to
     the lowest such layer give their recorded unsteered output instead of running."""
-    cache = DynamicCache()
-    for keys, values in rows.keys_values:
-        layer = DynamicLayer()  # type: ignore[no-untyped-call]
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values  # the forward's concatenation copies; the stored cache stays
-        cache.layers.append(layer)
+    cache = cache_over(rows.keys_values)
     positions = torch.ones(rows.last.shape, dtype=torch.bool)
     entry = min(vectors, default=adapter.n_layers - 1) + 1
     prefix = rows.mask.shape[1] - 1

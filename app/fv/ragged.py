@@ -64,6 +64,27 @@ def trim(cache: DynamicCache, length: int) -> None:
             layer.crop(-extra)
 
 
+def kept_keys_values(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
+    """Every layer's keys and values, ``[rows, kv_heads, length, head_dim]``: a prefix to run more forwards over."""
+    kept = []
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        kept.append((layer.keys, layer.values))
+    return kept
+
+
+def cache_over(keys_values: list[tuple[Tensor, Tensor]]) -> DynamicCache:
+    """A cache holding ``keys_values`` (:func:`kept_keys_values`) for one forward; what that forward appends is
+    concatenated into new tensors, so the kept ones stay as they are for the next."""
+    cache = DynamicCache()
+    for keys, values in keys_values:
+        layer = DynamicLayer()  # type: ignore[no-untyped-call]
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
+
+
 def variant_mask(prefix_mask: Tensor, width: int, dtype: torch.dtype, group: int = 1) -> Tensor:
     """``[rows, 1, width, prefix + width]`` additive mask: each variant sees its row's prefix (``prefix_mask``,
     ``[rows, prefix]``, 0 on padding) and itself — or, when a variant is ``group`` consecutive positions, its own
