@@ -66,7 +66,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin
 	$(BIN)/mypy
 
-# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h on 2 cores; resumes).
+# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 45 min on 2 cores from
+# nothing, BANK_ARGS=--force; otherwise it trains only what is missing or stale, then refits the combiner, ~30 min).
 vectors: $(STAMP)
 	$(BIN)/python -m app.starter_bank $(BANK_ARGS)
 
