@@ -100,18 +100,17 @@ class _Objective:
         self.rows: PrefixedRows = run(functools.partial(prefixed_rows, model.adapter, model.tokenizer, rows,
                                                         min(bank.layers)))
 
-    def log_probs(self, index: list[int], weights: Tensor) -> Tensor:
-        """The analogies ``index`` (in that order), ``weights`` ``[len(index), K]``."""
-        return prefixed_log_probs(self.model.adapter, self.rows.select(torch.tensor(index)),
-                                  self.bank.composite(weights))
+    def log_probs(self, index: Tensor | slice, weights: Tensor) -> Tensor:
+        """The analogies ``index`` (row numbers in that order, or a slice), ``weights`` ``[len(index), K]``."""
+        return prefixed_log_probs(self.model.adapter, self.rows.select(index), self.bank.composite(weights))
 
     def mean(self, weights: Tensor) -> float:
         """Mean over every analogy, ``weights`` ``[N, K]``."""
         def forward() -> float:
             with torch.no_grad():
-                total = sum(float(self.log_probs(list(range(i, min(i + VALIDATION_BATCH, len(self.items)))),
-                                                 weights[i : i + VALIDATION_BATCH]).sum())
-                            for i in range(0, len(self.items), VALIDATION_BATCH))
+                total = sum(float(self.log_probs(part, weights[part]).sum())
+                            for part in (slice(i, i + VALIDATION_BATCH)
+                                         for i in range(0, len(self.items), VALIDATION_BATCH)))
             return total / len(self.items)
         result: float = self.run(forward)
         return result
@@ -173,7 +172,7 @@ def fit_combiner(
     def step(batch: list[int]) -> float:
         with torch.inference_mode(False), torch.enable_grad():
             optimizer.zero_grad(set_to_none=True)
-            log_probs = training.log_probs(batch, combine(train_scores[batch]))
+            log_probs = training.log_probs(torch.tensor(batch), combine(train_scores[batch]))
             loss = -log_probs.mean() + options.l2 * ((weight - torch.eye(k)).pow(2).sum() + bias.pow(2).sum())
             grads = torch.autograd.grad(loss, [weight, bias, log_t])
             for parameter, grad in zip((weight, bias, log_t), grads, strict=True):

@@ -52,8 +52,8 @@ class PrefixedRows:
     def __len__(self) -> int:
         return int(self.group_ids.shape[0])
 
-    def select(self, index: Tensor) -> PrefixedRows:
-        """The rows ``index`` (a 1-D tensor of row numbers), in that order."""
+    def select(self, index: Tensor | slice) -> PrefixedRows:
+        """The rows ``index`` (a 1-D tensor of row numbers, in that order; or a slice, which copies nothing)."""
         return PrefixedRows(
             self.entry,
             [(keys[index], values[index]) for keys, values in self.keys_values],
