@@ -154,6 +154,28 @@ def test_lm_head_is_the_output_embedding(arch: str) -> None:
     assert all(adapter.final_norm is not block for block in adapter.blocks)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_lm_head_gets_a_contiguous_input_once_per_model(arch: str) -> None:
+    """``logits_to_keep=1`` slices the last position out of a multi-token forward; the head must get it contiguous
+    (a strided input makes torch's linear a per-row batched matmul), with the logits unchanged."""
+    model = tiny_model(arch)
+    hooks_before = len(model.get_output_embeddings()._forward_pre_hooks)
+    adapter = adapt(model, tiny_tokenizer())
+    adapt(model, tiny_tokenizer())  # a second adapter of the same model adds no second hook
+    assert len(adapter.lm_head._forward_pre_hooks) == hooks_before + 1
+    seen: list[Tensor] = []
+    handle = adapter.lm_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    ids = torch.tensor([tiny_tokenizer()(text).input_ids[:4] for text in (PROMPT, "Q: up\nA: down")])
+    try:
+        with torch.no_grad():
+            last = adapter.model(ids, logits_to_keep=1).logits
+            full = adapter.model(ids).logits
+    finally:
+        handle.remove()
+    assert seen[0].shape == (2, 1, adapter.d_model) and seen[0].is_contiguous()
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
 def test_adds_bos_follows_the_tokenizer() -> None:
     with_bos = tiny_tokenizer(add_bos=True)
     without_bos = tiny_tokenizer()
