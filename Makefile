@@ -67,7 +67,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 45 min on 2 cores from
-# nothing, BANK_ARGS=--force; otherwise it trains only what is missing or stale, then refits the combiner, ~30 min).
+# nothing, BANK_ARGS=--force; otherwise it trains only what is missing or stale, then refits the combiner, ~30 min,
+# unless combiner.json was fitted over exactly these vectors with the same options; BANK_ARGS=--combiner-only refits).
 vectors: $(STAMP)
 	$(BIN)/python -m app.starter_bank $(BANK_ARGS)
 

@@ -7,7 +7,9 @@ Each vector is made as ``POST /vectors/finetune`` makes it (default options, see
 (:func:`app.fv.finetuned.make_finetuned_many`: per vector the same loss, optimizer and checkpoint rule as alone),
 so the bank is reproducible; a relation whose vector is already there with the same dataset and options is
 skipped and each batch is saved when done, so an interrupted build resumes. ``--force`` rebuilds. The last
-table gives every relation's hold-out top-1 (before training, after, and 10-shot prompting).
+table gives every relation's hold-out top-1 (before training, after, and 10-shot prompting). The combiner is refit
+unless ``combiner.json`` was fitted over exactly these vectors with the same options (``--combiner-only`` refits
+it anyway).
 
     .venv/bin/python -m app.starter_bank [--relations antonym,synonym] [--force] [--combiner-only]
                                          [--batch-relations 16]
@@ -16,12 +18,15 @@ table gives every relation's hold-out top-1 (before training, after, and 10-shot
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 from app.analogy.bank import Bank
-from app.analogy.combiner import FILE_NAME
+from app.analogy.combiner import FILE_NAME, Combiner
 from app.analogy.fitting import FitOptions, fit_combiner
 from app.bundle import load_bundle
 from app.fv.finetuned import FinetuneOptions, make_finetuned_many
@@ -47,6 +52,17 @@ def _up_to_date(registry: VectorRegistry, relation: str, options: FinetuneOption
             and stored.meta.dataset_sha256 == dataset_sha256(relation_pairs(relation))
             and all(metrics.get(key) == getattr(options, key) for key in ("epochs", "lr", "l2", "seed"))
             and metrics.get("init") == options.init)
+
+
+def _combiner_up_to_date(path: Path, fingerprint: str, bank: Bank, options: FitOptions) -> bool:
+    """Whether ``path`` holds a combiner fitted over exactly ``bank`` (same relations, layers and vector values) with
+    ``options``: refitting it would take ~30 minutes to give the same fit."""
+    try:
+        combiner = Combiner.load(path, fingerprint)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    recorded = combiner.metrics.get("options")
+    return combiner.bank_sha256 == bank.sha256() and recorded == json.loads(json.dumps(asdict(options)))
 
 
 def holdout_table(registry: VectorRegistry, relations: list[str]) -> str:
@@ -93,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
     bank_names = [name for name in shipped_relations() if any(s.name == name for s in registry.list())]
     bank = Bank.from_registry(registry, bank_names)
+    path = registry.folder / FILE_NAME
+    if not args.combiner_only and _combiner_up_to_date(path, model.fingerprint, bank, FitOptions()):
+        _say(f"combiner {path} is up to date (fitted over these {len(bank)} vectors with these options); "
+             "--combiner-only refits it")
+        return 0
     started = time.monotonic()
     combiner = fit_combiner(model, bank, FitOptions(), report=_say)
     combiner.save(registry.folder / FILE_NAME, model.fingerprint)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from typing import Any
 
 import pytest
+import torch
 from safetensors import safe_open
 
+from app.analogy.bank import Bank
+from app.analogy.fitting import FitOptions
 from app.errors import InvalidInput, NotFound
 from app.fv.pairs import (
     MIN_PAIRS,
@@ -86,6 +90,19 @@ def test_the_committed_bank_was_built_from_the_shipped_files() -> None:
     assert not unlisted, f"stale vectors not listed, rebuild them (make vectors): {sorted(unlisted)}"
     rebuilt = STALE_BANK_VECTORS - stale
     assert not rebuilt, f"rebuilt since: take them out of STALE_BANK_VECTORS: {sorted(rebuilt)}"
+
+
+def test_the_committed_combiner_was_fitted_over_the_committed_bank() -> None:
+    """So that `make vectors` on a fresh clone finds bank and combiner up to date instead of refitting (~30 min)."""
+    record = json.loads((BANK / "combiner.json").read_text(encoding="utf-8"))
+    vectors, layers = [], []
+    for name in record["relations"]:
+        with safe_open(str(BANK / f"{name}.safetensors"), framework="pt") as file:
+            vectors.append(file.get_tensor("vector").float())
+            layers.append(int(file.metadata()["layer"]))
+    bank = Bank(record["relations"], layers, torch.stack(vectors))
+    assert record["bank_sha256"] == bank.sha256(), "the bank changed since the fit: run `make vectors`"
+    assert record["metrics"]["options"] == json.loads(json.dumps(asdict(FitOptions()))), "FitOptions changed"
 
 
 def test_raw_relation_files_have_exactly_input_and_output() -> None:

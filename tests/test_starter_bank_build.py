@@ -1,14 +1,17 @@
 """``make vectors`` on a tiny model: relations trained in batches give the vectors the fine-tune job makes alone,
-with the same metadata; a second run finds them up to date; the closing table lists every relation."""
+with the same metadata; a second run finds them and the combiner up to date; the closing table lists every
+relation."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from app import starter_bank
+from app.analogy.bank import Bank
 from app.bundle import load_bundle
 from app.cache.head_means import MemoryHeadMeanCache
 from app.fv.finetuned import FinetuneOptions, make_finetuned
@@ -46,5 +49,23 @@ def test_batched_build_makes_the_vectors_a_job_makes_and_resumes(
     assert torch.allclose(stored.vector, alone.vector, atol=1e-4), (stored.vector - alone.vector).abs().max()
     assert (bundle.registry.folder / "combiner.json").exists()
 
+    combiner_path = bundle.registry.folder / "combiner.json"
+    fitted = combiner_path.read_bytes()
+    relations = json.loads(fitted)["relations"]
+    assert sorted(relations) == sorted(RELATIONS)
+    assert json.loads(fitted)["bank_sha256"] == Bank.from_registry(bundle.registry, relations).sha256()
+
+    # Nothing changed: neither the vectors nor the combiner are made again.
     assert starter_bank.main(["--relations", ",".join(RELATIONS)]) == 0
-    assert "3 of 3 relations up to date; training 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 of 3 relations up to date; training 0" in err and "is up to date" in err
+    assert combiner_path.read_bytes() == fitted
+
+    # A combiner fitted over other vectors (here: its record says so) is refit, and so is one asked for.
+    record = json.loads(fitted)
+    combiner_path.write_text(json.dumps({**record, "bank_sha256": "0" * 64}), encoding="utf-8")
+    assert starter_bank.main(["--relations", ",".join(RELATIONS)]) == 0
+    assert "saved to" in capsys.readouterr().err
+    assert json.loads(combiner_path.read_bytes())["bank_sha256"] == record["bank_sha256"]
+    assert starter_bank.main(["--relations", ",".join(RELATIONS), "--combiner-only"]) == 0
+    assert "saved to" in capsys.readouterr().err

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,12 @@ class Bank:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def sha256(self) -> str:
+        """What a combiner is fitted over: the relations in order, their layers and their vectors' float32 bytes."""
+        digest = hashlib.sha256(json.dumps([self.names, self.layers]).encode())
+        digest.update(self.vectors.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def composite(self, weights: Tensor) -> dict[int, Tensor]:
         """``weights`` ``[N, K]`` → per-layer ``[N, d]`` sums ``Σᵢ wᵢ vᵢ`` (differentiable in the weights)."""

@@ -69,6 +69,7 @@ class Combiner:
     metrics: dict[str, Any] = field(default_factory=dict)
     calibration: Calibration | None = None
     top_k: int | None = None
+    bank_sha256: str | None = None  # :meth:`Bank.sha256` of the bank it was fitted over (None: not recorded)
 
     @classmethod
     def softmax(cls, relations: list[str], temperature: float = 1.0) -> Combiner:
@@ -83,8 +84,9 @@ class Combiner:
         calibration = (None if self.calibration is None else
                        {"centre": self.calibration.centre.tolist(), "scale": self.calibration.scale.tolist()})
         record = {"format": FORMAT, "model_fingerprint": fingerprint, "relations": self.relations,
-                  "temperature": self.temperature, "calibration": calibration, "top_k": self.top_k,
-                  "weight": self.weight.tolist(), "bias": self.bias.tolist(), "metrics": self.metrics}
+                  "bank_sha256": self.bank_sha256, "temperature": self.temperature, "calibration": calibration,
+                  "top_k": self.top_k, "weight": self.weight.tolist(), "bias": self.bias.tolist(),
+                  "metrics": self.metrics}
         path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
@@ -113,8 +115,9 @@ class Combiner:
         if not (torch.isfinite(weight).all() and torch.isfinite(bias).all() and math.isfinite(temperature)
                 and temperature > 0):
             raise ValueError(f"{path}: non-finite or non-positive values")
+        bank_sha256 = record.get("bank_sha256")
         return cls(relations, weight, bias, temperature, "affine", dict(record.get("metrics", {})), calibration,
-                   top_k)
+                   top_k, str(bank_sha256) if bank_sha256 is not None else None)
 
 
 def bank_in_force(registry: VectorRegistry, fingerprint: str) -> tuple[Bank, Combiner]:

@@ -195,7 +195,8 @@ def fit_combiner(
         report(f"combiner epoch {epoch}: train loss {sum(losses) / len(losses):.3f}, validation log p {score:.3f}")
         if score > best[0]:
             best = (score, weight.detach().clone(), bias.detach().clone(), float(log_t.detach().exp()), epoch)
-    fitted = Combiner(bank.names, best[1], best[2], best[3], "affine", {}, chosen_calibration, chosen.top_k)
+    fitted = Combiner(bank.names, best[1], best[2], best[3], "affine", {}, chosen_calibration, chosen.top_k,
+                      bank.sha256())
     plain = next((point for point in grid if not point["calibrated"] and point["temperature"] == 1.0
                   and point["top_k"] is None), None)
     metrics: dict[str, Any] = {
