@@ -234,8 +234,13 @@ def make_finetuned_many(
         report(f"init {index}/{len(datasets)}: {inits[-1].seconds:.0f} s")
     started = time.monotonic()
     specs = [training_spec(pairs, options, layer) for pairs in datasets]
+
+    def epoch_done(epoch: int, epochs: int) -> None:
+        if epoch == 1 or epoch % 10 == 0 or epoch == epochs:  # the first and last epochs time the training's phases
+            report(f"epoch {epoch}/{epochs}")
+
     results = finetune_many(model, specs, [init.vector for init in inits], rows_per_forward=rows_per_forward,
-                            report=lambda epoch, epochs: report(f"epoch {epoch}/{epochs}") if epoch % 10 == 0 else None)
+                            report=epoch_done)
     share = (time.monotonic() - started) / len(datasets)
     return [FinetunedVector(result.vector, layer, result, init.heads, icl_holdout_top1(model, spec),
                             {"init": init.seconds, "training": share}, init.cache_hit)
