@@ -81,6 +81,7 @@ def section(folder: Path) -> list[str]:
                   f"{fmt(metrics.get('valid_log_prob_selected'))} | – |",
                   f"| fitted W, b, T (epoch {metrics['best_epoch']}, T = {record['temperature']:.3f}) | "
                   f"{fmt(metrics.get('valid_log_prob_fitted'))} | {fmt(metrics.get('valid_oracle_first_fitted'))} |",
+                  *curve_lines(metrics.get("valid_log_prob_by_epoch")),
                   "", "Selection grid (validation):", "",
                   "| scores | T | top-k | validation log p | oracle relation first |", "|---|---:|---:|---:|---:|"]
         for point in metrics.get("selection", []):
@@ -88,6 +89,14 @@ def section(folder: Path) -> list[str]:
                          f"{point['top_k'] or 'all'} | {point['valid_log_prob']:.3f} | "
                          f"{point['valid_oracle_first']:.3f} |")
     return [*lines, ""]
+
+
+def curve_lines(curve: list[float] | None) -> list[str]:
+    """Validation log p after each epoch (epoch 0: the selected mixture); the fit stops after its patience."""
+    if not curve:
+        return []
+    return ["", "Validation log p by epoch (0 is the selected mixture; training stops once it has not improved for "
+            "the fit's patience): " + ", ".join(f"{epoch}: {score:.3f}" for epoch, score in enumerate(curve)) + "."]
 
 
 def selection_text(selected: dict[str, Any] | None) -> str:

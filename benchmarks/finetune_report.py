@@ -5,7 +5,9 @@
 3. ``analogies``: unsteered, softmax composite, fitted composite and oracle relation on ../shared/data's UCLA VAT
    and the BATS / Google multiple-choice sets, per set and per relation type, beside the 27-vector bank's figures
    (``benchmarks/results/bank27.json``);
-4. ``semeval``: alignment with SemEval-2012 Task 2 human prototypicality ratings.
+4. ``semeval``: alignment with SemEval-2012 Task 2 human prototypicality ratings;
+5. ``choices``: relation-inference choices (unsteered fallback, product of experts, source-pair templates) on the
+   combiner's validation analogies (``app/analogy/choices.py``).
 
 Each part's figures go to ``benchmarks/results/finetune_report.json`` (committed) as soon as they are measured, and
 the markdown is written from that file, so the parts can be run one at a time (``--parts``) and ``--parts none``
@@ -13,9 +15,9 @@ rewrites the section alone. ``relations`` resumes: a relation already measured w
 so an interrupted run goes on where it stopped (``--fresh`` starts over). Runs in-process on the served model and
 the registry (``FVSTEER_VECTORS_DIR``, the starter bank by default); mediation FVs are extracted with fvsteer's
 defaults, cached in Redis when ``FVSTEER_REDIS_URL`` is set (then a second part reuses the first one's extractions).
-On 2 CPU cores: analogies ≈ 20 min, semeval ≈ 25 min, relations ≈ 1 min a relation.
+On 2 CPU cores: analogies ≈ 20 min, semeval ≈ 25 min, choices ≈ 15 min, relations ≈ 1 min a relation.
 
-    .venv/bin/python benchmarks/finetune_report.py [--parts relations,external,analogies,semeval] [--data DIR]
+    .venv/bin/python benchmarks/finetune_report.py [--parts relations,external,analogies,semeval,choices] [--data DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from torch import Tensor
 
+from app.analogy import choices
 from app.analogy.offline import alignment, analogy_accuracy
 from app.bundle import ModelBundle, load_bundle
 from app.fv.evaluation import accuracy, ranks_of_answers
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
 RESULTS = ROOT / "benchmarks" / "results" / "finetune_report.json"
 BANK27 = ROOT / "benchmarks" / "results" / "bank27.json"
-PARTS = ("relations", "external", "analogies", "semeval")
+PARTS = ("relations", "external", "analogies", "semeval", "choices")
 EXTERNAL = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
 # (key, title, path under --data, whether --bats-limit samples it)
 SETS: list[tuple[str, str, str, bool]] = [
@@ -56,6 +59,7 @@ SETS: list[tuple[str, str, str, bool]] = [
 ]
 ORACLE_FIRST_TARGET = 0.70
 SEMEVAL_TARGET = (0.45, 25)  # mean ρ of the fine-tuned vectors, subcategories matched
+CHOICE_MARGIN = 0.01  # validation accuracy a choice must add to be worth a refit
 
 
 def say(line: str) -> None:
@@ -319,6 +323,46 @@ def targets_lines(analogies: dict[str, Any], bank27: dict[str, Any], aligned: di
     return [*lines, ""]
 
 
+def choices_lines(result: dict[str, Any]) -> list[str]:
+    accuracy, fallback, ceiling = result["accuracy"], result["fallback"], result["oracle_per_item"]
+    tau = fallback["tau"]
+    out = ["### Choices measured on validation analogies", "",
+           f"`app/analogy/choices.py` ({result['n']} validation analogies of the combiner, as four-way "
+           "multiple choice with distractors from the shipped relations; *without its relation*: the analogy's own "
+           "relation taken out of the bank, the case a relation the bank lacks). None of these used the evaluation "
+           "sets.", "",
+           "| answer | in bank | without its relation |", "|---|---:|---:|",
+           f"| unsteered | {accuracy['unsteered']:.3f} | {accuracy['unsteered']:.3f} |",
+           f"| composite (fitted combiner) | {accuracy['in_bank']:.3f} | {accuracy['without_own']:.3f} |",
+           f"| better of the two, per problem (a ceiling for any fallback) | {ceiling['in_bank']:.3f} "
+           f"| {ceiling['without_own']:.3f} |",
+           "| unsteered fallback, largest weight < τ "
+           + ("(none: no τ helps)" if tau == float("-inf") else f"(τ = {tau:.3f}, chosen here)")
+           + f" | {fallback['in_bank']:.3f} (fired {fallback['fired_in_bank']:.2f}) | "
+           f"{fallback['without_own']:.3f} (fired {fallback['fired_without_own']:.2f}) |"]
+    out += [f"| composite + {row['alpha']} · unsteered log p | {row['in_bank']:.3f} | {row['without_own']:.3f} |"
+            for row in result["ensemble"] if row["alpha"] > 0]
+    both = (accuracy["in_bank"] + accuracy["without_own"]) / 2
+    best_alpha = max((row for row in result["ensemble"] if row["alpha"] > 0),
+                     key=lambda row: row["in_bank"] + row["without_own"])
+    gains = {"the fallback": (fallback["in_bank"] + fallback["without_own"]) / 2 - both,
+             f"the best product of experts (α = {best_alpha['alpha']})":
+                 (best_alpha["in_bank"] + best_alpha["without_own"]) / 2 - both}
+    verdict = ("none is adopted: under 1 point, with τ and α picked on these same problems"
+               if max(gains.values()) < CHOICE_MARGIN else "a gain of 1 point or more: a candidate for the combiner")
+    out += ["", f"Mean of the two columns: composite {both:.3f}; "
+            + "; ".join(f"{name} {gain:+.3f}" for name, gain in gains.items()) + f" — {verdict}."]
+    templates = result["templates"]
+    order = sorted(templates, key=lambda name: (name != choices.TRAINED, name.startswith(choices.TRAINED),
+                                                name == "all four", name))
+    out += ["", "Source-pair templates: how often the largest raw relation score is the analogy's own relation, "
+            "scoring A:B with the query the vectors were trained on (`Q: A\\nA:`), another template, or the mean of "
+            f"several (the fitted combiner's weights: {result['combiner_oracle_first']:.3f}).", "",
+            "| scores from | own relation first |", "|---|---:|"]
+    out += [f"| {name} | {templates[name]:.3f} |" for name in order]
+    return [*out, ""]
+
+
 def semeval_lines(aligned: dict[str, Any], bank27: dict[str, Any]) -> list[str]:
     old = {row["subcategory"]: row for row in bank27["semeval"]["subcategories"]}
     lines = ["| subcategory | relation | n | fine-tuned | mediation | unsteered | 27-bank fine-tuned (relation) |",
@@ -375,6 +419,8 @@ def section(data: dict[str, Any], bank27: dict[str, Any], vectors: str, settings
         if key in analogies:
             sample = f", seeded sample of {analogies[key]['n']}" if sampled else ""
             lines += analogy_lines(key, title + sample, analogies[key], bank27["sets"].get(key))
+    if "choices" in data:
+        lines += choices_lines(data["choices"])
     if aligned is not None:
         lines += ["## Alignment with human relation judgments", "",
                   "SemEval-2012 Task 2: per subcategory with a matching bank relation (`SEMEVAL_RELATIONS` in "
@@ -429,6 +475,8 @@ def main() -> None:
         timed(store, "semeval" in parts, "semeval",
               lambda: store.save("semeval", alignment(local, args.data / "semeval2012_task2", mediation=mediation,
                                                       say=say)))
+        timed(store, "choices" in parts, "choices",
+              lambda: store.save("choices", choices.measure(local, say)))
         store.save("settings", settings)
     bank27 = json.loads(BANK27.read_text(encoding="utf-8"))
     write(args.out, section(store.data, bank27, store.data.get("vectors", "?"), store.data.get("settings", settings)))

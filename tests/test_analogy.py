@@ -214,7 +214,22 @@ def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) ->
     assert metrics["valid_log_prob_selected"] >= metrics["valid_log_prob_softmax"]
     assert metrics["valid_log_prob_fitted"] >= metrics["valid_log_prob_selected"]
     assert combiner.top_k == best["top_k"] and (combiner.calibration is not None) == best["calibrated"]
+    curve = metrics["valid_log_prob_by_epoch"]  # epoch 0 (the selected mixture) and each epoch run
+    assert curve[0] == metrics["valid_log_prob_selected"] and len(curve) == options.epochs + 1
+    assert max(curve) == curve[metrics["best_epoch"]] == metrics["valid_log_prob_fitted"]
     assert fit_combiner(model, bank, options).weight.equal(combiner.weight)  # seeded: same fit
+
+
+def test_fitting_stops_after_patience_epochs_without_a_better_validation(model: ModelHandle) -> None:
+    d = model.adapter.d_model
+    bank = Bank(["antonym", "synonym"], [1, 1], torch.randn(2, d, generator=torch.Generator().manual_seed(1)))
+    # lr 5: every step overshoots, so validation stops improving early and the 12-epoch bound is never reached.
+    options = FitOptions(per_relation=5, epochs=12, patience=2, batch_size=4, lr=5.0, temperatures=(1.0,),
+                         top_ks=(None,))
+    metrics = fit_combiner(model, bank, options).metrics
+    curve, best = metrics["valid_log_prob_by_epoch"], metrics["best_epoch"]
+    assert len(curve) - 1 == best + options.patience < options.epochs
+    assert all(score <= curve[best] for score in curve[best + 1 :])
 
 
 def test_relation_scores_shape_and_steering_matters(model: ModelHandle) -> None:
@@ -226,6 +241,12 @@ def test_relation_scores_shape_and_steering_matters(model: ModelHandle) -> None:
     unsteered = score_rows(model.adapter, model.tokenizer, [ScoreRow(query(model, "hot"), "cold")])
     assert math.isclose(float(scores[0, 0]), float(unsteered[0]), abs_tol=1e-4)  # zero vector = no steering
     assert not math.isclose(float(scores[0, 1]), float(scores[0, 0]), abs_tol=1e-3)
+    # Another source-pair template is scored at its own last token: the trained query again gives the same scores.
+    same = relation_scores(model, bank, [("hot", "cold")], prompt=lambda a: query(model, a))
+    assert torch.equal(same[0], scores[0])
+    other = relation_scores(model, bank, [("hot", "cold")], prompt=lambda a: f"{a} ->")
+    plain = score_rows(model.adapter, model.tokenizer, [ScoreRow("hot ->", "cold")])
+    assert math.isclose(float(other[0, 0]), float(plain[0]), abs_tol=1e-4)
 
 
 def test_evaluation_counts_every_condition(model: ModelHandle) -> None:

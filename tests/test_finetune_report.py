@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.fv.pairs import shipped_relations
-from benchmarks.finetune_report import BANK27, Results, family_lines, section
+from benchmarks.finetune_report import BANK27, Results, choices_lines, family_lines, section
 
 
 def counts(n: int, baseline: float, composite: float, oracle: float | None = None,
@@ -69,3 +69,23 @@ def test_a_partial_relations_part_says_so(tmp_path: Path) -> None:
     text = "\n".join(section(again.data, json.loads(BANK27.read_text()), "m", {}))
     assert f"Measured for 1 of the {len(shipped_relations())} relations so far" in text
     assert "| antonym | lexicography | 10 | 0.00 | 0.30 (12) | **0.80** | 0.80 | 5 / 0 (0.062) |" in text
+
+
+def choices(fallback: float, alpha_gain: float) -> dict[str, Any]:
+    ensemble = [{"alpha": alpha, "in_bank": 0.8 + gain, "without_own": 0.6 + gain}
+                for alpha, gain in ((0.0, 0.0), (0.5, alpha_gain))]
+    return {"n": 100, "accuracy": {"unsteered": 0.5, "in_bank": 0.8, "without_own": 0.6},
+            "oracle_per_item": {"in_bank": 0.9, "without_own": 0.7},
+            "fallback": {"tau": 0.3, "in_bank": 0.8 + fallback, "without_own": 0.6 + fallback, "fired_in_bank": 0.1,
+                         "fired_without_own": 0.2},
+            "ensemble": ensemble, "templates": {"colon": 0.3, "trained query": 0.5, "trained query + colon": 0.4},
+            "combiner_oracle_first": 0.5}
+
+
+def test_a_choice_is_called_a_candidate_only_past_the_margin() -> None:
+    small = "\n".join(choices_lines(choices(0.004, 0.002)))
+    assert "the fallback +0.004" in small and "(α = 0.5) +0.002" in small and "none is adopted" in small
+    large = "\n".join(choices_lines(choices(0.0, 0.02)))
+    assert "a candidate for the combiner" in large and "none is adopted" not in large
+    rows = [line for line in small.splitlines() if line.startswith("| trained query") or line.startswith("| colon")]
+    assert [row.split(" | ")[0] for row in rows] == ["| trained query", "| colon", "| trained query + colon"]

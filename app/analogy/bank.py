@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,15 +67,17 @@ def query(model: ModelHandle, text: str) -> str:
 
 
 def relation_scores(
-    model: ModelHandle, bank: Bank, pairs: list[tuple[str, str]], *, run: Runner[Tensor] = run_here
+    model: ModelHandle, bank: Bank, pairs: list[tuple[str, str]], *, run: Runner[Tensor] = run_here,
+    prompt: Callable[[str], str] | None = None,
 ) -> Tensor:
     """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector (one shared forward per
     distinct pair: :func:`app.analogy.scoring.variant_log_probs`; the combiner's training analogies reuse each
-    source pair ~2×)."""
+    source pair ~2×). ``prompt`` replaces the query the vectors were trained on (to measure other templates)."""
     distinct = list(dict.fromkeys(pairs))
     rows: list[Tensor] = []
     for a, b in distinct:
-        rows.append(run(functools.partial(variant_log_probs, model.adapter, model.tokenizer, query(model, a), b,
+        text = query(model, a) if prompt is None else prompt(a)
+        rows.append(run(functools.partial(variant_log_probs, model.adapter, model.tokenizer, text, b,
                                           bank.layers, bank.vectors)))
     if not rows:
         return torch.zeros(0, len(bank))
