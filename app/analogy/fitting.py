@@ -70,8 +70,8 @@ class FitOptions:
     per_relation: int = 25
     # An upper bound: training stops after `patience` epochs without a better validation log p. With a fixed 8 the
     # 103-relation fit's best epoch was its last (-3.65), so the budget, not validation, ended it. The curve is
-    # noisy (the refit: epoch 4 -3.72, 5 -3.88, 6 -3.71, 8 -3.87, 12 -3.55, the best of 18): a patience of 3 would
-    # have stopped it at epoch 7.
+    # noisy (the refit: epoch 4 -3.72, 5 -3.88, 6 -3.71, 8 -3.87, 9 -3.64, 12 -3.55, the best of 18), so the
+    # patience leaves room for three bad epochs more than that refit needed (3 would have found the same epoch 12).
     epochs: int = 30
     patience: int = 6
     # Adam moves every entry by ~lr per step while 27 softmax weights average 0.04: at 0.02 the 80-epoch bank's
