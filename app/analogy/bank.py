@@ -56,6 +56,11 @@ class Bank:
             out[layer] = weights[:, index] @ self.vectors[index]
         return out
 
+    def composites(self, weights: Tensor) -> list[dict[int, Tensor]]:
+        """``weights`` ``[N, K]`` → each row's composite as ``{layer: vector}`` (what a scored row carries)."""
+        blocks = self.composite(weights)
+        return [{layer: block[i] for layer, block in blocks.items()} for i in range(len(weights))]
+
     def one(self, name: str) -> dict[int, Tensor]:
         index = self.names.index(name)
         return {self.layers[index]: self.vectors[index]}

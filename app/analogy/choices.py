@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from app.analogy.bank import Bank, relation_scores
+from app.analogy.bank import relation_scores
 from app.analogy.combiner import Combiner, bank_in_force
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.fitting import FitOptions, TrainingAnalogy, training_analogies, validation_split
@@ -60,16 +59,6 @@ def multiple_choice(items: list[TrainingAnalogy], relations: list[str]) -> list[
         rng.shuffle(candidates)
         problems.append(AnalogyProblem(item.relation, item.source, candidates, candidates.index(item.target)))
     return problems
-
-
-@dataclass(frozen=True)
-class Answers:
-    """Per problem, each candidate's score under one condition (``[N, 4]``)."""
-
-    scores: Tensor
-
-    def right(self, answers: Tensor) -> Tensor:
-        return self.scores.argmax(dim=-1) == answers
 
 
 def without_own(combiner: Combiner, scores: Tensor, own: Tensor) -> Tensor:
@@ -111,12 +100,11 @@ def measure(local: ModelBundle, say: Callable[[str], None]) -> dict[str, Any]:
     scores = relation_scores(model, bank, [problem.source for problem in problems])
     weights = {"in_bank": combiner.weights(scores), "without_own": without_own(combiner, scores, own)}
     conditions: dict[str, list[dict[int, Tensor] | None]] = {"unsteered": [None] * len(problems)}
-    conditions.update({name: vectors_of(bank, value) for name, value in weights.items()})
-    answered = {name: Answers(torch.stack(candidate_scores(model, problems, vectors)))
-                for name, vectors in conditions.items()}
-    right = {name: value.right(answers) for name, value in answered.items()}
+    conditions.update({name: list(bank.composites(value)) for name, value in weights.items()})
+    answered = {name: torch.stack(candidate_scores(model, problems, vectors)) for name, vectors in conditions.items()}
+    right = {name: value.argmax(dim=-1) == answers for name, value in answered.items()}
     say("choices: multiple choice scored")
-    ensemble = [{"alpha": alpha, **{name: float(((answered[name].scores + alpha * answered["unsteered"].scores)
+    ensemble = [{"alpha": alpha, **{name: float(((answered[name] + alpha * answered["unsteered"])
                                                   .argmax(dim=-1) == answers).float().mean())
                                      for name in weights}} for alpha in ALPHAS]
     fallback = best_fallback((weights["in_bank"].max(dim=-1).values, weights["without_own"].max(dim=-1).values),
@@ -144,7 +132,3 @@ def measure(local: ModelBundle, say: Callable[[str], None]) -> dict[str, Any]:
 def templated(prefix: str, template: str) -> Callable[[str], str]:
     return lambda a: prefix + template.format(a)
 
-
-def vectors_of(bank: Bank, weights: Tensor) -> list[dict[int, Tensor] | None]:
-    composite = bank.composite(weights)
-    return [{layer: block[i] for layer, block in composite.items()} for i in range(len(weights))]

@@ -173,10 +173,8 @@ def evaluate_analogies(
         oracles = [name if name in bank.names else None for name in oracles]
         conditions: dict[str, list[dict[int, Tensor] | None]] = {
             "baseline": [None] * len(chunk),
-            "composite": [{layer: block[i] for layer, block in bank.composite(weights).items()}
-                          for i in range(len(chunk))],
-            "softmax": [{layer: block[i] for layer, block in bank.composite(plain).items()}
-                        for i in range(len(chunk))],
+            "composite": list(bank.composites(weights)),
+            "softmax": list(bank.composites(plain)),
         }
         results = {name: candidate_scores(model, chunk, vectors, run=run) for name, vectors in conditions.items()}
         with_oracle = [i for i, name in enumerate(oracles) if name is not None]

@@ -60,7 +60,7 @@ class AnalogyService:
         choice_scores: list[float] | None = None
         if choices:
             source = AnalogyProblem(None, (a, b), [(c, choice.strip()) for choice in choices], 0)
-            vector = {layer: block[0] for layer, block in bank.composite(weights).items()}
+            (vector,) = bank.composites(weights)
             (per_choice,) = await offload(self.runner, lambda run: candidate_scores(model, [source], [vector],
                                                                                      run=run))
             choice_scores = [float(x) for x in per_choice.tolist()]
