@@ -66,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin
 	$(BIN)/mypy
 
-# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 45 min on 2 cores from
+# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 05 min on 2 cores from
 # nothing, BANK_ARGS=--force; otherwise it trains only what is missing or stale, then refits the combiner, ~30 min,
 # unless combiner.json was fitted over exactly these vectors with the same options; BANK_ARGS=--combiner-only refits).
 vectors: $(STAMP)
