@@ -11,7 +11,7 @@ table gives every relation's hold-out top-1 (before training, after, and 10-shot
 unless ``combiner.json`` was fitted over exactly these vectors with the same options (``--combiner-only`` refits
 it anyway).
 
-    .venv/bin/python -m app.starter_bank [--relations antonym,synonym] [--force] [--combiner-only]
+    .venv/bin/python -m app.starter_bank [--relations antonym,synonym] [--force] [--combiner-only | --vectors-only]
                                          [--batch-relations 16]
 """
 
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relations", help="comma-separated subset (default: every shipped relation)")
     parser.add_argument("--force", action="store_true", help="rebuild vectors that are already there")
     parser.add_argument("--combiner-only", action="store_true", help="refit the combiner over the existing bank")
+    parser.add_argument("--vectors-only", action="store_true",
+                        help="train the missing or stale vectors and stop (the combiner is left as it is)")
     parser.add_argument("--batch-relations", type=int, default=BATCH_RELATIONS,
                         help=f"relations trained together (default {BATCH_RELATIONS})")
     args = parser.parse_args(argv)
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 registry.add(vector.vector, vector.metadata(name, name, pairs, options))
             _say(f"[{start + len(group)}/{len(stale)}] {', '.join(group)}: {time.monotonic() - started:.0f} s")
         _say(holdout_table(registry, relations))
+        if args.vectors_only:
+            return 0
 
     bank_names = [name for name in shipped_relations() if any(s.name == name for s in registry.list())]
     bank = Bank.from_registry(registry, bank_names)

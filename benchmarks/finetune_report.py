@@ -7,17 +7,22 @@
    (``benchmarks/results/bank27.json``);
 4. ``semeval``: alignment with SemEval-2012 Task 2 human prototypicality ratings;
 5. ``choices``: relation-inference choices (unsteered fallback, product of experts, source-pair templates) on the
-   combiner's validation analogies (``app/analogy/choices.py``).
+   combiner's validation analogies (``app/analogy/choices.py``);
+6. ``decoding``: whether the fine-tuned FVs' logit lens shows their relation's words more often than the mediation
+   FVs' (Kang, Wu & Lu 2026), per relation and per type (``benchmarks/decoding.py``).
 
 Each part's figures go to ``benchmarks/results/finetune_report.json`` (committed) as soon as they are measured, and
 the markdown is written from that file, so the parts can be run one at a time (``--parts``) and ``--parts none``
-rewrites the section alone. ``relations`` resumes: a relation already measured with the current vector is kept,
-so an interrupted run goes on where it stopped (``--fresh`` starts over). Runs in-process on the served model and
-the registry (``FVSTEER_VECTORS_DIR``, the starter bank by default); mediation FVs are extracted with fvsteer's
-defaults, cached in Redis when ``FVSTEER_REDIS_URL`` is set (then a second part reuses the first one's extractions).
-On 2 CPU cores: analogies ≈ 20 min, semeval ≈ 25 min, choices ≈ 15 min, relations ≈ 1 min a relation.
+rewrites the section alone. ``relations`` and ``decoding`` resume: a relation already measured with the current
+vector is kept, so an interrupted run goes on where it stopped (``--fresh`` starts over). Runs in-process on the
+served model and the registry (``FVSTEER_VECTORS_DIR``, the starter bank by default); mediation FVs are extracted with
+fvsteer's defaults, cached in Redis when ``FVSTEER_REDIS_URL`` is set (then a second part reuses the first one's
+extractions).
+On 2 CPU cores: analogies ≈ 20 min, semeval ≈ 25 min, choices ≈ 15 min, relations ≈ 1 min a relation, decoding
+≈ 1 min a relation (its mediation FVs; seconds where the relations part or the Redis cache already has them).
 
-    .venv/bin/python benchmarks/finetune_report.py [--parts relations,external,analogies,semeval,choices] [--data DIR]
+    .venv/bin/python benchmarks/finetune_report.py [--parts relations,external,analogies,semeval,choices,decoding]
+        [--data DIR]
 """
 
 from __future__ import annotations
@@ -45,11 +50,16 @@ from app.fv.extraction import ExtractionSpec, extract
 from app.fv.pairs import Pair, relation_pairs, shipped_relation_types, shipped_relations, split_pairs
 from app.fv.prompts import Template, bos_prefix, icl_prompts, zero_shot_prompts
 
+try:
+    from benchmarks import decoding
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import decoding  # type: ignore[no-redef]
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
 RESULTS = ROOT / "benchmarks" / "results" / "finetune_report.json"
 BANK27 = ROOT / "benchmarks" / "results" / "bank27.json"
-PARTS = ("relations", "external", "analogies", "semeval", "choices")
+PARTS = ("relations", "external", "analogies", "semeval", "choices", "decoding")
 EXTERNAL = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
 # (key, title, path under --data, whether --bats-limit samples it)
 SETS: list[tuple[str, str, str, bool]] = [
@@ -140,22 +150,64 @@ def measure_relations(local: ModelBundle, mediation: Mediation, store: Results, 
         store.save("relations", {name: rows[name] for name in names if name in rows})
 
 
+def todd_held_out(folder: Path, relation: str) -> tuple[list[Pair], int]:
+    """Todd et al.'s pairs of ``relation`` (seeded order) whose input no shipped relation file holds, case-folded, and
+    how many items that rule left out. Shipped files may share pairs with Todd's sets (the function-vector
+    literature's everyday relations) only because every figure measured on those sets leaves such inputs out: no
+    vector, checkpoint or demonstration has seen them."""
+    shipped = {pair.input.casefold() for name in shipped_relations() for pair in relation_pairs(name)}
+    fresh: dict[str, Pair] = {}
+    left_out = 0
+    for item in json.loads((folder / f"{relation}.json").read_text(encoding="utf-8")):
+        x, y = str(item["input"]).strip(), str(item["output"]).strip()
+        if not x or not y or x in fresh:
+            continue
+        if x.casefold() in shipped:
+            left_out += 1
+        else:
+            fresh[x] = Pair(x, y)
+    held_out = list(fresh.values())
+    random.Random(0).shuffle(held_out)
+    return held_out, left_out
+
+
 def external_rows(local: ModelBundle, mediation: Mediation, folder: Path, limit: int) -> list[dict[str, Any]]:
-    """Todd et al.'s pairs for six tasks, minus every input the shipped relation has (in any split): a larger
-    held-out set written by others, so a one-item difference on a 20-item split is not the whole story."""
+    """Todd et al.'s pairs for six tasks, minus every input a shipped relation holds (:func:`todd_held_out`): a
+    larger held-out set written by others, so a one-item difference on a 20-item split is not the whole story."""
     rows = []
     for relation in EXTERNAL:
-        ours = relation_pairs(relation)
-        known = {pair.input.casefold() for pair in ours}
-        fresh: dict[str, Pair] = {}
-        for item in json.loads((folder / f"{relation}.json").read_text(encoding="utf-8")):
-            x, y = str(item["input"]).strip(), str(item["output"]).strip()
-            if x and y and x.casefold() not in known and x not in fresh:
-                fresh[x] = Pair(x, y)
-        held_out = list(fresh.values())
-        random.Random(0).shuffle(held_out)
-        rows.append(compare(local, mediation, relation, held_out[:limit], split_pairs(ours, 0).train))
+        held_out, left_out = todd_held_out(folder, relation)
+        row = compare(local, mediation, relation, held_out[:limit], split_pairs(relation_pairs(relation), 0).train)
+        rows.append({**row, "todd_left_out": left_out})
     return rows
+
+
+def measure_decoding(local: ModelBundle, mediation: Mediation, store: Results, fresh: bool) -> None:
+    """Every bank relation's mediation and fine-tuned FV through the logit lens (``benchmarks/decoding.py``), saved
+    one relation at a time with the per-type aggregation; rows already measured with the same fine-tuned vector are
+    kept unless ``fresh`` (the mediation FV follows from the relation's pairs, which that vector's stamp hashes)."""
+    model, types, directions = local.model, shipped_relation_types(), decoding.relation_directions()
+    rows: dict[str, Any] = {} if fresh else dict(store.data.get("decoding", {}).get("relations", {}))
+    loaded = {stored.name for stored in local.registry.list()}
+    names = [name for name in shipped_relations() if name in loaded]
+
+    def save() -> None:
+        kept = {name: rows[name] for name in names if name in rows}
+        store.save("decoding", {"relations": kept, "summary": decoding.aggregate(kept.values(), types)})
+
+    for relation in names:
+        stamp = vector_stamp(local, relation)
+        if relation in rows and rows[relation].get("vector") == stamp:
+            continue
+        layer, vector = mediation(relation)
+        tuned = local.registry.get(relation)
+        row = decoding.relation_row(model.adapter, model.tokenizer, relation, relation_pairs(relation),
+                                    directions.get(relation, ""), {"mediation": vector, "finetuned": tuned.vector})
+        rows[relation] = {**row, "type": types.get(relation, "?"), "mediation_layer": layer,
+                          "finetuned_layer": tuned.layer, "vector": stamp}
+        say(f"decoding {relation}: mediation {row['mediation']}, fine-tuned {row['finetuned']}")
+        save()
+    save()
 
 
 class Results:
@@ -378,6 +430,92 @@ def semeval_lines(aligned: dict[str, Any], bank27: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+DECODING_MEASURES = (("output@10", "Output words, top 10"), ("output@20", "Output words, top 20"),
+                     ("name@10", "Name words, top 10"), ("name@20", "Name words, top 20"))
+VERDICT_VERBS = {"holds": "holds", "not shown": "is not shown", "reversed": "is reversed"}
+
+
+def lens_token(token: str) -> str:
+    """A decoded token as a table cell: escapes visible (a newline as ``\\n``), leading spaces kept in code."""
+    return "`" + json.dumps(token, ensure_ascii=False)[1:-1].replace("|", "\\|").replace("`", "'") + "`"
+
+
+def interval_text(result: dict[str, Any]) -> str:
+    low, high = result["interval"]
+    return f"{result['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def decoding_verdict_lines(measures: dict[str, Any]) -> list[str]:
+    """The claim judged from the figures: per measure, over all relations (with its interval) and per type."""
+    lines = []
+    overall = {name: decoding.verdict(measures[name][decoding.ALL]) for name, _ in DECODING_MEASURES}
+    for name, title in DECODING_MEASURES:
+        groups = measures[name]
+        everything = groups[decoding.ALL]
+        by_verdict: dict[str, list[str]] = defaultdict(list)
+        for kind, result in groups.items():
+            if kind != decoding.ALL:
+                by_verdict[decoding.verdict(result)].append(f"{kind} ({interval_text(result)})")
+        per_type = "; ".join(f"it {VERDICT_VERBS[word]} for {', '.join(kinds)}"
+                             for word in ("holds", "not shown", "reversed") if (kinds := by_verdict.get(word)))
+        said = VERDICT_VERBS[overall[name]]
+        lines.append(f"- **{title}**: over all {everything['n']} relations the claim **{said}** "
+                     f"(fine-tuned {everything['finetuned']:.3f} vs mediation {everything['mediation']:.3f}; "
+                     f"difference and 95 % interval {interval_text(everything)}; fine-tuned higher on "
+                     f"{everything['greater']}, equal on {everything['equal']}, lower on {everything['less']}, sign "
+                     f"test p = {everything['sign_p']:.2g}). By type: {per_type}.")
+    held = [title.lower() for name, title in DECODING_MEASURES if overall[name] == "holds"]
+    against = [title.lower() for name, title in DECODING_MEASURES if overall[name] == "reversed"]
+    summary = (f"On this model the claim holds over all relations on {len(held)} of the {len(DECODING_MEASURES)} "
+               "measures" + (f" ({'; '.join(held)})" if held else "") + (
+                   f" and is reversed on {len(against)} ({'; '.join(against)})" if against else "") + ".")
+    return [f"**Verdict.** {summary}", "", *lines, ""]
+
+
+def decoding_lines(figures: dict[str, Any], shipped: int) -> list[str]:
+    """Kang, Wu & Lu's decoding claim on the bank: verdicts, per-type tables, then each relation's lens."""
+    summary, rows = figures["summary"], list(figures["relations"].values())
+    measures = summary["measures"]
+    lines = ["### What the vectors decode to (logit lens)", "",
+             "Kang, Wu & Lu (2026) report that the logit lens of a *fine-tuned* function vector shows its relation's "
+             "words more often than that of the *mediation* FV (Todd et al.). Here, for every bank relation "
+             "(`benchmarks/decoding.py`): the top k = 10 and 20 tokens of `softmax(lm_head(final_norm(v)))` "
+             "(`app/fv/vector.py::decode_vector`, the decode endpoint's computation) for the mediation FV above and "
+             "the bank's fine-tuned FV, and two hit rates, each a share of k: *output words*, tokens that are the "
+             "first token of `\" \" + answer` for an accepted answer of any of the relation's pairs; *name words*, "
+             "tokens that are a word of the relation's name or of its direction in `app/fv/relations/README.md` "
+             "(stop words left out). Tokens are compared case-folded, without the leading space or `Ġ`/`▁` marker. "
+             "Per relation type and over all relations: each vector's mean rate, the mean difference fine-tuned − "
+             f"mediation with a {summary['level'] * 100:.0f} % paired bootstrap interval over relations "
+             f"({summary['resamples']:,} resamples, seed {summary['seed']}), and the relations where the fine-tuned "
+             "vector scores higher / the same / lower, with an exact two-sided sign test on the non-ties. The claim "
+             "*holds* where the interval lies above 0, is *reversed* where it lies below 0 and is *not shown* where "
+             "it contains 0."
+             + ("" if len(rows) == shipped else f" **Measured for {len(rows)} of the {shipped} relations so far**: "
+                "the part resumes where it stopped (`--parts decoding`)."), "", *decoding_verdict_lines(measures)]
+    for name, title in DECODING_MEASURES:
+        lines += [f"**{title}.**", "", "| type | relations | mediation FV | fine-tuned FV | fine-tuned − mediation "
+                  "[95 % interval] | fine-tuned higher / equal / lower (sign p) | claim |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for kind, result in measures[name].items():
+            label = "**all**" if kind == decoding.ALL else kind
+            lines.append(f"| {label} | {result['n']} | {result['mediation']:.3f} | **{result['finetuned']:.3f}** | "
+                         f"{interval_text(result)} | {result['greater']} / {result['equal']} / {result['less']} "
+                         f"({result['sign_p']:.2g}) | {decoding.verdict(result)} |")
+        lines.append("")
+    lines += ["Each relation's hit rates at k = 10 (mediation → fine-tuned) and the top 5 tokens of each lens "
+              "(the top 20 are in `benchmarks/results/finetune_report.json`).", "",
+              "| relation | type | output words | name words | mediation FV top 5 | fine-tuned FV top 5 |",
+              "|---|---|---:|---:|---|---|"]
+    for row in sorted(rows, key=lambda row: (row.get("type", "?"), row["relation"])):
+        lines.append(f"| {row['relation']} | {row.get('type', '?')} | {row['mediation']['output@10']:.1f} → "
+                     f"{row['finetuned']['output@10']:.1f} | {row['mediation']['name@10']:.1f} → "
+                     f"{row['finetuned']['name@10']:.1f} | "
+                     + " ".join(lens_token(token) for token in row["mediation_top"][:5]) + " | "
+                     + " ".join(lens_token(token) for token in row["finetuned_top"][:5]) + " |")
+    return [*lines, ""]
+
+
 def section(data: dict[str, Any], bank27: dict[str, Any], vectors: str, settings: dict[str, Any]) -> list[str]:
     types = shipped_relation_types()
     lines = [MARKER, "", "## Fine-tuned function vectors", ""]
@@ -397,10 +535,14 @@ def section(data: dict[str, Any], bank27: dict[str, Any], vectors: str, settings
     if "external" in data:
         lines += [f"**Larger held-out set.** The same comparison on up to {settings.get('external_limit')} pairs per "
                   "task from Todd et al.'s datasets (`../shared/data/todd/<relation>.json`; seeded sample after "
-                  "dropping every input the shipped relation has in any split, so neither vector nor the 10-shot "
-                  "demonstrations have seen them; demonstrations from the shipped train split). Todd's pairs are "
+                  "dropping every item whose input any shipped relation file holds, so no vector, checkpoint or "
+                  "10-shot demonstration has seen it — "
+                  + ", ".join(f"{row['relation']} {row.get('todd_left_out', '?')}" for row in data["external"])
+                  + " items left out; demonstrations from the shipped train split). Todd's pairs are "
                   "harder in places (english-french holds verbs and multi-word answers, country-capital rarer "
                   "countries).", "", *comparison_lines(data["external"])]
+    if data.get("decoding", {}).get("relations"):
+        lines += decoding_lines(data["decoding"], len(shipped_relations()))
     analogies, aligned = data.get("analogies", {}), data.get("semeval")
     lines += ["## Analogies with composite vectors", "",
               "Weights from the source pair A:B: `sᵢ = log p(B | \"Q: A\\nA:\", vᵢ)` for every bank vector, then "
@@ -477,6 +619,7 @@ def main() -> None:
                                                       say=say)))
         timed(store, "choices" in parts, "choices",
               lambda: store.save("choices", choices.measure(local, say)))
+        timed(store, "decoding" in parts, "decoding", lambda: measure_decoding(local, mediation, store, args.fresh))
         store.save("settings", settings)
     bank27 = json.loads(BANK27.read_text(encoding="utf-8"))
     write(args.out, section(store.data, bank27, store.data.get("vectors", "?"), store.data.get("settings", settings)))

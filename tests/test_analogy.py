@@ -13,10 +13,10 @@ import torch
 from app.analogy.bank import Bank, query, relation_scores
 from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.datasets import AnalogyProblem
-from app.analogy.fitting import FitOptions, fit_combiner, training_analogies
+from app.analogy.fitting import FitOptions, TrainingAnalogy, fit_combiner, split_analogies
 from app.analogy.prefixed import prefixed_log_probs, prefixed_rows
 from app.analogy.scoring import ScoreRow, encode_rows, score_rows, sequence_log_probs, variant_log_probs
-from app.analogy.solver import ORACLE_RELATIONS, evaluate_analogies
+from app.analogy.solver import CONTROLS, ORACLE_RELATIONS, evaluate_analogies
 from app.errors import InvalidInput
 from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
 from app.model.adapter import adapt
@@ -190,22 +190,38 @@ def test_mixture_calibrates_each_vector_and_keeps_the_top_k() -> None:
 
 
 def test_training_analogies_use_test_split_pairs_of_one_relation() -> None:
-    analogies = training_analogies(["antonym", "synonym"], per_relation=10, seed=0)
-    assert len(analogies) == 20
-    for item in analogies:
+    split = split_analogies(["antonym", "synonym"], per_relation=10, seed=0)
+    assert len(split.train) == 20 and len(split.valid) == 4  # per relation: 10 training, 10 // 4 validation
+    for item in split.train + split.valid:
         test = {(p.input, p.output) for p in split_pairs(relation_pairs(item.relation), 0).test}
         assert item.source in test and item.target in test and item.source != item.target
+    assert split_analogies(["antonym", "synonym"], per_relation=10, seed=0) == split  # seeded
+
+
+def test_validation_analogies_share_no_pair_in_either_order_with_training_analogies() -> None:
+    """Over every shipped relation: a pair (or its converse, case-folded) that a validation analogy uses is never in a
+    training analogy, so the choices made on validation are made on pairs the fit never saw."""
+    split = split_analogies(shipped_relations(), per_relation=25, seed=0)
+
+    def keys(items: list[TrainingAnalogy]) -> set[frozenset[str]]:
+        return {frozenset(word.casefold() for word in pair) for item in items for pair in (item.source, item.target)}
+
+    assert not keys(split.valid) & keys(split.train)
+    relations = {item.relation for item in split.valid}
+    assert relations == set(shipped_relations())  # every relation is validated
+    assert len(split.train) >= 20 * len(relations) and len(split.valid) >= 2 * len(relations)
 
 
 def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) -> None:
     d = model.adapter.d_model
     generator = torch.Generator().manual_seed(0)
     bank = Bank(["antonym", "synonym", "capitalize"], [1, 1, 2], torch.randn(3, d, generator=generator))
-    options = FitOptions(per_relation=6, epochs=2, batch_size=8, lr=0.05, temperatures=(0.5, 1.0), top_ks=(1, None))
+    options = FitOptions(per_relation=6, epochs=3, batch_size=8, lr=0.05, temperatures=(0.5, 1.0), top_ks=(1, None),
+                         average_last=2)
     combiner = fit_combiner(model, bank, options)
     metrics = combiner.metrics
     assert combiner.relations == bank.names and combiner.kind == "affine"
-    assert metrics["n_train"] + metrics["n_valid"] == 18
+    assert (metrics["n_train"], metrics["n_valid"]) == (18, 3)
     grid = metrics["selection"]
     assert len(grid) == 2 * 2 * 2  # raw and calibrated × temperatures × top-ks
     best = max(grid, key=lambda point: point["valid_log_prob"])
@@ -215,8 +231,15 @@ def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) ->
     assert metrics["valid_log_prob_fitted"] >= metrics["valid_log_prob_selected"]
     assert combiner.top_k == best["top_k"] and (combiner.calibration is not None) == best["calibrated"]
     curve = metrics["valid_log_prob_by_epoch"]  # epoch 0 (the selected mixture) and each epoch run
+    averaged = metrics["valid_log_prob_averaged_by_epoch"]  # from epoch 2: the mean of its and the previous epoch's
     assert curve[0] == metrics["valid_log_prob_selected"] and len(curve) == options.epochs + 1
-    assert max(curve) == curve[metrics["best_epoch"]] == metrics["valid_log_prob_fitted"]
+    assert len(averaged) == options.epochs - 1
+    assert max(curve + averaged) == metrics["valid_log_prob_fitted"]
+    kept = averaged[metrics["best_epoch"] - 2] if metrics["best_is_average"] else curve[metrics["best_epoch"]]
+    assert kept == metrics["valid_log_prob_fitted"]
+    assert set(metrics["families"]) == set(bank.names)
+    assert all(members[0] == name for name, members in metrics["families"].items())
+    assert metrics["valid_family_first_fitted"] >= metrics["valid_oracle_first_fitted"]
     assert fit_combiner(model, bank, options).weight.equal(combiner.weight)  # seeded: same fit
 
 
@@ -225,7 +248,7 @@ def test_fitting_stops_after_patience_epochs_without_a_better_validation(model: 
     bank = Bank(["antonym", "synonym"], [1, 1], torch.randn(2, d, generator=torch.Generator().manual_seed(1)))
     # lr 5: every step overshoots, so validation stops improving early and the 12-epoch bound is never reached.
     options = FitOptions(per_relation=5, epochs=12, patience=2, batch_size=4, lr=5.0, temperatures=(1.0,),
-                         top_ks=(None,))
+                         top_ks=(None,), average_last=0)
     metrics = fit_combiner(model, bank, options).metrics
     curve, best = metrics["valid_log_prob_by_epoch"], metrics["best_epoch"]
     assert len(curve) - 1 == best + options.patience < options.epochs
@@ -273,7 +296,49 @@ def test_evaluation_counts_every_condition(model: ModelHandle) -> None:
     for label, count in (("Opposite", 1), ("Function", 1), ("unlabelled", 1)):
         assert sum(first_relations[label].values()) == count and set(first_relations[label]) <= set(bank.names)
     assert (first_relations["Opposite"].get("antonym") == 1) == (by_relation["Opposite"]["oracle_first"] == 1.0)
+    # Families: with each relation alone, family-first is oracle-first; with one family holding both relations,
+    # every oracle problem's first relation is in the family.
+    assert report["weights_pick_family"] == report["weights_pick_oracle"]
+    both = {"antonym": ["antonym", "synonym"], "synonym": ["synonym", "antonym"]}
+    grouped = evaluate_analogies(model, bank, Combiner.softmax(bank.names), problems, batch=3, families=both).as_dict()
+    assert grouped["weights_pick_family"] == 1.0 and grouped["composite"] == report["composite"]
+    assert report["oracle_mrr"] == (sum(firsts) + (2 - sum(firsts)) * 0.5) / 2  # rank 1 or 2 of two relations
+    # Per-problem outcomes agree with the accuracies; the regret is oracle minus composite on the oracle problems.
+    outcomes = report["outcomes"]
+    assert outcomes["oracle"][2:] == [None, None] and None not in outcomes["composite"]
+    for key in ("baseline", "composite", "softmax", *CONTROLS):
+        assert sum(outcomes[key]) / 4 == (report[key] if key not in CONTROLS else report["controls"][key])
+    assert report["regret"] == report["oracle"] - sum(outcomes["composite"][:2]) / 2
+    # A softmax combiner has no bias: its bias-only control is the unsteered "Q: C\nA:" prompt.
+    assert set(report["controls"]) == set(CONTROLS)
+
+
+def test_the_shuffled_source_control_never_keeps_a_problems_own_weights() -> None:
+    from app.analogy.solver import _derangement
+
+    for n in (2, 3, 10, 101):
+        order = _derangement(n)
+        assert sorted(order) == list(range(n)) and all(i != j for i, j in enumerate(order))
+        assert order == _derangement(n)  # seeded
 
 
 def test_oracle_relations_are_shipped() -> None:
     assert set(ORACLE_RELATIONS.values()) <= set(shipped_relations())
+
+
+def test_a_relation_joins_a_family_when_it_outranks_the_own_relation_often_enough() -> None:
+    from app.analogy.families import relation_families
+
+    names = ["antonym", "antonym-binary", "synonym"]
+    # Four training analogies of antonym over three distinct source pairs (one used twice), one of synonym.
+    relations = ["antonym", "antonym", "antonym", "antonym", "synonym"]
+    sources = [("hot", "cold"), ("up", "down"), ("hot", "cold"), ("wet", "dry"), ("big", "large")]
+    scores = torch.tensor([[-1.0, -0.5, -3.0],   # antonym-binary outranks antonym
+                           [-1.0, -2.0, -3.0],
+                           [-1.0, -2.0, -0.1],   # a repeated source pair: not counted again
+                           [-1.0, -2.0, -3.0],
+                           [-2.0, -1.0, -0.5]])  # synonym is best on its own pair
+    families = relation_families(names, relations, sources, scores, threshold=0.3)
+    assert families == {"antonym": ["antonym", "antonym-binary"], "antonym-binary": ["antonym-binary"],
+                        "synonym": ["synonym"]}  # 1 of 3 distinct antonym sources ≥ 0.3; antonym-binary has none
+    assert relation_families(names, relations, sources, scores, threshold=0.5)["antonym"] == ["antonym"]

@@ -10,14 +10,14 @@ import torch
 
 from app.analogy.choices import best_fallback, multiple_choice, without_own
 from app.analogy.combiner import Combiner
-from app.analogy.fitting import training_analogies, validation_split
+from app.analogy.fitting import split_analogies
 from app.fv.pairs import relation_pairs
 
 RELATIONS = ["antonym", "synonym", "capitalize"]
 
 
 def test_each_validation_analogy_becomes_four_candidates_with_one_right_pair() -> None:
-    valid, _ = validation_split(training_analogies(RELATIONS, per_relation=10, seed=0))
+    valid = split_analogies(RELATIONS, per_relation=10, seed=0).valid
     problems = multiple_choice(valid, RELATIONS)
     assert problems == multiple_choice(valid, RELATIONS)  # seeded
     assert len(problems) == len(valid) == 6

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from app.errors import InvalidInput
+from app.fv import prompts
 from app.fv.batched_finetune import encode_rows, finetune_many, last_token_logits_cached
 from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune
 from app.fv.pairs import Pair
@@ -103,3 +104,22 @@ def test_vectors_trained_together_must_share_epochs_lr_and_l2() -> None:
         finetune_many(model, specs, [zero, zero])
     with pytest.raises(InvalidInput, match="one init vector per spec"):
         finetune_many(model, specs[:1], [zero, zero])
+
+
+def test_relations_with_several_accepted_answers_train_as_they_would_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs with several accepted answers (loss −log Σ p over their first tokens, right when the top token is any of
+    them): batched and alone still agree, and the loss is not the primary answer's cross-entropy."""
+    # The tiny tokenizer is character-level, so every " " + answer starts with the same token; score the answer's
+    # own first character instead, which makes the answers distinct.
+    monkeypatch.setattr(prompts, "answer_token", lambda tokenizer, output: tokenizer(output).input_ids[0])
+    model = handle()
+    d_model = model.adapter.d_model
+    several = [[Pair(pair.input, pair.output, (pair.output.upper(), "z")) if index % 2 else pair
+                for index, pair in enumerate(pairs)] for pairs in RELATIONS[:2]]
+    inits = [torch.randn(d_model, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    specs = [FinetuneSpec(pairs, layer=1, epochs=6, lr=0.3, seed=seed) for seed, pairs in enumerate(several)]
+    together = finetune_many(model, specs, inits, rows_per_forward=7)
+    for spec, init, mine in zip(specs, inits, together, strict=True):
+        assert_same_training(mine, finetune(model, spec, init))
+    single = finetune(model, FinetuneSpec(RELATIONS[0], layer=1, epochs=6, lr=0.3, seed=0), inits[0])
+    assert single.history[0]["loss"] != pytest.approx(together[0].history[0]["loss"], abs=1e-3)

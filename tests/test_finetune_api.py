@@ -131,11 +131,24 @@ def test_init_from_a_stored_vector(server: LiveServer, finetuned: dict[str, Any]
     ({"init": "warm"}, 422, "init"),
     ({"relation": "antonym"}, 422, "relation"),  # both relation and pairs
     ({"name": "../escape"}, 422, "name"),
+    ({"pairs": [{"input": "a", "output": ["x"] * 9}, *user_pairs(15)]}, 422, "pairs.0.output"),  # > 8 answers
+    ({"pairs": [{"input": "a", "output": []}, *user_pairs(15)]}, 422, "pairs.0.output"),
+    ({"pairs": [{"input": "a", "output": ["x", " x "]}, *user_pairs(15)]}, 422, "pairs[0].output"),  # repeated
 ])
 def test_bad_finetune_requests_are_refused(server: LiveServer, change: dict[str, Any], status: int,
                                            param: str) -> None:
     body = {"name": new_name("bad"), "pairs": user_pairs(16), **FAST, **change}
     assert_envelope(post_finetune(server, **body), status, param)
+
+
+def test_pairs_with_several_accepted_answers_train(server: LiveServer) -> None:
+    pairs: list[dict[str, Any]] = user_pairs(16)
+    pairs[0]["output"] = [pairs[0]["output"], "another", "a third"]
+    name = new_name("several")
+    job = finetune_and_wait(server, name=name, pairs=pairs, **FAST)
+    assert job["result"]["vector"] == name
+    metrics = job["result"]["metrics"]
+    assert metrics["n_train"] + metrics["n_holdout"] == 12  # the test split (4 of 16) is never trained on
 
 
 def test_init_vector_of_another_model_is_refused(server: LiveServer) -> None:

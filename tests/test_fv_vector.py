@@ -164,7 +164,7 @@ def test_ranks_of_answers_are_the_models_ranks() -> None:
     adapter = adapter_of("llama")
     order = model_ranking(adapter, PROMPTS)
     wanted = [0, 3, 1, 0, 7]
-    items = [PromptItem(text, int(order[index, rank]), Pair("x", "y"))
+    items = [PromptItem(text, (int(order[index, rank]),), Pair("x", "y"))
              for index, (text, rank) in enumerate(zip(PROMPTS, wanted, strict=True))]
     for batch_size in (1, 2, 16):  # padded batches give the same ranks
         ranks = ranks_of_answers(adapter, TOKENIZER, items, batch_size=batch_size)
@@ -178,7 +178,7 @@ def test_ranks_of_answers_are_the_models_ranks() -> None:
 def test_steering_changes_ranks_and_zero_steering_does_not() -> None:
     adapter = adapter_of("llama")
     order = model_ranking(adapter, PROMPTS)
-    items = [PromptItem(text, int(order[index, 0]), Pair("x", "y")) for index, text in enumerate(PROMPTS)]
+    items = [PromptItem(text, (int(order[index, 0]),), Pair("x", "y")) for index, text in enumerate(PROMPTS)]
     plain = ranks_of_answers(adapter, TOKENIZER, items)
     assert plain.tolist() == [0] * len(items)
     zero = ranks_of_answers(adapter, TOKENIZER, items, (1, torch.zeros(adapter.d_model)))
@@ -189,7 +189,7 @@ def test_steering_changes_ranks_and_zero_steering_does_not() -> None:
     # Steering by the answer's own unembedding direction at the last block makes it top-1 everywhere.
     target = int(order[0, 5])
     toward = parameter(adapter.lm_head, "weight")[target] * 200
-    boosted = ranks_of_answers(adapter, TOKENIZER, [PromptItem(t, target, Pair("x", "y")) for t in PROMPTS],
+    boosted = ranks_of_answers(adapter, TOKENIZER, [PromptItem(t, (target,), Pair("x", "y")) for t in PROMPTS],
                                (adapter.n_layers - 1, toward))
     assert boosted.tolist() == [0] * len(PROMPTS)
 
@@ -200,7 +200,7 @@ def test_layer_sweep_equals_one_steered_forward_per_layer(arch: str) -> None:
     and answer log-probabilities of a plain steered forward, and the unsteered top-1; batches split anywhere."""
     adapter = adapter_of(arch)
     order = model_ranking(adapter, PROMPTS)
-    items = [PromptItem(text, int(order[index, index % 3]), Pair("x", "y")) for index, text in enumerate(PROMPTS)]
+    items = [PromptItem(text, (int(order[index, index % 3]),), Pair("x", "y")) for index, text in enumerate(PROMPTS)]
     vector = torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(1)) * 3
     layers = [3, 0, 2, 1]
     steps: list[tuple[int, int]] = []

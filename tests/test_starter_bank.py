@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from fvsteer_client import Client
@@ -45,12 +45,14 @@ def bank_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     stop_server(server)
 
 
-def right(text: str, expected: str) -> bool:
-    """The answer starts with the expected word (what follows it — a comma, a repeated suffix — is not judged)."""
-    return text.strip().lower().startswith(expected.lower())
+def right(text: str, expected: str | tuple[str, ...]) -> bool:
+    """The answer starts with an accepted word (what follows it — a comma, a repeated suffix — is not judged)."""
+    accepted = (expected,) if isinstance(expected, str) else expected
+    return any(text.strip().lower().startswith(answer.lower()) for answer in accepted)
 
 
-def answers(client: Client, pairs: list[tuple[str, str]], relations: dict[str, float]) -> tuple[int, int]:
+def answers(client: Client, pairs: Sequence[tuple[str, str | tuple[str, ...]]],
+            relations: dict[str, float]) -> tuple[int, int]:
     """(steered right, unsteered right) over the pairs, greedy, the steered row and its baseline in one batch."""
     steered = unsteered = 0
     for x, y in pairs:
@@ -76,12 +78,12 @@ def test_every_bank_relation_loads_as_a_finetuned_vector(bank_server: LiveServer
         assert metrics["holdout_top1_after"] >= metrics["holdout_top1_before"]
 
 
-# Three relations whose bank vectors hold 0.88-1.0 of their hold-out pairs (`make vectors`' table). antonym is not
-# one: on its current file (rarer opposites, the everyday ones being in the evaluation sets) the embedded model's
-# vector gets 3 of 11 hold-out pairs (10-shot prompting: 1).
-@pytest.mark.parametrize("relation", ["country-capital", "present-past", "country-adjective"])
+# Three relations whose bank vectors hold 0.92-1.0 of their hold-out pairs (`make vectors`' table), the flagship
+# `antonym` among them (rewritten in issue 30 with everyday opposites and accepted answers: 0.94 of 18 hold-out pairs,
+# 10-shot prompting 0.72). A steered answer counts when it starts with any accepted answer.
+@pytest.mark.parametrize("relation", ["antonym", "present-past", "country-adjective"])
 def test_relation_weights_steer_to_the_relation(bank_server: LiveServer, relation: str) -> None:
-    test = [(pair.input, pair.output) for pair in split_pairs(relation_pairs(relation), 0).test][:10]
+    test = [(pair.input, pair.answers) for pair in split_pairs(relation_pairs(relation), 0).test][:10]
     with Client(bank_server.url, timeout=300) as client:
         steered, unsteered = answers(client, test, {relation: 1.0})
     assert steered >= 4 and steered >= unsteered + 3, (relation, steered, unsteered)

@@ -34,7 +34,7 @@ from torch import Tensor
 from app.analogy.bank import relation_scores
 from app.analogy.combiner import Combiner, bank_in_force
 from app.analogy.datasets import AnalogyProblem
-from app.analogy.fitting import FitOptions, TrainingAnalogy, training_analogies, validation_split
+from app.analogy.fitting import FitOptions, TrainingAnalogy, split_analogies
 from app.analogy.solver import candidate_scores
 from app.bundle import ModelBundle
 from app.fv.pairs import relation_pairs
@@ -92,7 +92,7 @@ def measure(local: ModelBundle, say: Callable[[str], None]) -> dict[str, Any]:
     bank, combiner = bank_in_force(local.registry, model.fingerprint)
     options = FitOptions(**{key: value for key, value in combiner.metrics.get("options", {}).items()
                             if key in ("per_relation", "seed")})
-    valid, _ = validation_split(training_analogies(bank.names, options.per_relation, options.seed))
+    valid = split_analogies(bank.names, options.per_relation, options.seed).valid
     problems = multiple_choice(valid, bank.names)
     answers = torch.tensor([problem.answer for problem in problems])
     own = torch.tensor([bank.names.index(problem.relation or "") for problem in problems])

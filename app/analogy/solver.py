@@ -8,6 +8,7 @@ oracle uses the vector of the problem's known relation instead of the composite.
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,6 @@ ORACLE_RELATIONS: dict[str, str] = {
     "E01 [country - capital]": "city-country",
     "E02 [country - language]": "country-language",
     "E06 [animal - young]": "animal-young",
-    "E07 [animal - sound]": "animal-sound",
     "E08 [animal - shelter]": "animal-habitat",
     "E09 [things - color]": "object-color",
     "E10 [male - female]": "male-female",
@@ -125,22 +125,41 @@ class ConditionCounts:
         return self.correct / self.n if self.n else None
 
 
+# Controls: how much of the composite's gain needs the source pair's relation at all. ``uniform``: every bank vector
+# at weight 1/K; ``bias_only``: the combiner's bias alone (what it adds whatever the source); ``shuffled_source``: the
+# weights another problem's source pair implies (a seeded derangement over the whole set).
+CONTROLS = ("uniform", "bias_only", "shuffled_source")
+
+
 @dataclass
 class AnalogyReport:
-    """Accuracy per condition (baseline, softmax, composite, oracle), overall and per relation type; per type,
-    ``oracle_first`` is how often the largest weight is on the oracle relation, and ``first_relations`` names the
-    relations the largest weight falls on most often (what the weights choose instead)."""
+    """Accuracy per condition (baseline, softmax, composite, oracle, the controls), overall and per relation type.
+
+    Per type, ``oracle_first`` is how often the largest weight is on the oracle relation, ``family_first`` how often
+    it is on a relation of the oracle's family (:mod:`app.analogy.families`), ``oracle_rr`` the reciprocal rank of
+    the oracle relation among the weights, and ``first_relations`` names the relations the largest weight falls on
+    most often. ``outcomes`` keeps every problem's right (1) or wrong (0) per condition, in problem order (None where a
+    condition does not apply), so paired intervals and the regret can be computed from the figures file."""
 
     overall: dict[str, ConditionCounts] = field(default_factory=lambda: defaultdict(ConditionCounts))
     by_relation: dict[str, dict[str, ConditionCounts]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(ConditionCounts)))
     picked_oracle: ConditionCounts = field(default_factory=ConditionCounts)
+    picked_family: ConditionCounts = field(default_factory=ConditionCounts)
+    reciprocal_ranks: list[float] = field(default_factory=list)
     # Per relation type, which bank relation the largest weight fell on, and how often.
     first: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    outcomes: dict[str, list[int | None]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, relation: str, condition: str, right: bool) -> None:
         self.overall[condition].add(right)
         self.by_relation[relation][condition].add(right)
+
+    def regret(self) -> float | None:
+        """Oracle minus composite accuracy, on the problems that have an oracle relation."""
+        pairs = [(oracle, composite) for oracle, composite in zip(self.outcomes["oracle"], self.outcomes["composite"],
+                                                                  strict=True) if oracle is not None]
+        return sum(o - (c or 0) for o, c in pairs) / len(pairs) if pairs else None
 
     def as_dict(self) -> dict[str, object]:
         def table(counts: dict[str, ConditionCounts]) -> dict[str, object]:
@@ -151,23 +170,46 @@ class AnalogyReport:
         overall = table(self.overall)
         return {"baseline": overall.get("baseline"), "composite": overall.get("composite"),
                 "softmax": overall.get("softmax"), "oracle": overall.get("oracle"),
+                "controls": {name: overall.get(name) for name in CONTROLS},
                 "n": overall["n"], "n_oracle": self.overall["oracle"].n if "oracle" in self.overall else 0,
                 "weights_pick_oracle": self.picked_oracle.accuracy(),
+                "weights_pick_family": self.picked_family.accuracy(),
+                "oracle_mrr": (sum(self.reciprocal_ranks) / len(self.reciprocal_ranks)
+                               if self.reciprocal_ranks else None),
+                "regret": self.regret(),
+                "outcomes": dict(self.outcomes),
                 "by_relation": {relation: table(counts) for relation, counts in sorted(self.by_relation.items())},
                 "first_relations": {relation: dict(counts.most_common(3))
                                     for relation, counts in sorted(self.first.items())}}
 
 
+def _derangement(n: int, seed: int = 0) -> list[int]:
+    """A seeded permutation of ``range(n)`` that moves every index (the identity when ``n < 2``)."""
+    if n < 2:
+        return list(range(n))
+    order = list(range(n))
+    rng = random.Random(seed)
+    while any(i == j for i, j in enumerate(order)):
+        rng.shuffle(order)
+    return order
+
+
 def evaluate_analogies(
     model: ModelHandle, bank: Bank, combiner: Combiner, problems: list[AnalogyProblem], *,
     batch: int = 64, run: Runner[Tensor] = run_here, progress: Callable[[int, int], None] = lambda done, total: None,
+    families: dict[str, list[str]] | None = None,
 ) -> AnalogyReport:
-    """Baseline, plain-softmax composite, fitted composite and oracle accuracy of multiple-choice problems."""
+    """Baseline, plain-softmax composite, fitted composite, oracle and control accuracy of multiple-choice problems.
+    ``families`` default to the ones stored with the combiner (each relation alone when there are none)."""
+    families = families if families is not None else combiner.metrics.get("families", {})
     softmax = Combiner.softmax(combiner.relations)  # raw scores, T = 1: the unfitted start
     report = AnalogyReport()
+    all_scores, all_weights = infer_weights(model, bank, combiner, [p.source for p in problems], run=run)
+    shuffled = all_weights[_derangement(len(problems))]
+    k = len(bank.names)
     for start in range(0, len(problems), batch):
         chunk = problems[start : start + batch]
-        scores, weights = infer_weights(model, bank, combiner, [p.source for p in chunk], run=run)
+        scores, weights = all_scores[start : start + batch], all_weights[start : start + batch]
         plain = softmax.weights(scores)
         oracles = [ORACLE_RELATIONS.get(p.relation or "") for p in chunk]
         oracles = [name if name in bank.names else None for name in oracles]
@@ -175,21 +217,36 @@ def evaluate_analogies(
             "baseline": [None] * len(chunk),
             "composite": list(bank.composites(weights)),
             "softmax": list(bank.composites(plain)),
+            "uniform": list(bank.composites(torch.full((len(chunk), k), 1.0 / k))),
+            "bias_only": list(bank.composites(combiner.bias.expand(len(chunk), k))),
+            "shuffled_source": list(bank.composites(shuffled[start : start + batch])),
         }
         results = {name: candidate_scores(model, chunk, vectors, run=run) for name, vectors in conditions.items()}
         with_oracle = [i for i, name in enumerate(oracles) if name is not None]
         oracle_scores = candidate_scores(model, [chunk[i] for i in with_oracle],
                                          [bank.one(oracles[i] or "") for i in with_oracle], run=run)
+        oracle_right: dict[int, bool] = {i: int(oracle_scores[j].argmax()) == chunk[i].answer
+                                         for j, i in enumerate(with_oracle)}
         firsts = [bank.names[int(index)] for index in weights.argmax(dim=1)]
         for i, problem in enumerate(chunk):
             relation = problem.relation or "unlabelled"
             report.first[relation][firsts[i]] += 1
             for name, per_problem in results.items():
-                report.add(relation, name, int(per_problem[i].argmax()) == problem.answer)
-        for j, i in enumerate(with_oracle):
-            report.add(chunk[i].relation or "unlabelled", "oracle", int(oracle_scores[j].argmax()) == chunk[i].answer)
-            picked = firsts[i] == oracles[i]
+                right = int(per_problem[i].argmax()) == problem.answer
+                report.add(relation, name, right)
+                report.outcomes[name].append(int(right))
+            report.outcomes["oracle"].append(int(oracle_right[i]) if i in oracle_right else None)
+        for i in with_oracle:
+            oracle = oracles[i] or ""
+            relation = chunk[i].relation or "unlabelled"
+            report.add(relation, "oracle", oracle_right[i])
+            picked = firsts[i] == oracle
+            in_family = firsts[i] in families.get(oracle, [oracle])
             report.picked_oracle.add(picked)
-            report.by_relation[chunk[i].relation or "unlabelled"]["oracle_first"].add(picked)
+            report.picked_family.add(in_family)
+            report.by_relation[relation]["oracle_first"].add(picked)
+            report.by_relation[relation]["family_first"].add(in_family)
+            rank = int((weights[i] > weights[i, bank.names.index(oracle)]).sum()) + 1
+            report.reciprocal_ranks.append(1.0 / rank)
         progress(min(start + batch, len(problems)), len(problems))
     return report

@@ -54,7 +54,8 @@ def _param(location: Any) -> str | None:
     """``("body", "layer", "int")`` → ``"layer"``: drop where it came from and pydantic's union-member tags."""
     parts = [
         str(part) for part in location
-        if part not in _LOCATIONS and not (isinstance(part, str) and (part in _TYPE_TAGS or "[" in part))
+        if part not in _LOCATIONS
+        and not (isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("constrained-")))
     ]
     return ".".join(parts) or None
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.engine.requests import MAX_ABS_WEIGHT, MAX_RELATIONS
 from app.errors import InvalidInput
 from app.fv.extraction import ExtractionOptions
 from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, LIMITS, FinetuneOptions
+from app.fv.pairs import MAX_ANSWERS, MAX_TEXT_CHARS
 from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
 from app.services.analogies import MAX_CHOICES, MAX_TERM_CHARS, AnalogyInput
 from app.services.completions import ChatLine, CompletionInput
@@ -43,6 +44,7 @@ MAX_STOP_CHARS = 64
 
 Weight = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_WEIGHT, le=MAX_ABS_WEIGHT)]
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Answer = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 
 
 class Strict(BaseModel):
@@ -140,7 +142,16 @@ class Readiness(BaseModel):
 
 class PairIn(Strict):
     input: str = Field(min_length=1, max_length=200)
-    output: str = Field(min_length=1, max_length=200)
+    output: Answer | list[Answer] = Field(
+        description=f"The answer, or a list of 1 to {MAX_ANSWERS} accepted answers (the primary one, used in "
+                    "demonstrations, first).")
+
+    @field_validator("output")
+    @classmethod
+    def _answer_count(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_ANSWERS:
+            raise ValueError(f"a pair accepts 1 to {MAX_ANSWERS} answers; {len(value)} given")
+        return value
 
 
 class WithPairs(Strict):

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
 from app.errors import InvalidInput
+from app.fv.answers import AnswerSets
 from app.fv.finetune import FinetuneResult, FinetuneSpec, split_holdout
 from app.fv.forward import model_device
 from app.fv.prompts import PromptItem, bos_prefix, zero_shot_prompts
@@ -57,7 +57,7 @@ class PromptRows:
     mask: Tensor  # [rows, width]: the prefix's attention mask, then 1 for the last token
     last: Tensor  # [rows, 1] the last token ids
     positions: Tensor  # [rows, 1] the last token's position id
-    answers: Tensor  # [rows] first answer token
+    answers: AnswerSets  # per row, the accepted answers' first tokens
     relation: Tensor  # [rows] index of the row's relation (its vector)
 
 
@@ -88,7 +88,7 @@ def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]
         mask=mask.to(device),
         last=torch.tensor([[tokens[-1]] for tokens in encoded], device=device),
         positions=torch.tensor([[len(tokens) - 1] for tokens in encoded], device=device),
-        answers=torch.tensor([item.answer_token for item in items], device=device),
+        answers=AnswerSets.of([item.answer_tokens for item in items], device),
         relation=torch.tensor(relation, device=device),
     )
 
@@ -156,8 +156,8 @@ class _Batch:
 
     def tally(self, chunks: list[PromptRows], vectors: Tensor, dtype: torch.dtype,
               with_grad: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Per relation: summed cross-entropy and number right over ``chunks``; ``with_grad``: also the gradient of
-        every relation's mean training loss with respect to ``vectors``."""
+        """Per relation: summed loss (``−log Σ p`` of the accepted answers) and number right over ``chunks``;
+        ``with_grad``: also the gradient of every relation's mean training loss with respect to ``vectors``."""
         k = len(self.specs)
         device = vectors.device
         losses, correct = torch.zeros(k, device=device), torch.zeros(k, device=device)
@@ -166,13 +166,13 @@ class _Batch:
             with torch.inference_mode(False), torch.set_grad_enabled(with_grad):
                 steering = self.row_vectors(vectors.to(dtype), rows)
                 logits = last_token_logits_cached(self.model.adapter, rows, steering)
-                loss = F.cross_entropy(logits, rows.answers, reduction="none")
+                loss = rows.answers.loss(logits)
                 if with_grad:
                     # Each relation's rows weigh 1/n_train of that relation: its mean, as when trained alone.
                     (part,) = torch.autograd.grad((loss * self.train_weight[rows.relation]).sum(), [vectors])
                     grad = part if grad is None else grad + part
             losses.index_add_(0, rows.relation, loss.detach())
-            correct.index_add_(0, rows.relation, (logits.detach().argmax(dim=-1) == rows.answers).float())
+            correct.index_add_(0, rows.relation, rows.answers.correct(logits.detach()).float())
         return losses, correct, grad
 
 

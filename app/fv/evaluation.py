@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from app.fv.answers import AnswerSets
 from app.fv.forward import encode_left_padded, last_token_logits, model_device
 from app.fv.pairs import Pair
 from app.fv.prompts import PromptItem, Template, icl_prompts, zero_shot_prompts
@@ -26,7 +27,7 @@ def _per_answer(
     tokenizer: PreTrainedTokenizerBase,
     items: list[PromptItem],
     vector: tuple[int, Tensor] | None,
-    measure: Callable[[Tensor, Tensor], Tensor],
+    measure: Callable[[Tensor, AnswerSets], Tensor],
     batch_size: int,
     run: Runner[Tensor],
 ) -> Tensor:
@@ -41,8 +42,7 @@ def _per_answer(
             ids, mask = encode_left_padded(tokenizer, [item.text for item in chunk], device)
             with torch.inference_mode(), steered(adapter, _last_token_steering(vector, ids.shape)):
                 logits = last_token_logits(adapter, ids, mask)
-            answers = torch.tensor([item.answer_token for item in chunk], device=logits.device)
-            return measure(logits, answers[:, None]).cpu()
+            return measure(logits, AnswerSets.of([item.answer_tokens for item in chunk], logits.device)).cpu()
 
         parts.append(run(forward))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
@@ -57,9 +57,9 @@ def ranks_of_answers(
     batch_size: int = 16,
     run: Runner[Tensor] = run_here,
 ) -> Tensor:
-    """Rank (0 = top-1) of each item's answer token in the last-position logits."""
-    return _per_answer(adapter, tokenizer, items, vector,
-                       lambda logits, answers: (logits > logits.gather(1, answers)).sum(dim=1), batch_size, run)
+    """Rank (0 = top-1) of each item's best accepted answer token in the last-position logits."""
+    return _per_answer(adapter, tokenizer, items, vector, lambda logits, answers: answers.rank(logits), batch_size,
+                       run)
 
 
 def _last_token_steering(vector: tuple[int, Tensor] | None, shape: torch.Size) -> BatchSteering | None:

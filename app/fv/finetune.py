@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from app.errors import InvalidInput
+from app.fv.answers import AnswerSets
 from app.fv.forward import encode_left_padded, last_token_logits, model_device
 from app.fv.pairs import Pair
 from app.fv.prompts import PromptItem, Template, bos_prefix, zero_shot_prompts
@@ -73,14 +73,15 @@ def _steering(layer: int, vector: Tensor, rows: int, width: int) -> BatchSteerin
 def _loss_and_correct(
     model: ModelHandle, items: list[PromptItem], layer: int, vector: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy of the answers' first tokens and the number right (top-1)."""
+    """Summed ``−log Σ p(accepted first tokens)`` (the cross-entropy when one answer is accepted) and the number
+    right (top-1 is an accepted token)."""
     device = model_device(model.adapter)
     ids, mask = encode_left_padded(model.tokenizer, [item.text for item in items], device)
-    answers = torch.tensor([item.answer_token for item in items], device=device)
+    answers = AnswerSets.of([item.answer_tokens for item in items], device)
     with steered(model.adapter, _steering(layer, vector, ids.shape[0], ids.shape[1])):
         logits = last_token_logits(model.adapter, ids, mask)
-    loss = F.cross_entropy(logits, answers, reduction="sum")
-    correct = (logits.argmax(dim=-1) == answers).float().sum()
+    loss = answers.loss(logits).sum()
+    correct = answers.correct(logits).float().sum()
     return loss, correct
 
 

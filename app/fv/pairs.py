@@ -20,13 +20,23 @@ RELATIONS_DIR = Path(__file__).parent / "relations"
 MIN_PAIRS = 12
 MAX_PAIRS = 10_000
 MAX_TEXT_CHARS = 200
+MAX_ANSWERS = 8  # accepted answers per pair
 SPLIT_FRACTIONS = (0.70, 0.09)  # train, valid; the rest (21 %) is test, as in Todd et al.
 
 
 @dataclass(frozen=True)
 class Pair:
+    """One input and its answer; ``alternatives`` are other answers that count as right (``"output": ["cold",
+    "cool"]`` in a file): relations such as antonyms of gradable adjectives have more than one."""
+
     input: str
     output: str
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """Every accepted answer, the primary one (used in demonstrations) first."""
+        return (self.output, *self.alternatives)
 
 
 @dataclass(frozen=True)
@@ -67,15 +77,22 @@ def validate_pairs(raw: Any, param: str = "pairs") -> list[Pair]:
         if not isinstance(item, dict) or set(item) != {"input", "output"}:
             raise InvalidInput(f"{where} must be an object with exactly 'input' and 'output'", param=where)
         x, y = item["input"], item["output"]
-        if not isinstance(x, str) or not isinstance(y, str) or not x.strip() or not y.strip():
+        outputs = y if isinstance(y, list) else [y]
+        if not 1 <= len(outputs) <= MAX_ANSWERS:
+            raise InvalidInput(f"{where}.output must be a string or a list of 1 to {MAX_ANSWERS} accepted answers",
+                               param=f"{where}.output")
+        texts = [x, *outputs]
+        if not all(isinstance(text, str) and text.strip() for text in texts):
             raise InvalidInput(f"{where} has an empty or non-string input or output", param=where)
-        x, y = x.strip(), y.strip()
-        if len(x) > MAX_TEXT_CHARS or len(y) > MAX_TEXT_CHARS:
+        x, *answers = (text.strip() for text in texts)
+        if any(len(text) > MAX_TEXT_CHARS for text in (x, *answers)):
             raise InvalidInput(f"{where} is longer than {MAX_TEXT_CHARS} characters", param=where)
+        if len(set(answers)) != len(answers):
+            raise InvalidInput(f"{where}.output repeats an answer", param=f"{where}.output")
         if x in seen:
             raise InvalidInput(f"{where} repeats the input {x!r}", param=where)
         seen.add(x)
-        pairs.append(Pair(x, y))
+        pairs.append(Pair(x, answers[0], tuple(answers[1:])))
     if len(pairs) < MIN_PAIRS:
         raise InvalidInput(f"{len(pairs)} pairs given; at least {MIN_PAIRS} are needed", param=param)
     if len(pairs) > MAX_PAIRS:
@@ -84,7 +101,9 @@ def validate_pairs(raw: Any, param: str = "pairs") -> list[Pair]:
 
 
 def dataset_sha256(pairs: list[Pair]) -> str:
-    canonical = json.dumps([[pair.input, pair.output] for pair in pairs], ensure_ascii=False, separators=(",", ":"))
+    """A pair with one answer hashes as ``[input, output]``, one with several as ``[input, [answers…]]``."""
+    rows = [[pair.input, list(pair.answers) if pair.alternatives else pair.output] for pair in pairs]
+    canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -1,8 +1,8 @@
-"""Todd et al.'s in-context prompts (FV_METHOD.md §1), with configurable prefixes and separators.
+"""Todd et al.'s in-context prompts, with configurable prefixes and separators.
 
-A demonstration is ``"Q: x\\nA: y\\n\\n"``, the query ``"Q: x\\nA:"``; the answer token is the first token
-of ``" " + y``. Models whose tokenizer adds no BOS get its BOS (or EOS) text prepended, as in the
-reference code.
+A demonstration is ``"Q: x\\nA: y\\n\\n"`` (y the primary answer), the query ``"Q: x\\nA:"``; an answer token is
+the first token of ``" " + y`` for any accepted answer y. Models whose tokenizer adds no BOS get its BOS (or EOS)
+text prepended, as in the reference code.
 """
 
 from __future__ import annotations
@@ -43,11 +43,16 @@ class Template:
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One prompt and the first token of the answer it should produce."""
+    """One prompt and the first tokens of the answers it may produce (distinct; the primary answer's first)."""
 
     text: str
-    answer_token: int
+    answer_tokens: tuple[int, ...]
     pair: Pair
+
+    @property
+    def answer_token(self) -> int:
+        """The primary answer's first token (what causal mediation measures)."""
+        return self.answer_tokens[0]
 
 
 def bos_prefix(tokenizer: PreTrainedTokenizerBase, adds_bos: bool) -> str:
@@ -60,6 +65,11 @@ def answer_token(tokenizer: PreTrainedTokenizerBase, output: str) -> int:
     """First token of ``" " + output`` (how the answer follows ``"A:"``)."""
     ids: list[int] = tokenizer(" " + output, add_special_tokens=False).input_ids
     return ids[0]
+
+
+def answer_tokens(tokenizer: PreTrainedTokenizerBase, pair: Pair) -> tuple[int, ...]:
+    """The distinct first tokens of every accepted answer of ``pair``, the primary answer's first."""
+    return tuple(dict.fromkeys(answer_token(tokenizer, answer) for answer in pair.answers))
 
 
 def icl_prompts(
@@ -85,12 +95,11 @@ def icl_prompts(
             outputs = [pair.output for pair in demos]
             rng.shuffle(outputs)
             demos = [Pair(pair.input, output) for pair, output in zip(demos, outputs, strict=True)]
-        items.append(PromptItem(template.prompt(demos, query.input, prefix), answer_token(tokenizer, query.output),
-                                query))
+        items.append(PromptItem(template.prompt(demos, query.input, prefix), answer_tokens(tokenizer, query), query))
     return items
 
 
 def zero_shot_prompts(
     tokenizer: PreTrainedTokenizerBase, template: Template, prefix: str, queries: list[Pair]
 ) -> list[PromptItem]:
-    return [PromptItem(prefix + template.query(q.input), answer_token(tokenizer, q.output), q) for q in queries]
+    return [PromptItem(prefix + template.query(q.input), answer_tokens(tokenizer, q), q) for q in queries]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from app.fv.answers import AnswerSets
 from app.fv.forward import encode_left_padded, model_device
 from app.fv.prompts import PromptItem
 from app.fv.ragged import added_at, captured_block_outputs, ragged_blocks, trim, variant_mask
@@ -49,7 +50,7 @@ def _batch_ranks(
     device = model_device(adapter)
     dtype = next(adapter.model.parameters()).dtype
     ids, mask = encode_left_padded(tokenizer, [item.text for item in items], device)
-    answers = torch.tensor([item.answer_token for item in items], device=device)
+    answers = AnswerSets.of([item.answer_tokens for item in items], device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     outputs: list[Any] = [None] * adapter.n_layers
@@ -72,10 +73,11 @@ def _batch_ranks(
                 ).logits.float()
         finally:
             trim(cache, prefix)
-    base_ranks = (plain > plain.gather(1, answers[:, None])).sum(dim=1)
-    picked = logits.gather(2, answers[:, None, None].expand(-1, width, 1))
-    ranks = (logits > picked).sum(dim=2)
-    log_probs = torch.log_softmax(logits, dim=-1).gather(2, answers[:, None, None].expand(-1, width, 1))[..., 0]
+    base_ranks = answers.rank(plain)
+    rows = torch.arange(len(items), device=device).repeat_interleave(width)  # row-major: item, then layer
+    flat = logits.reshape(len(items) * width, -1)
+    ranks = answers.take(rows).rank(flat).reshape(len(items), width)
+    log_probs = answers.take(rows).log_prob(flat).reshape(len(items), width)
     return base_ranks.cpu(), ranks.cpu(), log_probs.cpu()
 
 

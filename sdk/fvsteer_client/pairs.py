@@ -1,7 +1,8 @@
 """Word pairs as the API takes them (``[{"input": …, "output": …}, …]``), from files or Python values.
 
-Files are read client-side: a JSON list of ``{"input", "output"}`` objects (or of two-item lists), or a
-two-column CSV whose header row ``input,output`` is optional. Only the shape is checked here; the server
+Files are read client-side: a JSON list of ``{"input", "output"}`` objects (or of two-item lists), where an
+output may be a list of accepted answers (``"output": ["cold", "cool"]``, the primary one first), or a two-column
+CSV whose header row ``input,output`` is optional (one answer per pair). Only the shape is checked here; the server
 checks the rest (count, duplicates, lengths) and says which pair is wrong.
 """
 
@@ -19,9 +20,9 @@ from fvsteer_client.errors import InvalidPairsError
 
 __all__ = ["PairsSource", "load_pairs", "normalize_pairs"]
 
-Pair: TypeAlias = dict[str, str]
+Pair: TypeAlias = dict[str, str | list[str]]
 PairsSource: TypeAlias = (
-    str | os.PathLike[str] | Sequence[Mapping[str, str]] | Sequence[tuple[str, str]] | Sequence[Sequence[str]]
+    str | os.PathLike[str] | Sequence[Mapping[str, Any]] | Sequence[tuple[str, str]] | Sequence[Sequence[str]]
 )
 """A path to a JSON/CSV pairs file, a list of ``{"input", "output"}`` dicts, or a list of ``(input, output)``."""
 
@@ -71,7 +72,7 @@ def _csv_pairs(text: str, source: str) -> list[Pair]:
             if any(cell.strip() for cell in row)]
     if rows and [cell.strip().lower() for cell in rows[0][1]] == _HEADER:
         rows = rows[1:]
-    pairs = []
+    pairs: list[Pair] = []
     for number, row in rows:
         if len(row) != 2:
             raise InvalidPairsError(f"{source}: row {number} has {len(row)} columns; pairs need exactly 2")
@@ -94,6 +95,10 @@ def _pair(item: Any, where: str) -> Pair:
         x, y = item
     else:
         raise InvalidPairsError(f"{where} must be an {{\"input\", \"output\"}} object or an (input, output) pair")
-    if not isinstance(x, str) or not isinstance(y, str):
-        raise InvalidPairsError(f"{where}: input and output must be strings")
+    if isinstance(y, Sequence) and not isinstance(y, str | bytes):
+        if not y or not all(isinstance(answer, str) for answer in y):
+            raise InvalidPairsError(f"{where}: output must be a string or a non-empty list of strings")
+        y = list(y)
+    if not isinstance(x, str) or not isinstance(y, str | list):
+        raise InvalidPairsError(f"{where}: input must be a string, output a string or a list of strings")
     return {"input": x, "output": y}
