@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fvsteer_client as fv
 import pytest
@@ -50,8 +51,10 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def antonym_pairs(n: int = 24) -> list[dict[str, str]]:
-    pairs: list[dict[str, str]] = json.loads((RELATIONS / "antonym.json").read_text())
-    return pairs[:n]
+    """The first ``n`` shipped antonym pairs, each with its primary answer only (a CSV row holds one answer)."""
+    pairs: list[dict[str, Any]] = json.loads((RELATIONS / "antonym.json").read_text())
+    return [{"input": p["input"], "output": p["output"] if isinstance(p["output"], str) else p["output"][0]}
+            for p in pairs[:n]]
 
 
 @pytest.fixture(autouse=True)

@@ -36,8 +36,10 @@ def unique(prefix: str = "j") -> str:
 
 
 def antonym_pairs(n: int = 24) -> list[dict[str, str]]:
-    pairs: list[dict[str, str]] = json.loads((RELATIONS / "antonym.json").read_text())
-    return pairs[:n]
+    """The first ``n`` shipped antonym pairs, each with its primary answer only (a CSV row holds one answer)."""
+    pairs: list[dict[str, Any]] = json.loads((RELATIONS / "antonym.json").read_text())
+    return [{"input": p["input"], "output": p["output"] if isinstance(p["output"], str) else p["output"][0]}
+            for p in pairs[:n]]
 
 
 def fresh_seed() -> int:
@@ -350,7 +352,7 @@ def test_load_pairs(tmp_path: Path) -> None:
         ("broken.json", "[{", "not valid JSON"),
         ("object.json", '{"input": "hot"}', "must be a list"),
         ("keys.json", '[{"in": "hot", "out": "cold"}]', r"\[0\] needs both"),
-        ("numbers.json", '[{"input": 1, "output": 2}]', "must be strings"),
+        ("numbers.json", '[{"input": 1, "output": 2}]', "input must be a string, output a string or a list of strings"),
         ("three.csv", "a,b\nc,d,e\n", "row 2 has 3 columns"),
     ):
         (tmp_path / name).write_text(content)
