@@ -1,4 +1,4 @@
-"""The bank of basis relations an analogy's composite is built from (FV_METHOD.md §7), and the relation scores
+"""The bank of basis relations an analogy's composite is built from (Kang, Wu & Lu 2026), and the relation scores
 ``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` that say which of them a source pair A:B expresses."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Composite weights from relation scores (FV_METHOD.md §7): ``w = W · mix(s) + b``, where ``mix`` turns the
-``[N, K]`` scores ``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` into a distribution over the bank —
+"""Composite weights from relation scores (Kang, Wu & Lu 2026; the form is ours): ``w = W · mix(s) + b``, where
+``mix`` turns the ``[N, K]`` scores ``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` into a distribution over the bank —
 
 1. optionally **calibrated**: each vector's score standardised by its own mean and spread over training source
    pairs (a vector that makes every continuation likely is no evidence of its relation);

@@ -1,1 +1,2 @@
-"""The science of function vectors: composites now; extraction and fine-tuning build on it (FV_METHOD.md)."""
+"""The science of function vectors (Todd et al. 2024; Kang, Wu & Lu 2026): prompts, head means, mediation,
+extraction, fine-tuning and evaluation."""

@@ -1,4 +1,4 @@
-"""Per-head outputs at the last token (FV_METHOD.md §2): the input of each layer's attention out-projection,
+"""Per-head outputs at the last token (Todd et al., ICLR 2024): the input of each layer's attention out-projection,
 split into ``[n_heads, head_dim]``, captured with forward-pre hooks for the length of one forward."""
 
 from __future__ import annotations

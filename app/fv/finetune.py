@@ -1,4 +1,4 @@
-"""Fine-tuned function vectors (Kang, Wu & Lu 2026; FV_METHOD.md §6): the model frozen, the vector the only
+"""Fine-tuned function vectors (Kang, Wu & Lu 2026): the model frozen, the vector the only
 parameter, trained so that zero-shot prompts ``"Q: x\\nA:"`` steered at block ``layer`` put the first answer token
 on top.
 

@@ -1,4 +1,4 @@
-"""Average indirect effect of each attention head (FV_METHOD.md §3).
+"""Average indirect effect of each attention head (Todd et al., ICLR 2024).
 
 For a corrupted prompt (demonstration labels shuffled), replace one head's last-token output by its
 mean over clean prompts and measure how much the probability of the right answer rises.

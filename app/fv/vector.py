@@ -1,4 +1,4 @@
-"""Building a function vector from head means (FV_METHOD.md §4) and decoding one (§5).
+"""Building a function vector from head means (Todd et al., ICLR 2024) and decoding one through the logit lens.
 
 Each chosen head's mean output is placed in its slice of an otherwise zero input of that layer's
 out-projection; the projection's output, minus the projection of zero (its bias, if any), is the head's
