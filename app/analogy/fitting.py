@@ -135,9 +135,7 @@ class Mixture:
 
 def oracle_first_rate(weights: Tensor, bank: Bank, items: list[TrainingAnalogy]) -> float:
     """How often the largest weight is on the analogy's own relation."""
-    picked: list[int] = weights.argmax(dim=-1).tolist()
-    hits = sum(bank.names[i] == item.relation for i, item in zip(picked, items, strict=True))
-    return hits / max(1, len(items))
+    return family_first_rate(weights, bank, items, {})
 
 
 def family_first_rate(weights: Tensor, bank: Bank, items: list[TrainingAnalogy],
@@ -236,13 +234,14 @@ def fit_combiner(
     optimizer = torch.optim.Adam([weight, bias, log_t], lr=options.lr)
     rng = random.Random(options.seed)
 
-    def combine(batch_scores: Tensor) -> Tensor:
-        return mix(batch_scores, log_t.exp(), chosen_calibration, chosen.top_k) @ weight.T + bias
+    def combine(batch_scores: Tensor, state: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """The weights ``state`` = (W, b, log T) gives ``batch_scores``."""
+        return mix(batch_scores, state[2].exp(), chosen_calibration, chosen.top_k) @ state[0].T + state[1]
 
     def step(batch: list[int]) -> float:
         with torch.inference_mode(False), torch.enable_grad():
             optimizer.zero_grad(set_to_none=True)
-            log_probs = training.log_probs(torch.tensor(batch), combine(train_scores[batch]))
+            log_probs = training.log_probs(torch.tensor(batch), combine(train_scores[batch], (weight, bias, log_t)))
             loss = -log_probs.mean() + options.l2 * ((weight - torch.eye(k)).pow(2).sum() + bias.pow(2).sum())
             grads = torch.autograd.grad(loss, [weight, bias, log_t])
             for parameter, grad in zip((weight, bias, log_t), grads, strict=True):
@@ -252,8 +251,7 @@ def fit_combiner(
 
     def validation_of(state: tuple[Tensor, Tensor, Tensor]) -> float:
         with torch.no_grad():
-            return validating.mean(mix(valid_scores, state[2].exp(), chosen_calibration, chosen.top_k) @ state[0].T
-                                   + state[1])
+            return validating.mean(combine(valid_scores, state))
 
     # Epoch 0 is the selected mixture itself (W = I, b = 0, its T): the grid already measured it.
     best = _Best(selected, (weight.detach().clone(), bias.detach().clone(), log_t.detach().clone()), 0, False)

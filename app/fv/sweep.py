@@ -76,8 +76,9 @@ def _batch_ranks(
     base_ranks = answers.rank(plain)
     rows = torch.arange(len(items), device=device).repeat_interleave(width)  # row-major: item, then layer
     flat = logits.reshape(len(items) * width, -1)
-    ranks = answers.take(rows).rank(flat).reshape(len(items), width)
-    log_probs = answers.take(rows).log_prob(flat).reshape(len(items), width)
+    per_layer = answers.take(rows)
+    ranks = per_layer.rank(flat).reshape(len(items), width)
+    log_probs = per_layer.log_prob(flat).reshape(len(items), width)
     return base_ranks.cpu(), ranks.cpu(), log_probs.cpu()
 
 
