@@ -177,7 +177,7 @@ class Runtime:
                 backend, engine.prompts, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
             )
             jobs = self._jobs(bundle.registry)
-            vectors = VectorService(engine, bundle.registry, bundle.cache, jobs)
+            vectors = VectorService(engine, bundle.registry, bundle.cache, jobs, settings.max_prompt_tokens)
             jobs.start()
         except Exception as exc:
             log.exception("model %s failed to load", settings.model)

@@ -42,6 +42,9 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+RECORDED_OPTIONS = ("epochs", "lr", "l2", "seed", "chat", "patience")  # besides init, what a vector records
+
+
 def _up_to_date(registry: VectorRegistry, relation: str, options: FinetuneOptions) -> bool:
     try:
         stored = registry.get(relation)
@@ -50,7 +53,7 @@ def _up_to_date(registry: VectorRegistry, relation: str, options: FinetuneOption
     metrics = stored.meta.metrics
     return (stored.meta.method == "finetuned"
             and stored.meta.dataset_sha256 == dataset_sha256(relation_pairs(relation))
-            and all(metrics.get(key) == getattr(options, key) for key in ("epochs", "lr", "l2", "seed"))
+            and all(metrics.get(key) == getattr(options, key) for key in RECORDED_OPTIONS)
             and metrics.get("init") == options.init)
 
 
@@ -66,14 +69,17 @@ def _combiner_up_to_date(path: Path, fingerprint: str, bank: Bank, options: FitO
 
 
 def holdout_table(registry: VectorRegistry, relations: list[str]) -> str:
-    """Every relation's hold-out top-1 as recorded in its vector: before training, after, 10-shot prompting."""
-    lines = [f"{'relation':<20} {'layer':>5} {'n':>3} {'before':>6} {'after':>6} {'10-shot':>7} {'epoch':>5}"]
+    """Every relation's hold-out top-1 as recorded in its vector: before training, after, 10-shot prompting, and
+    after training on chat-rendered prompts (``-`` for a vector trained without them)."""
+    lines = [f"{'relation':<20} {'layer':>5} {'n':>3} {'before':>6} {'after':>6} {'10-shot':>7} {'chat':>5} "
+             f"{'epoch':>5}"]
     for name in relations:
         meta = registry.get(name).meta
         metrics = meta.metrics
+        chat = metrics.get("holdout_chat_top1_after")
         lines.append(f"{name:<20} {meta.layer:>5} {metrics['n_holdout']:>3} {metrics['holdout_top1_before']:>6.2f} "
                      f"{metrics['holdout_top1_after']:>6.2f} {metrics['holdout_icl_top1']:>7.2f} "
-                     f"{metrics['best_epoch']:>5}")
+                     f"{'-' if chat is None else format(chat, '.2f'):>5} {metrics['best_epoch']:>5}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ the embedded model, with the same relations and options.
 
 Each path gets its own empty head-mean cache (so neither reuses the other's mediation work) and writes nothing.
 Phase times (mediation init, training, the rest: the 10-shot bar) come out separately, so the figure at the
-bank's 80 epochs can be projected from a short run: init and the rest do not depend on the epochs; training is a
+bank's epochs can be projected from a short run: init and the rest do not depend on the epochs; training is a
 fixed part (the batched path runs every prompt's prefix once; one-at-a-time only scores the hold-out before
 training) plus the same time every epoch, both timed from the first and last epochs' progress reports. Per relation,
 the hold-out top-1 before and after training, the chosen epoch, and how far the two paths' vectors are apart.
@@ -139,15 +139,15 @@ def main() -> None:
 
     n = len(relations)
     per_hour = {path: 3600 * n / seconds["total"] for path, seconds in (("old", old), ("new", new))}
-    at_80 = {path: 3600 * n / projected(seconds) for path, seconds in (("old", old), ("new", new))}
+    at_default = {path: 3600 * n / projected(seconds) for path, seconds in (("old", old), ("new", new))}
     training = old["training"] / new["training"]
     print(f"\nvectors/hour at {args.epochs} epochs: old {per_hour['old']:.0f}, new {per_hour['new']:.0f}, "
           f"ratio {per_hour['new'] / per_hour['old']:.1f}x (training phase alone {training:.1f}x)")
     print(f"one epoch of all {n}: old {old['per_epoch']:.1f} s, new {new['per_epoch']:.1f} s "
           f"({old['per_epoch'] / new['per_epoch']:.1f}x); training's fixed part: old {old['training_fixed']:.0f} s, "
           f"new {new['training_fixed']:.0f} s")
-    print(f"projected at {DEFAULT_EPOCHS} epochs: old {at_80['old']:.0f}, new {at_80['new']:.0f}, "
-          f"ratio {at_80['new'] / at_80['old']:.1f}x")
+    print(f"projected at {DEFAULT_EPOCHS} epochs: old {at_default['old']:.0f}, new {at_default['new']:.0f}, "
+          f"ratio {at_default['new'] / at_default['old']:.1f}x")
     # Both paths compute the same mediation inits: their time ratio shows how much the machine's load drifted.
     print(f"drift: init seconds old/new {old['init'] / new['init']:.2f} (1.00 = same machine speed for both)")
 

@@ -43,12 +43,15 @@ def section(folder: Path) -> list[str]:
     lines = [MARKER, "", "## Starter bank: 103 fine-tuned vectors", "",
              "`make vectors` on the embedded model: every shipped relation fine-tuned with the defaults "
              f"({first['epochs']} epochs, lr {first['lr']}, λ {first['l2']}, start `{first['init']}`, seed "
-             f"{first['seed']}), 16 relations trained together. First-token top-1 on each relation's hold-out pairs "
+             f"{first['seed']}"
+             + (", every pair also as a chat turn" if first.get("chat") else ", raw prompts only")
+             + "), 16 relations trained together. First-token top-1 on each relation's hold-out pairs "
              "before training (the start vector), after, and with 10-shot prompting and no vector. The hold-out "
-             "pairs are a seeded quarter of the training split that picks the checkpoint, so *after* is the best "
-             "epoch on them; the test split is untouched (benchmarks/finetune_report.py measures it).", "",
-             "| type | relations | mean before | mean after | mean 10-shot | after ≥ 10-shot |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "pairs are a seeded quarter of the training split that picks the checkpoint (by hold-out top-1"
+             + (", the mean of the raw and chat forms'" if first.get("chat") else "") + ", then loss), so *after* is "
+             "optimistic; the test split is untouched (benchmarks/finetune_report.py measures it).", "",
+             "| type | relations | mean before | mean after | mean 10-shot | mean chat | after ≥ 10-shot |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for name, (_, metrics) in rows.items():
         by_type[types.get(name, "?")].append(metrics)
@@ -57,14 +60,20 @@ def section(folder: Path) -> list[str]:
         def mean(key: str, group: list[dict[str, Any]] = group) -> float:
             return sum(float(m[key]) for m in group) / len(group)
         wins = sum(m["holdout_top1_after"] >= m["holdout_icl_top1"] for m in group)
+        chat = [float(m["holdout_chat_top1_after"]) for m in group if m.get("holdout_chat_top1_after") is not None]
         lines.append(f"| {kind} | {len(group)} | {mean('holdout_top1_before'):.2f} | {mean('holdout_top1_after'):.2f} "
-                     f"| {mean('holdout_icl_top1'):.2f} | {wins} |")
-    lines += ["", "| relation | type | layer | n | before | after | 10-shot | best epoch |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+                     f"| {mean('holdout_icl_top1'):.2f} | {f'{sum(chat) / len(chat):.2f}' if chat else '–'} "
+                     f"| {wins} |")
+    lines += ["", "*chat*: the same hold-out pairs as chat turns (the user message is the word alone; the answer's "
+              "first token, any accepted answer as written or capitalised, bare or after a space), for vectors "
+              "trained on both forms.", "",
+              "| relation | type | layer | n | before | after | 10-shot | chat | best epoch |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (layer, metrics) in rows.items():
         lines.append(f"| {name} | {types.get(name, '?')} | {layer} | {metrics['n_holdout']} | "
                      f"{metrics['holdout_top1_before']:.2f} | {metrics['holdout_top1_after']:.2f} | "
-                     f"{metrics['holdout_icl_top1']:.2f} | {metrics['best_epoch']} |")
+                     f"{metrics['holdout_icl_top1']:.2f} | {fmt(metrics.get('holdout_chat_top1_after'))} | "
+                     f"{metrics['best_epoch']} |")
     combiner_path = folder / "combiner.json"
     if combiner_path.is_file():
         record = json.loads(combiner_path.read_text(encoding="utf-8"))
@@ -83,9 +92,11 @@ def section(folder: Path) -> list[str]:
                   f"{fmt(metrics.get('valid_log_prob_fitted'))} | {fmt(metrics.get('valid_oracle_first_fitted'))} |",
                   *curve_lines(metrics.get("valid_log_prob_by_epoch")),
                   "", "Selection grid (validation):", "",
-                  "| scores | T | top-k | validation log p | oracle relation first |", "|---|---:|---:|---:|---:|"]
+                  "| normalisation | scores | T | top-k | validation log p | oracle relation first |",
+                  "|---|---|---:|---:|---:|---:|"]
         for point in metrics.get("selection", []):
-            lines.append(f"| {'calibrated' if point['calibrated'] else 'raw'} | {point['temperature']} | "
+            lines.append(f"| {point.get('normalisation', 'sum')} | "
+                         f"{'calibrated' if point['calibrated'] else 'raw'} | {point['temperature']} | "
                          f"{point['top_k'] or 'all'} | {point['valid_log_prob']:.3f} | "
                          f"{point['valid_oracle_first']:.3f} |")
     return [*lines, ""]
@@ -102,7 +113,8 @@ def curve_lines(curve: list[float] | None) -> list[str]:
 def selection_text(selected: dict[str, Any] | None) -> str:
     if not selected:
         return "–"
-    return (f"{'calibrated' if selected['calibrated'] else 'raw'} scores, T = {selected['temperature']}, "
+    return (f"{selected.get('normalisation', 'sum')} normalisation, "
+            f"{'calibrated' if selected['calibrated'] else 'raw'} scores, T = {selected['temperature']}, "
             f"top-k {selected['top_k'] or 'all'}")
 
 

@@ -9,12 +9,17 @@
 5. ``choices``: relation-inference choices (unsteered fallback, product of experts, source-pair templates) on the
    combiner's validation analogies (``app/analogy/choices.py``);
 6. ``decoding``: whether the fine-tuned FVs' logit lens shows their relation's words more often than the mediation
-   FVs' (Kang, Wu & Lu 2026), per relation and per type (``benchmarks/decoding.py``).
+   FVs' (Kang, Wu & Lu 2026), per relation and per type (``benchmarks/decoding.py``);
+7. ``chat``: every bank vector on its relation's test pairs in a chat turn beside the raw prompt, first generated word
+   against the accepted answers, with and without the vector (``benchmarks/chat.py``);
+8. ``held_out``: the combiner refitted with a fifth of the relations held out of its analogies, against the shipped
+   fit and the plain softmax on those relations' validation analogies
+   (:func:`app.analogy.fitting.held_out_check`; development data only).
 
 Each part's figures go to ``benchmarks/results/finetune_report.json`` (committed) as soon as they are measured, and
 the markdown is written from that file, so the parts can be run one at a time (``--parts``) and ``--parts none``
-rewrites the section alone. ``relations`` and ``decoding`` resume: a relation already measured with the current
-vector is kept, so an interrupted run goes on where it stopped (``--fresh`` starts over). Runs in-process on the
+rewrites the section alone. ``relations``, ``decoding`` and ``chat`` resume: a relation already measured with the
+current vector is kept, so an interrupted run goes on where it stopped (``--fresh`` starts over). Runs in-process on the
 served model and the registry (``FVSTEER_VECTORS_DIR``, the starter bank by default); mediation FVs are extracted with
 fvsteer's defaults, cached in Redis when ``FVSTEER_REDIS_URL`` is set (then a second part reuses the first one's
 extractions).
@@ -43,6 +48,8 @@ from typing import Any
 from torch import Tensor
 
 from app.analogy import choices
+from app.analogy.combiner import bank_in_force
+from app.analogy.fitting import FitOptions, held_out_check
 from app.analogy.offline import alignment, analogy_accuracy
 from app.bundle import ModelBundle, load_bundle
 from app.fv.evaluation import accuracy, ranks_of_answers
@@ -51,15 +58,17 @@ from app.fv.pairs import Pair, relation_pairs, shipped_relation_types, shipped_r
 from app.fv.prompts import Template, bos_prefix, icl_prompts, zero_shot_prompts
 
 try:
-    from benchmarks import decoding
+    from benchmarks import chat, decoding
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import chat  # type: ignore[no-redef]
     import decoding  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- section: fine-tuned and composite vectors (benchmarks/finetune_report.py) -->"
 RESULTS = ROOT / "benchmarks" / "results" / "finetune_report.json"
 BANK27 = ROOT / "benchmarks" / "results" / "bank27.json"
-PARTS = ("relations", "external", "analogies", "semeval", "choices", "decoding")
+PARTS = ("relations", "external", "analogies", "semeval", "choices", "decoding", "chat", "held_out")
+CHAT_GAP_TARGET = 0.10  # issue 30: in chat, steered accuracy within 10 points of the raw prompt's, over the bank
 EXTERNAL = ["antonym", "country-capital", "present-past", "singular-plural", "english-french", "capitalize"]
 # (key, title, path under --data, whether --bats-limit samples it)
 SETS: list[tuple[str, str, str, bool]] = [
@@ -208,6 +217,35 @@ def measure_decoding(local: ModelBundle, mediation: Mediation, store: Results, f
         say(f"decoding {relation}: mediation {row['mediation']}, fine-tuned {row['finetuned']}")
         save()
     save()
+
+
+def measure_chat(local: ModelBundle, store: Results, fresh: bool) -> None:
+    """Every bank relation's test pairs as raw prompts and chat turns, steered and not (``benchmarks/chat.py``),
+    saved one relation at a time; rows measured with the same vector are kept unless ``fresh``."""
+    model = local.model
+    prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
+    rows: dict[str, Any] = {} if fresh else dict(store.data.get("chat", {}))
+    loaded = {stored.name for stored in local.registry.list()}
+    names = [name for name in shipped_relations() if name in loaded]
+    for relation in names:
+        stamp = vector_stamp(local, relation)
+        if relation in rows and rows[relation].get("vector") == stamp:
+            continue
+        tuned = local.registry.get(relation)
+        test = split_pairs(relation_pairs(relation), 0).test
+        row = chat.relation_row(model.adapter, model.tokenizer, prefix, test, (tuned.layer, tuned.vector))
+        rows[relation] = {"n": len(test), "vector": stamp, "trained_on_chat": bool(tuned.meta.metrics.get("chat")),
+                          **{key: value for key, value in row.items() if key.endswith("_examples")},
+                          **{key: sum(row[key]) / len(test) for key in chat.CONDITIONS}}
+        say(f"chat {relation}: " + ", ".join(f"{key} {rows[relation][key]:.2f}" for key in chat.CONDITIONS))
+        store.save("chat", {name: rows[name] for name in names if name in rows})
+
+
+def measure_held_out(local: ModelBundle) -> dict[str, Any]:
+    bank, combiner = bank_in_force(local.registry, local.model.fingerprint)
+    options = FitOptions(**{key: tuple(value) if isinstance(value, list) else value
+                            for key, value in combiner.metrics["options"].items()})
+    return held_out_check(local.model, bank, combiner, options, report=say)
 
 
 class Results:
@@ -516,6 +554,50 @@ def decoding_lines(figures: dict[str, Any], shipped: int) -> list[str]:
     return [*lines, ""]
 
 
+def held_out_lines(result: dict[str, Any]) -> list[str]:
+    """The relation-held-out check of the combiner (development data: its validation analogies)."""
+    figures = result["figures"]
+    labels = {"softmax": "plain softmax (nothing fitted)",
+              "held_out_fit": "refit without these relations' analogies",
+              "shipped_fit": "shipped combiner (trained on their other pairs)"}
+    lines = ["### The combiner on relations it never saw", "",
+             f"The combiner refitted with {len(result['held_out'])} of the bank's relations (a seeded fifth: "
+             + ", ".join(result["held_out"]) + ") held out of its training and validation analogies — their vectors "
+             f"stay in the bank — and scored on those relations' {result['n_valid']} validation analogies (pairs no "
+             "fit trained on). If the refit is close to the shipped fit, the fitted map is not a lookup of the "
+             "relations it trained on.", "", "| weights | validation log p | family first |", "|---|---:|---:|"]
+    for key, label in labels.items():
+        lines.append(f"| {label} | {figures[key]['log_prob']:.3f} | {figures[key]['family_first']:.3f} |")
+    return [*lines, ""]
+
+
+def chat_lines(rows: dict[str, dict[str, Any]], types: dict[str, str]) -> list[str]:
+    """Raw prompt vs chat turn per relation type, and the bank's chat − raw gap with a paired bootstrap interval."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for name, row in rows.items():
+        groups[types.get(name, "?")].append(row)
+    everything = list(rows.values())
+    lines = ["### In a chat turn", "",
+             "Each relation's test pairs (never trained on) asked two ways: the raw prompt `\"Q: x\\nA:\"` and a chat "
+             "turn whose user message is the word alone (the model's chat template, as `messages` are rendered), "
+             "with the relation's vector added at the prompt's last token and without it. An item is right when the "
+             "first word of the greedy answer (6 tokens) is the first word of an accepted answer, case-folded "
+             "(`benchmarks/chat.py`). Means over relations (each counts once).", "",
+             "| type | relations | raw | raw + vector | chat | chat + vector |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, group in [*sorted(groups.items()), ("**all**", everything)]:
+        means = [sum(float(row[key]) for row in group) / len(group) for key in chat.CONDITIONS]
+        lines.append(f"| {kind} | {len(group)} | " + " | ".join(fmt(mean) for mean in means) + " |")
+    gap = chat.paired_difference([row["raw_steered"] for row in everything],
+                                 [row["chat_steered"] for row in everything])
+    met = gap["mean"] >= -CHAT_GAP_TARGET
+    untrained = sum(not row.get("trained_on_chat") for row in everything)
+    lines += ["", f"Chat − raw with the vector, over {gap['n']} relations: **{gap['mean']:+.3f}** (95 % paired "
+              f"bootstrap interval {gap['low']:+.3f} to {gap['high']:+.3f}); target: within "
+              f"{CHAT_GAP_TARGET:.2f} of the raw figure — **{'met' if met else 'missed'}**."
+              + (f" {untrained} of these vectors were trained on raw prompts only." if untrained else ""), ""]
+    return lines
+
+
 def section(data: dict[str, Any], bank27: dict[str, Any], vectors: str, settings: dict[str, Any]) -> list[str]:
     types = shipped_relation_types()
     lines = [MARKER, "", "## Fine-tuned function vectors", ""]
@@ -543,6 +625,10 @@ def section(data: dict[str, Any], bank27: dict[str, Any], vectors: str, settings
                   "countries).", "", *comparison_lines(data["external"])]
     if data.get("decoding", {}).get("relations"):
         lines += decoding_lines(data["decoding"], len(shipped_relations()))
+    if data.get("chat"):
+        lines += chat_lines(data["chat"], types)
+    if data.get("held_out"):
+        lines += held_out_lines(data["held_out"])
     analogies, aligned = data.get("analogies", {}), data.get("semeval")
     lines += ["## Analogies with composite vectors", "",
               "Weights from the source pair A:B: `sᵢ = log p(B | \"Q: A\\nA:\", vᵢ)` for every bank vector, then "
@@ -620,6 +706,8 @@ def main() -> None:
         timed(store, "choices" in parts, "choices",
               lambda: store.save("choices", choices.measure(local, say)))
         timed(store, "decoding" in parts, "decoding", lambda: measure_decoding(local, mediation, store, args.fresh))
+        timed(store, "chat" in parts, "chat", lambda: measure_chat(local, store, args.fresh))
+        timed(store, "held_out" in parts, "held_out", lambda: store.save("held_out", measure_held_out(local)))
         store.save("settings", settings)
     bank27 = json.loads(BANK27.read_text(encoding="utf-8"))
     write(args.out, section(store.data, bank27, store.data.get("vectors", "?"), store.data.get("settings", settings)))

@@ -241,6 +241,10 @@ def add_jobs_parsers(commands: Subcommands) -> None:
     finetune.add_argument("--lr", type=float, help="Adam learning rate (server default: the tuned value)")
     finetune.add_argument("--l2", type=float, help="weight of ||v - v0||^2 in the loss (server: 0)")
     finetune.add_argument("--seed", type=int, help="seeds the split, the hold-out and a random init (server: 0)")
+    finetune.add_argument("--patience", type=int,
+                          help="stop after this many epochs without a better hold-out score (server: the tuned value)")
+    finetune.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                          help="also train on chat-rendered prompts so the vector steers chat turns (server: on)")
     add_wait_flags(finetune)
     finetune.set_defaults(handler=_cmd_finetune)
 

@@ -143,7 +143,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) 
     server = start_server(
         tmp_path_factory.mktemp("live"), str(tiny_llama_dir), admin_token=secrets.token_hex(16),
         d_model=int(config["hidden_size"]), n_layers=int(config["num_hidden_layers"]),
-        extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "128"},
+        extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "512"},
     )
     yield server
     stop_server(server)
@@ -157,7 +157,7 @@ def gated_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path)
     server = start_server(
         tmp_path_factory.mktemp("gated"), str(tiny_llama_dir), admin_token=secrets.token_hex(16),
         d_model=int(config["hidden_size"]), n_layers=int(config["num_hidden_layers"]), module="tests.fault_server",
-        extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "128"},
+        extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "512"},
     )
     yield server
     stop_server(server)

@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.analogy.bank import Bank, query, relation_scores
+from app.analogy.bank import NORMALISATIONS, Bank, SourceFacts, normalise, query, relation_scores, source_facts
 from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.datasets import AnalogyProblem
-from app.analogy.fitting import FitOptions, TrainingAnalogy, fit_combiner, split_analogies
+from app.analogy.fitting import (
+    SELECTION_MARGIN,
+    FitOptions,
+    TrainingAnalogy,
+    fit_combiner,
+    held_out_check,
+    split_analogies,
+)
 from app.analogy.prefixed import prefixed_log_probs, prefixed_rows
 from app.analogy.scoring import ScoreRow, encode_rows, score_rows, sequence_log_probs, variant_log_probs
 from app.analogy.solver import CONTROLS, ORACLE_RELATIONS, evaluate_analogies
@@ -160,6 +167,39 @@ def test_softmax_combiner_and_save_load(tmp_path: Path) -> None:
         Combiner.load(path, "fp")
 
 
+def test_normalised_scores_keep_each_pair_s_ranking_and_need_the_pairs_facts(tmp_path: Path) -> None:
+    scores = torch.tensor([[-2.0, -4.0, -3.0], [-6.0, -5.0, -9.0]])
+    facts = SourceFacts(tokens=torch.tensor([1.0, 3.0]), unsteered=torch.tensor([-5.0, -7.0]))
+    assert normalise(scores, "sum", None) is scores
+    per_token = torch.tensor([[-2.0, -4.0, -3.0], [-2.0, -5 / 3, -3.0]])
+    assert torch.allclose(normalise(scores, "per_token", facts), per_token)
+    assert torch.allclose(normalise(scores, "pmi", facts), torch.tensor([[3.0, 1.0, 2.0], [1.0, 2.0, -2.0]]))
+    for normalisation in NORMALISATIONS:
+        assert normalise(scores, normalisation, facts).argsort(dim=-1).equal(scores.argsort(dim=-1))
+    fitted = Combiner(["p", "q", "r"], torch.eye(3), torch.zeros(3), 0.5, normalisation="per_token")
+    assert fitted.needs_facts
+    with pytest.raises(ValueError, match="facts"):
+        fitted.weights(scores)
+    assert torch.allclose(fitted.weights(scores, facts), torch.softmax(normalise(scores, "per_token", facts) / 0.5, -1))
+    path = tmp_path / "combiner.json"
+    fitted.save(path, "fp")
+    assert Combiner.load(path, "fp").normalisation == "per_token"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["normalisation"] = "softmax"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ValueError, match="normalisation"):
+        Combiner.load(path, "fp")
+
+
+def test_source_facts_count_the_answer_s_tokens_and_score_it_unsteered(model: ModelHandle) -> None:
+    pairs = [("hot", "cold"), ("up", "down under"), ("hot", "cold")]
+    facts = source_facts(model, pairs)
+    expected = [len(model.tokenizer(" " + b, add_special_tokens=False).input_ids) for _, b in pairs]
+    assert facts.tokens.tolist() == expected
+    plain = score_rows(model.adapter, model.tokenizer, [ScoreRow(query(model, a), b) for a, b in pairs])
+    assert torch.allclose(facts.unsteered, plain, atol=1e-4)
+
+
 def test_a_first_release_combiner_file_still_loads(tmp_path: Path) -> None:
     """Format /1 had neither calibration nor top-k: it loads as the plain affine combiner it was."""
     path = tmp_path / "combiner.json"
@@ -223,9 +263,11 @@ def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) ->
     assert combiner.relations == bank.names and combiner.kind == "affine"
     assert (metrics["n_train"], metrics["n_valid"]) == (18, 3)
     grid = metrics["selection"]
-    assert len(grid) == 2 * 2 * 2  # raw and calibrated × temperatures × top-ks
-    best = max(grid, key=lambda point: point["valid_log_prob"])
-    assert metrics["selected"] == {key: best[key] for key in ("calibrated", "temperature", "top_k")}
+    assert len(grid) == 3 * 2 * 2 * 2  # normalisations × raw and calibrated × temperatures × top-ks
+    top = max(point["valid_log_prob"] for point in grid)
+    best = next(point for point in grid if point["valid_log_prob"] >= top - SELECTION_MARGIN - 1e-4)  # the first
+    assert metrics["selected"] == {key: best[key] for key in ("normalisation", "calibrated", "temperature", "top_k")}
+    assert combiner.normalisation == best["normalisation"]
     assert metrics["valid_log_prob_selected"] == pytest.approx(best["valid_log_prob"], abs=1e-3)
     assert metrics["valid_log_prob_selected"] >= metrics["valid_log_prob_softmax"]
     assert metrics["valid_log_prob_fitted"] >= metrics["valid_log_prob_selected"]
@@ -241,6 +283,21 @@ def test_fitting_starts_from_softmax_and_never_ends_worse(model: ModelHandle) ->
     assert all(members[0] == name for name, members in metrics["families"].items())
     assert metrics["valid_family_first_fitted"] >= metrics["valid_oracle_first_fitted"]
     assert fit_combiner(model, bank, options).weight.equal(combiner.weight)  # seeded: same fit
+
+
+def test_a_relation_held_out_of_the_fit_is_checked_on_its_own_validation_analogies(model: ModelHandle) -> None:
+    d = model.adapter.d_model
+    bank = Bank(["antonym", "synonym", "capitalize"], [1, 1, 2], torch.randn(3, d, generator=torch.Generator()
+                                                                              .manual_seed(2)))
+    options = FitOptions(per_relation=6, epochs=2, batch_size=8, lr=0.05, temperatures=(1.0,), top_ks=(None,),
+                         normalisations=("sum",), average_last=0)
+    without = fit_combiner(model, bank, options, held_out=frozenset({"synonym"}))
+    assert (without.metrics["n_train"], without.metrics["n_valid"]) == (12, 2)  # two relations' analogies only
+    assert without.relations == bank.names  # its vector stays in the bank
+    check = held_out_check(model, bank, fit_combiner(model, bank, options), options, fraction=0.2)
+    assert len(check["held_out"]) == 1 and check["n_valid"] == 1
+    assert set(check["figures"]) == {"softmax", "held_out_fit", "shipped_fit"}
+    assert all(math.isfinite(f["log_prob"]) and 0 <= f["family_first"] <= 1 for f in check["figures"].values())
 
 
 def test_fitting_stops_after_patience_epochs_without_a_better_validation(model: ModelHandle) -> None:

@@ -107,7 +107,7 @@ def test_zero_weights_are_dropped(live_server: LiveServer, steer_vector: str) ->
         ({"prompt": ""}, 422, "prompt"),
         ({"prompt": "x", "max_new_tokens": 0}, 422, "max_new_tokens"),
         ({"prompt": "x", "max_new_tokens": 65}, 422, "max_new_tokens"),
-        ({"prompt": "x" * 129}, 422, "prompt"),
+        ({"prompt": "x" * 513}, 422, "prompt"),
         ({"prompt": "x", "bogus": 1}, 422, "bogus"),
         ({"prompt": "x", "temperature": -1}, 422, "temperature"),
         ({"prompt": "x", "top_p": 0}, 422, "top_p"),
@@ -127,9 +127,22 @@ def test_bad_completion_input_gets_an_envelope(live_server: LiveServer, body: di
     assert_envelope(complete(live_server, **body), status, param)
 
 
+def test_a_vanishing_top_p_samples_the_top_token_over_http(live_server: LiveServer) -> None:
+    """top_p = 1e-300 (and OpenAI's 1e-46) is 0 in float32: sampled, it must act greedy, never 500 its batch."""
+    greedy = complete(live_server, prompt="Q: a\nA:", max_new_tokens=4).json()
+    for top_p in (1e-300, 1e-46):
+        sampled = complete(live_server, prompt="Q: a\nA:", max_new_tokens=4, temperature=1.0, top_p=top_p, seed=3)
+        assert sampled.status_code == 200, sampled.text
+        assert sampled.json()["text"] == greedy["text"]
+    openai = httpx.post(f"{live_server.url}/v1/completions", json={
+        "model": httpx.get(f"{live_server.url}/readyz").json()["model"], "prompt": "Q: a\nA:", "max_tokens": 4,
+        "temperature": 1.0, "top_p": 1e-46, "seed": 3}, timeout=30)
+    assert openai.status_code == 200 and openai.json()["choices"][0]["text"] == greedy["text"], openai.text
+
+
 def test_messages_name_the_limit(live_server: LiveServer) -> None:
-    error = assert_envelope(complete(live_server, prompt="x" * 129), 422, "prompt")
-    assert "129" in error["message"] and "128" in error["message"]
+    error = assert_envelope(complete(live_server, prompt="x" * 513), 422, "prompt")
+    assert "513" in error["message"] and "512" in error["message"]
     error = assert_envelope(complete(live_server, prompt="x", max_new_tokens=65), 422, "max_new_tokens")
     assert "64" in error["message"]
 

@@ -3,6 +3,8 @@ unpadded one, and each relation trained in the batch gets the loss curve, checkp
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from app.fv.prompts import Template, bos_prefix, zero_shot_prompts
 from app.model.adapter import adapt
 from app.model.handle import ModelHandle
 from app.model.steering import BatchSteering, steered
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import CHAT_TEMPLATE, tiny_model, tiny_tokenizer
 
 LETTERS = "abcdefghijklmnopqrst"
 # Three relations whose inputs differ in length, so that a batch mixes prompts of several lengths.
@@ -123,3 +125,63 @@ def test_relations_with_several_accepted_answers_train_as_they_would_alone(monke
         assert_same_training(mine, finetune(model, spec, init))
     single = finetune(model, FinetuneSpec(RELATIONS[0], layer=1, epochs=6, lr=0.3, seed=0), inits[0])
     assert single.history[0]["loss"] != pytest.approx(together[0].history[0]["loss"], abs=1e-3)
+
+
+def test_chat_rendered_prompts_train_beside_raw_ones_as_they_would_alone() -> None:
+    """With ``chat`` and a chat template, each pair is also a chat-rendered prompt: the loss covers both forms, the
+    checkpoint's hold-out top-1 is reported per form, and batched and alone still agree. Without a template (or
+    without ``chat``) training is the raw one."""
+    model = handle()
+    d_model = model.adapter.d_model
+    inits = [torch.randn(d_model, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    raw_specs = [FinetuneSpec(pairs, layer=1, epochs=5, lr=0.3, seed=seed) for seed, pairs in enumerate(RELATIONS[:2])]
+    chat_specs = [replace(spec, chat=True) for spec in raw_specs]
+    no_template = finetune(model, chat_specs[0], inits[0])
+    assert no_template.chat_after is None and "holdout_chat_top1" not in no_template.history[0]
+    assert no_template.history[0]["loss"] == pytest.approx(finetune(model, raw_specs[0], inits[0]).history[0]["loss"])
+
+    model.tokenizer.chat_template = CHAT_TEMPLATE
+    together = finetune_many(model, chat_specs, inits, rows_per_forward=9)
+    for spec, init, mine in zip(chat_specs, inits, together, strict=True):
+        alone = finetune(model, spec, init)
+        assert_same_training(mine, alone)
+        assert (mine.chat_before, mine.chat_after) == (alone.chat_before, alone.chat_after)
+        assert mine.chat_after is not None and 0.0 <= mine.chat_after <= 1.0
+        assert all(record["holdout_chat_top1"] == theirs["holdout_chat_top1"]
+                   for record, theirs in zip(mine.history, alone.history, strict=True))
+    raw = finetune(model, raw_specs[0], inits[0])
+    assert raw.chat_after is None
+    assert raw.history[0]["loss"] != pytest.approx(together[0].history[0]["loss"], abs=1e-3)  # chat rows count
+
+
+def test_chat_prompts_render_a_user_turn_and_accept_the_answer_with_or_without_a_capital() -> None:
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    (item,) = prompts.chat_prompts(tokenizer, [Pair("hot", "cold", ("cool",))])
+    assert item.text == "<user>hot\n<assistant>"
+    first = [tokenizer(text, add_special_tokens=False).input_ids[0] for text in ("c", "C")]
+    assert item.answer_tokens == tuple(first)  # "cold" and "cool" share their first character here
+
+
+def test_relations_stop_at_their_own_patience_and_their_rows_leave_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``patience`` each relation stops once that many epochs have not beaten its best hold-out score, as it
+    does alone; the others go on without its rows."""
+    from app.fv import batched_finetune
+
+    stops: list[set[int]] = []
+    original = batched_finetune._Batch.stop
+    monkeypatch.setattr(batched_finetune._Batch, "stop",
+                        lambda self, relations: (stops.append(set(relations)), original(self, relations))[1])
+    model = handle()
+    model.tokenizer.chat_template = CHAT_TEMPLATE
+    d_model = model.adapter.d_model
+    inits = [torch.randn(d_model, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    specs = [FinetuneSpec(pairs, layer=1, epochs=30, lr=0.5, seed=seed, patience=3, chat=seed != 1)
+             for seed, pairs in enumerate(RELATIONS)]
+    together = finetune_many(model, specs, inits, rows_per_forward=11)
+    lengths = [len(result.history) for result in together]
+    assert min(lengths) < 30 and len(set(lengths)) > 1, lengths  # stopped early, at different epochs
+    for spec, init, mine in zip(specs, inits, together, strict=True):
+        assert_same_training(mine, finetune(model, spec, init))
+        assert len(mine.history) == 30 or len(mine.history) - mine.best_epoch == 3
+    assert stops and set().union(*stops) == {i for i, n in enumerate(lengths) if n < max(lengths)}

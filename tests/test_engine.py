@@ -15,8 +15,10 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from app.engine import engine as engine_module
 from app.engine.engine import Engine
 from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
+from app.engine.sampling import make_generator, next_token
 from app.errors import InvalidInput, NotFound, NotReady, QueueFull
 from app.model.adapter import adapt
 from app.model.runner import Abandoned, offload
@@ -352,6 +354,49 @@ def test_a_vanishing_temperature_acts_greedy_and_fails_nothing(make_engine: Make
     greedy = _run(engine, PROMPTS[0], max_new_tokens=6)
     tiny = _run(engine, PROMPTS[0], max_new_tokens=6, temperature=1e-40, seed=3)
     assert _same(tiny, greedy)
+
+
+def test_a_top_p_that_rounds_to_zero_keeps_the_top_token_and_fails_nothing(make_engine: MakeEngine) -> None:
+    """top_p = 1e-300 is admitted by the schema but is 0 in float32: nucleus sampling must keep the most likely token
+    (and so act greedy), not remove every token and fail the batch."""
+    logits = torch.tensor([0.1, 3.0, -1.0, 2.9])
+    for top_p in (1e-300, 1e-46, 1e-8):
+        assert next_token(logits, 1.0, top_p, make_generator(0)) == 1
+    engine = make_engine("llama", start=False)
+    greedy = _request(engine, PROMPTS[1], max_new_tokens=6)
+    tiny = _request(engine, PROMPTS[0], max_new_tokens=6, temperature=1.0, top_p=1e-300, seed=3)
+    engine.submit([greedy, tiny])
+    engine.start()
+    assert _same(tiny.future.result(timeout=WAIT_S), _run(engine, PROMPTS[0], max_new_tokens=6))
+    assert _same(greedy.future.result(timeout=WAIT_S), _run(engine, PROMPTS[1], max_new_tokens=6))
+
+
+def test_a_row_whose_sampling_fails_fails_alone(make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row's own step raising (here its sampling, at its third token) fails that request; the others of the
+    running batch finish exactly as they would have alone, and the engine keeps serving."""
+    engine = make_engine("llama", start=False)
+    calls = {"marked": 0}
+    real = engine_module.next_token
+
+    def flaky(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+        if top_p == 0.77:  # the marked row
+            calls["marked"] += 1
+            if calls["marked"] == 3:
+                raise RuntimeError("injected row fault")
+        return real(logits, temperature, top_p, generator)
+
+    monkeypatch.setattr(engine_module, "next_token", flaky)
+    batch = [_request(engine, PROMPTS[1], max_new_tokens=8), _request(engine, PROMPTS[0], max_new_tokens=8,
+                                                                      temperature=1.0, top_p=0.77, seed=1),
+             _request(engine, PROMPTS[2], max_new_tokens=8)]
+    engine.submit(batch)
+    engine.start()
+    with pytest.raises(RuntimeError, match="injected row fault"):
+        batch[1].future.result(timeout=WAIT_S)
+    for request, prompt in ((batch[0], PROMPTS[1]), (batch[2], PROMPTS[2])):
+        got = request.future.result(timeout=WAIT_S)
+        assert _same(got, _run(engine, prompt, max_new_tokens=8)) and max(got.batch_sizes) == 3
+    assert engine.stats.failed_rows == 1 and engine.stats.failed_steps == 0 and engine.fatal is None
 
 
 # ------------------------------------------------------------------------------------------ cancel, deadline

@@ -368,6 +368,34 @@ def test_a_job_cancelled_while_queued_never_runs_and_frees_its_name(server: Live
         ({"relation": "antonym", "unknown": 1}, 422, "unknown"),
     ],
 )
+def long_pairs(n: int = 16) -> list[dict[str, str]]:
+    """Pairs whose 10-shot prompts (about 10 × 300 characters, one token each on the tiny tokenizer) run over the
+    server's 2,048-token prompt limit, though every pair is within the schema's 200 characters."""
+    return [{"input": f"w{index}{RUN_TAG}" + "x" * 150, "output": "y" * 150} for index in range(n)]
+
+
+def test_prompts_over_the_token_limit_are_refused_before_any_work(server: LiveServer) -> None:
+    """Extraction, fine-tuning (its mediation start) and evaluation build in-context prompts: ones that could run
+    over the limit completions obey are refused with 422 naming `shots` and both numbers, and nothing is queued."""
+    jobs_before = total_jobs(server)
+    for path in ("extract", "finetune"):
+        name = new_name("long")
+        error = assert_envelope(httpx.post(f"{server.url}/vectors/{path}", json={"name": name, "pairs": long_pairs()},
+                                           timeout=30), 422, "shots")
+        assert "2048" in error["message"] and "tokens" in error["message"], error
+        assert vector_files(server, name) == []
+    assert total_jobs(server) == jobs_before
+    vector = new_name("short")
+    job = httpx.post(f"{server.url}/vectors/finetune", json={"name": vector, "pairs": user_pairs(16), "epochs": 2,
+                                                            "init": "zero"}, timeout=30).json()
+    assert wait_job(server, job["id"], {"succeeded", "failed", "cancelled"})["state"] == "succeeded"
+    error = assert_envelope(httpx.post(f"{server.url}/vectors/{vector}/evaluate",
+                                       json={"pairs": long_pairs(), "shots": 10}, timeout=30), 422, "shots")
+    assert "2048" in error["message"]
+    fine = httpx.post(f"{server.url}/vectors/{vector}/evaluate", json={"pairs": long_pairs(), "shots": 1}, timeout=60)
+    assert fine.status_code == 200, fine.text  # one demonstration fits
+
+
 def test_bad_extraction_requests_are_refused(server: LiveServer, body: dict[str, Any], status: int,
                                              param: str) -> None:
     name = new_name("bad")

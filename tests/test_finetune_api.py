@@ -82,6 +82,8 @@ def test_finetune_job_saves_a_finetuned_vector_with_its_metrics(server: LiveServ
     for key in ("holdout_top1_before", "holdout_top1_after", "holdout_icl_top1"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["holdout_top1_after"] >= metrics["holdout_top1_before"]  # the checkpoint is never worse
+    # chat is on by default, but the tiny model has no chat template: raw prompts only, and no chat figures.
+    assert metrics["chat"] is True and metrics.get("holdout_chat_top1_after") is None
     meta = admin_metadata(server, finetuned["name"])
     assert meta["method"] == "finetuned" and meta["layer"] == 1 and meta["relation"] == "custom"
     assert meta["metrics"]["lr"] == 0.05 and meta["heads"], "the mediation init's heads are recorded"
@@ -129,6 +131,7 @@ def test_init_from_a_stored_vector(server: LiveServer, finetuned: dict[str, Any]
     ({"init_vector": "x"}, 422, "init_vector"),
     ({"init": "vector", "init_vector": "no-such-vector"}, 404, "init_vector"),
     ({"init": "warm"}, 422, "init"),
+    ({"chat": "sometimes"}, 422, "chat"),
     ({"relation": "antonym"}, 422, "relation"),  # both relation and pairs
     ({"name": "../escape"}, 422, "name"),
     ({"pairs": [{"input": "a", "output": ["x"] * 9}, *user_pairs(15)]}, 422, "pairs.0.output"),  # > 8 answers

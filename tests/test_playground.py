@@ -27,8 +27,7 @@ from transformers import AutoTokenizer
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.faults import Faults
 from tests.test_extraction_api import new_name, user_pairs, wait_job
-from tests.test_schema_fuzz import CHAT_TEMPLATE
-from tests.tiny_models import ARCH_CONFIGS
+from tests.tiny_models import ARCH_CONFIGS, CHAT_TEMPLATE
 
 CONFIG = ARCH_CONFIGS["llama"]
 D_MODEL = int(CONFIG["hidden_size"])
@@ -51,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> It
     tokenizer.save_pretrained(model_dir)
     server = start_server(tmp, str(model_dir), module="tests.fault_server",
                           admin_token=secrets.token_hex(16), d_model=D_MODEL, n_layers=N_LAYERS,
-                          extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "128"})
+                          extra_env={"FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "512"})
     jobs = []
     for name, path, options in (
         ("pg-first", "finetune", {"epochs": 3, "init": "zero", "layer": 1}),

@@ -77,7 +77,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> I
     token = secrets.token_hex(16)
     env = {"FVSTEER_REDIS_URL": f"redis://127.0.0.1:{port}/0", "FVSTEER_VECTORS_DIR": str(tmp / "registry"),
            "FVSTEER_JOB_HEARTBEAT_S": "2", "FVSTEER_REGISTRY_RESYNC_S": "1",
-           "FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "128"}
+           "FVSTEER_MAX_NEW_TOKENS": "64", "FVSTEER_MAX_PROMPT_TOKENS": "512"}
     started: list[LiveServer] = []
 
     def start(name: str, role: str, module: str) -> LiveServer:

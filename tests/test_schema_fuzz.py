@@ -20,12 +20,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import ROOT, LiveServer, start_server, stop_server
-from tests.tiny_models import ARCH_CONFIGS
+from tests.tiny_models import ARCH_CONFIGS, CHAT_TEMPLATE
 
 LLAMA: dict[str, Any] = ARCH_CONFIGS["llama"]
 MAX_EXAMPLES = 50  # per route and phase
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<assistant>{% endif %}")
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,negative_data_rejection")
 

@@ -10,6 +10,7 @@ import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 
+import httpx
 import pytest
 from fvsteer_client import Client
 
@@ -87,6 +88,33 @@ def test_relation_weights_steer_to_the_relation(bank_server: LiveServer, relatio
     with Client(bank_server.url, timeout=300) as client:
         steered, unsteered = answers(client, test, {relation: 1.0})
     assert steered >= 4 and steered >= unsteered + 3, (relation, steered, unsteered)
+
+
+def test_bank_vectors_steer_a_chat_turn(bank_server: LiveServer) -> None:
+    """Through the real `openai` client on `/v1/chat/completions`, the user message the word alone: the antonym
+    vector (trained on raw and chat-rendered prompts) answers the test pairs' opposites where the unsteered model
+    does not, and `hot` gets `cold`."""
+    import openai
+
+    with Client(bank_server.url) as sdk:
+        trained_on_chat = sdk.get_vector("antonym").metrics.get("chat")
+    if not trained_on_chat:  # a bank built before chat training: `make vectors` retrains it
+        pytest.skip("the committed antonym vector was trained on raw prompts only")
+    test = [(pair.input, pair.answers) for pair in split_pairs(relation_pairs("antonym"), 0).test][:10]
+    client = openai.OpenAI(base_url=f"{bank_server.url}/v1", api_key="unused", timeout=300)
+    model = httpx.get(f"{bank_server.url}/readyz", timeout=30).json()["model"]  # the base model's id
+
+    def reply(word: str, steering: dict[str, object] | None) -> str:
+        chat = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": word}], max_tokens=6,
+            temperature=0, extra_body={"steering": steering} if steering else None)
+        return chat.choices[0].message.content or ""
+
+    antonym = {"relations": {"antonym": 1.0}}
+    steered = sum(right(reply(x, antonym).strip(' "\''), y) for x, y in test)
+    unsteered = sum(right(reply(x, None).strip(' "\''), y) for x, y in test)
+    assert steered >= 5 and steered >= unsteered + 3, (steered, unsteered)
+    assert right(reply("hot", antonym).strip(' "\''), "cold")
 
 
 def test_analogies_use_the_fitted_combiner(bank_server: LiveServer) -> None:

@@ -37,9 +37,11 @@ def test_batched_build_makes_the_vectors_a_job_makes_and_resumes(
         pairs = relation_pairs(name)
         assert stored.meta.method == "finetuned" and stored.meta.dataset_sha256 == dataset_sha256(pairs)
         metrics = stored.meta.metrics
-        assert {key: metrics[key] for key in ("epochs", "lr", "l2", "seed", "init")} == {
-            "epochs": options.epochs, "lr": options.lr, "l2": options.l2, "seed": options.seed, "init": "mediation"}
-        assert len(metrics["history"]) == options.epochs and metrics["holdout_top1_after"] >= 0
+        assert {key: metrics[key] for key in (*starter_bank.RECORDED_OPTIONS, "init")} == {
+            **{key: getattr(options, key) for key in starter_bank.RECORDED_OPTIONS}, "init": "mediation"}
+        ran = len(metrics["history"])  # every epoch, or until `patience` epochs had not beaten the best one
+        assert ran == options.epochs or ran - metrics["best_epoch"] == options.patience
+        assert metrics["holdout_top1_after"] >= 0
         table_row = next(line for line in err.splitlines() if line.startswith(name + " "))
         assert f"{metrics['holdout_top1_after']:.2f}" in table_row
     # The first relation trained in a mixed batch: the vector the fine-tune job makes from its pairs alone.

@@ -37,6 +37,11 @@ ARCH_CONFIGS: dict[str, dict[str, object]] = {
 }
 
 
+# A chat template over the tiny tokenizer's characters: one line per turn, then the assistant's header.
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
 def tiny_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
     """A character-level fast tokenizer over printable ASCII."""
     vocab = {token: index for index, token in enumerate(SPECIALS + ALPHABET)}

@@ -1,5 +1,13 @@
-"""The bank of basis relations an analogy's composite is built from (Kang, Wu & Lu 2026), and the relation scores
-``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` that say which of them a source pair A:B expresses."""
+"""The bank of basis relations an analogy's composite is built from (Kang, Wu & Lu 2026), the relation scores
+``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` that say which of them a source pair A:B expresses, and the ways those scores
+may be normalised before they are mixed.
+
+A source pair's scores share two things no relation explains: how many tokens B has (a long B has a low summed
+log p under every vector) and how likely B is anyway. ``per_token`` divides the scores by B's token count (a
+per-pair temperature); ``pmi`` subtracts the unsteered ``log p(B | "Q: A\\nA:")``. Both shift or scale a pair's
+scores by one amount, so the ranking of relations for that pair never changes; what changes is how peaked the
+mixture is and, with calibration, how the relations' scores compare across pairs. The fit keeps one only when
+validation prefers it (:mod:`app.analogy.fitting`)."""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -20,6 +29,8 @@ from app.model.runner import Runner, run_here
 from app.registry.registry import VectorRegistry
 
 MIN_BANK = 2
+Normalisation = Literal["sum", "per_token", "pmi"]
+NORMALISATIONS: tuple[Normalisation, ...] = get_args(Normalisation)
 
 
 @dataclass(frozen=True)
@@ -88,3 +99,43 @@ def relation_scores(
         return torch.zeros(0, len(bank))
     at = {pair: index for index, pair in enumerate(distinct)}
     return torch.stack(rows)[torch.tensor([at[pair] for pair in pairs])]
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """Per source pair A:B, what normalising its scores needs: B's token count and its unsteered ``log p``."""
+
+    tokens: Tensor  # [N]
+    unsteered: Tensor  # [N]
+
+
+def source_facts(
+    model: ModelHandle, pairs: list[tuple[str, str]], *, run: Runner[Tensor] = run_here,
+    prompt: Callable[[str], str] | None = None,
+) -> SourceFacts:
+    """B's token count (as scored: ``" " + B``) and ``log p(B | "Q: A\\nA:")`` without a vector, per pair."""
+    distinct = list(dict.fromkeys(pairs))
+    zero = torch.zeros(1, model.adapter.d_model)
+    tokens, unsteered = [], []
+    for a, b in distinct:
+        text = query(model, a) if prompt is None else prompt(a)
+        tokens.append(len(model.tokenizer(" " + b, add_special_tokens=False).input_ids))
+        # A zero vector changes nothing: the unsteered continuation, from the same forward the scores use.
+        unsteered.append(run(functools.partial(variant_log_probs, model.adapter, model.tokenizer, text, b,
+                                               [0], zero))[0])
+    if not distinct:
+        return SourceFacts(torch.zeros(0), torch.zeros(0))
+    index = {pair: row for row, pair in enumerate(distinct)}
+    at = torch.tensor([index[pair] for pair in pairs])
+    return SourceFacts(torch.tensor(tokens, dtype=torch.float32)[at], torch.stack(unsteered).float()[at])
+
+
+def normalise(scores: Tensor, normalisation: Normalisation, facts: SourceFacts | None) -> Tensor:
+    """``[N, K]`` relation scores as the combiner mixes them (``sum``: unchanged)."""
+    if normalisation == "sum":
+        return scores
+    if facts is None:
+        raise ValueError(f"{normalisation!r} scores need the source pairs' facts")
+    if normalisation == "per_token":
+        return scores / facts.tokens[:, None]
+    return scores - facts.unsteered[:, None]

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.analogy.bank import relation_scores
+from app.analogy.bank import SourceFacts, relation_scores, source_facts
 from app.analogy.combiner import Combiner, bank_in_force
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.fitting import FitOptions, TrainingAnalogy, split_analogies
@@ -61,12 +61,12 @@ def multiple_choice(items: list[TrainingAnalogy], relations: list[str]) -> list[
     return problems
 
 
-def without_own(combiner: Combiner, scores: Tensor, own: Tensor) -> Tensor:
+def without_own(combiner: Combiner, scores: Tensor, own: Tensor, facts: SourceFacts | None = None) -> Tensor:
     """The combiner's weights when each problem's own relation is not in the bank."""
     rows = torch.arange(len(own))
     masked = scores.clone()
     masked[rows, own] = -1e4
-    weights = combiner.weights(masked)
+    weights = combiner.weights(masked, facts)
     weights[rows, own] = 0.0
     return weights
 
@@ -97,8 +97,10 @@ def measure(local: ModelBundle, say: Callable[[str], None]) -> dict[str, Any]:
     answers = torch.tensor([problem.answer for problem in problems])
     own = torch.tensor([bank.names.index(problem.relation or "") for problem in problems])
     say(f"choices: {len(problems)} validation analogies over {len(bank)} relations ({combiner.kind} combiner)")
-    scores = relation_scores(model, bank, [problem.source for problem in problems])
-    weights = {"in_bank": combiner.weights(scores), "without_own": without_own(combiner, scores, own)}
+    sources = [problem.source for problem in problems]
+    scores = relation_scores(model, bank, sources)
+    facts = source_facts(model, sources) if combiner.needs_facts else None
+    weights = {"in_bank": combiner.weights(scores, facts), "without_own": without_own(combiner, scores, own, facts)}
     conditions: dict[str, list[dict[int, Tensor] | None]] = {"unsteered": [None] * len(problems)}
     conditions.update({name: list(bank.composites(value)) for name, value in weights.items()})
     answered = {name: torch.stack(candidate_scores(model, problems, vectors)) for name, vectors in conditions.items()}

@@ -1,6 +1,8 @@
 """Composite weights from relation scores (Kang, Wu & Lu 2026; the form is ours): ``w = W · mix(s) + b``, where
 ``mix`` turns the ``[N, K]`` scores ``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` into a distribution over the bank —
 
+0. optionally **normalised** per source pair (:func:`app.analogy.bank.normalise`: per token of B, or against
+   B's unsteered log p);
 1. optionally **calibrated**: each vector's score standardised by its own mean and spread over training source
    pairs (a vector that makes every continuation likely is no evidence of its relation);
 2. ``softmax(· / T)`` at a temperature ``T``;
@@ -23,13 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.analogy.bank import Bank
+from app.analogy.bank import NORMALISATIONS, Bank, Normalisation, SourceFacts, normalise
 from app.registry.registry import VectorRegistry
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fvsteer-combiner/2"
-FORMATS = ("fvsteer-combiner/1", FORMAT)  # /1: no calibration, no top-k (read as such)
+FORMATS = ("fvsteer-combiner/1", FORMAT)  # /1: no calibration, no top-k (read as such); no normalisation: "sum"
 FILE_NAME = "combiner.json"
 
 
@@ -70,22 +72,31 @@ class Combiner:
     calibration: Calibration | None = None
     top_k: int | None = None
     bank_sha256: str | None = None  # :meth:`Bank.sha256` of the bank it was fitted over (None: not recorded)
+    normalisation: Normalisation = "sum"
 
     @classmethod
     def softmax(cls, relations: list[str], temperature: float = 1.0) -> Combiner:
         k = len(relations)
         return cls(list(relations), torch.eye(k), torch.zeros(k), temperature, kind="softmax")
 
-    def weights(self, scores: Tensor) -> Tensor:
-        """``[N, K]`` relation scores → ``[N, K]`` composite weights."""
-        return mix(scores, self.temperature, self.calibration, self.top_k) @ self.weight.T + self.bias
+    @property
+    def needs_facts(self) -> bool:
+        """Whether :meth:`weights` needs the source pairs' :class:`SourceFacts` beside their scores."""
+        return self.normalisation != "sum"
+
+    def weights(self, scores: Tensor, facts: SourceFacts | None = None) -> Tensor:
+        """``[N, K]`` relation scores (as :func:`app.analogy.bank.relation_scores` gives them) → ``[N, K]`` composite
+        weights; ``facts`` of the same source pairs when :attr:`needs_facts`."""
+        normalised = normalise(scores, self.normalisation, facts)
+        return mix(normalised, self.temperature, self.calibration, self.top_k) @ self.weight.T + self.bias
 
     def save(self, path: Path, fingerprint: str) -> None:
         calibration = (None if self.calibration is None else
                        {"centre": self.calibration.centre.tolist(), "scale": self.calibration.scale.tolist()})
         record = {"format": FORMAT, "model_fingerprint": fingerprint, "relations": self.relations,
                   "bank_sha256": self.bank_sha256, "temperature": self.temperature, "calibration": calibration,
-                  "top_k": self.top_k, "weight": self.weight.tolist(), "bias": self.bias.tolist(),
+                  "top_k": self.top_k, "normalisation": self.normalisation,
+                  "weight": self.weight.tolist(), "bias": self.bias.tolist(),
                   "metrics": self.metrics}
         path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
@@ -115,9 +126,12 @@ class Combiner:
         if not (torch.isfinite(weight).all() and torch.isfinite(bias).all() and math.isfinite(temperature)
                 and temperature > 0):
             raise ValueError(f"{path}: non-finite or non-positive values")
+        normalisation = record.get("normalisation", "sum")
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"{path}: normalisation must be one of {', '.join(NORMALISATIONS)}")
         bank_sha256 = record.get("bank_sha256")
         return cls(relations, weight, bias, temperature, "affine", dict(record.get("metrics", {})), calibration,
-                   top_k, str(bank_sha256) if bank_sha256 is not None else None)
+                   top_k, str(bank_sha256) if bank_sha256 is not None else None, normalisation)
 
 
 def bank_in_force(registry: VectorRegistry, fingerprint: str) -> tuple[Bank, Combiner]:

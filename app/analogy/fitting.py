@@ -6,7 +6,8 @@ bank vector was trained on (so the scores look like they will on new pairs). The
 other pairs than the training analogies (:func:`split_analogies`), and every choice is made on them by the mean
 ``log p(D | "Q: C\\nA:", Σ wᵢ vᵢ)``:
 
-1. **selection**: calibration (raw or standardised scores), temperature and top-k, over a grid, with W = I, b = 0;
+1. **selection**: score normalisation (none, per token of D's source answer B, or against B's unsteered log p),
+   calibration (raw or standardised scores), temperature and top-k, over a grid, with W = I, b = 0;
 2. **fit**: from the chosen mixture, W, b and T by Adam on ``−log p(D | …) + λ(‖W − I‖² + ‖b‖²)``; the epoch with
    the best validation log p is kept (epoch 0 — the selected mixture alone — included), and training stops once
    ``patience`` epochs in a row have not beaten it (or at ``epochs``).
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.analogy.bank import Bank, query, relation_scores
+from app.analogy.bank import NORMALISATIONS, Bank, Normalisation, normalise, query, relation_scores, source_facts
 from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.families import FAMILY_THRESHOLD, relation_families
 from app.analogy.prefixed import PrefixedRows, prefixed_log_probs, prefixed_rows
@@ -38,6 +39,10 @@ from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here
 
 VALIDATION_BATCH = 64
+# A later grid point must beat the best so far by this much (nats of mean validation log p): the grid runs from the
+# simplest choice up, and `pmi` without calibration gives the very weights of `sum` (a constant shift of each pair's
+# scores) — a tie that float rounding would otherwise break for the dearer choice.
+SELECTION_MARGIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,8 @@ class FitOptions:
     # The selection grid (every combination, raw and calibrated scores).
     temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     top_ks: tuple[int | None, ...] = (1, 3, None)
+    # Tried in the grid and kept only where validation prefers them (app/analogy/bank.py says what they do).
+    normalisations: tuple[Normalisation, ...] = NORMALISATIONS
     seed: int = 0
 
 
@@ -128,6 +135,7 @@ class FitOptions:
 class Mixture:
     """One point of the selection grid."""
 
+    normalisation: Normalisation
     calibrated: bool
     temperature: float
     top_k: int | None
@@ -174,23 +182,34 @@ class _Objective:
         return result
 
 
+@dataclass(frozen=True)
+class NormalisedScores:
+    """Validation and training scores under one normalisation, and the calibration the training ones give."""
+
+    valid: Tensor
+    train: Tensor
+    calibration: Calibration
+
+
 def select_mixture(
-    objective: _Objective, valid_scores: Tensor, calibration: Calibration, options: FitOptions,
+    objective: _Objective, scores: dict[Normalisation, NormalisedScores], options: FitOptions,
     report: Callable[[str], None],
 ) -> tuple[Mixture, float, list[dict[str, Any]]]:
-    """The grid point with the best validation log p (the plain softmax at T = 1 is one of them), that log p, and
-    every point's figures."""
+    """The grid point with the best validation log p (the plain softmax at T = 1 is one of them; of points within
+    ``SELECTION_MARGIN`` of each other, the first), that log p, and every point's figures."""
     grid: list[dict[str, Any]] = []
     best: tuple[float, Mixture] | None = None
-    for calibrated, temperature, top_k in itertools.product((False, True), options.temperatures, options.top_ks):
-        point = Mixture(calibrated, temperature, top_k)
-        weights = mix(valid_scores, temperature, calibration if calibrated else None, top_k)
+    for normalisation, calibrated, temperature, top_k in itertools.product(
+            options.normalisations, (False, True), options.temperatures, options.top_ks):
+        point = Mixture(normalisation, calibrated, temperature, top_k)
+        chosen = scores[normalisation]
+        weights = mix(chosen.valid, temperature, chosen.calibration if calibrated else None, top_k)
         score = objective.mean(weights)
         grid.append({**asdict(point), "valid_log_prob": round(score, 4),
                      "valid_oracle_first": round(oracle_first_rate(weights, objective.bank, objective.items), 4)})
-        report(f"combiner selection: calibrated={calibrated} T={temperature} top_k={top_k}: "
+        report(f"combiner selection: {normalisation} calibrated={calibrated} T={temperature} top_k={top_k}: "
                f"validation log p {score:.3f}")
-        if best is None or score > best[0]:
+        if best is None or score > best[0] + SELECTION_MARGIN:
             best = (score, point)
     assert best is not None
     return best[1], best[0], grid
@@ -213,20 +232,30 @@ def fit_combiner(
     *,
     run: Runner[Any] = run_here,
     report: Callable[[str], None] = lambda line: None,
+    held_out: frozenset[str] = frozenset(),
 ) -> Combiner:
     """Select the mixture and fit W, b and T on training analogies of the bank's relations (each bank vector named
-    after its relation)."""
+    after its relation). ``held_out`` relations stay in the bank but none of their analogies is used, for training
+    or validation: :func:`held_out_check` then asks how the fit does on relations it never saw an analogy of."""
     split = split_analogies(bank.names, options.per_relation, options.seed)
-    valid, train = split.valid, split.train
+    valid = [item for item in split.valid if item.relation not in held_out]
+    train = [item for item in split.train if item.relation not in held_out]
     n_valid = len(valid)
-    scores = relation_scores(model, bank, [item.source for item in valid + train], run=run)
-    valid_scores, train_scores = scores[:n_valid], scores[n_valid:]
-    calibration = Calibration.of(train_scores)
+    sources = [item.source for item in valid + train]
+    scores = relation_scores(model, bank, sources, run=run)
+    facts = source_facts(model, sources, run=run) if set(options.normalisations) - {"sum"} else None
+    by_normalisation: dict[Normalisation, NormalisedScores] = {}
+    for normalisation in options.normalisations:
+        normalised = normalise(scores, normalisation, facts)
+        by_normalisation[normalisation] = NormalisedScores(normalised[:n_valid], normalised[n_valid:],
+                                                           Calibration.of(normalised[n_valid:]))
     training, validating = _Objective(model, bank, train, run), _Objective(model, bank, valid, run)
     report(f"combiner: {len(train)} training / {len(valid)} validation analogies over {len(bank)} relations")
 
-    chosen, selected, grid = select_mixture(validating, valid_scores, calibration, options, report)
-    chosen_calibration = calibration if chosen.calibrated else None
+    chosen, selected, grid = select_mixture(validating, by_normalisation, options, report)
+    picked = by_normalisation[chosen.normalisation]
+    valid_scores, train_scores = picked.valid, picked.train
+    chosen_calibration = picked.calibration if chosen.calibrated else None
     k = len(bank)
     weight = torch.nn.Parameter(torch.eye(k))
     bias = torch.nn.Parameter(torch.zeros(k))
@@ -281,12 +310,14 @@ def fit_combiner(
                 best = _Best(averaged, (average[0], average[1], average[2]), epoch, True)
         report(line)
     fitted = Combiner(bank.names, best.state[0], best.state[1], float(best.state[2].exp()), "affine", {},
-                      chosen_calibration, chosen.top_k, bank.sha256())
-    plain = next((point for point in grid if not point["calibrated"] and point["temperature"] == 1.0
-                  and point["top_k"] is None), None)
+                      chosen_calibration, chosen.top_k, bank.sha256(), chosen.normalisation)
+    plain = next((point for point in grid if point["normalisation"] == "sum" and not point["calibrated"]
+                  and point["temperature"] == 1.0 and point["top_k"] is None), None)
+    # A normalisation shifts or scales a source pair's scores by one amount: the relations' order, which is all
+    # the families read, is the raw scores' order.
     families = relation_families(bank.names, [item.relation for item in train], [item.source for item in train],
-                                 train_scores)
-    valid_weights = fitted.weights(valid_scores)
+                                 scores[n_valid:])
+    valid_weights = combine(valid_scores, best.state)
     metrics: dict[str, Any] = {
         "n_train": len(train), "n_valid": len(valid), "n_relations": k, "best_epoch": best.epoch,
         "best_is_average": best.averaged,
@@ -307,3 +338,43 @@ def fit_combiner(
         "families": families,
     }
     return dataclasses.replace(fitted, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class HeldOutFigures:
+    """Validation log p and family-first rate of one combiner on some analogies."""
+
+    log_prob: float
+    family_first: float
+
+
+def analogy_figures(model: ModelHandle, bank: Bank, combiner: Combiner, items: list[TrainingAnalogy],
+                    families: dict[str, list[str]], *, run: Runner[Any] = run_here) -> HeldOutFigures:
+    """Mean ``log p(D | "Q: C\\nA:", composite)`` of ``items`` under ``combiner``, and how often its largest weight is
+    on the analogy's relation's family."""
+    sources = [item.source for item in items]
+    scores = relation_scores(model, bank, sources, run=run)
+    facts = source_facts(model, sources, run=run) if combiner.needs_facts else None
+    weights = combiner.weights(scores, facts)
+    return HeldOutFigures(_Objective(model, bank, items, run).mean(weights),
+                          family_first_rate(weights, bank, items, families))
+
+
+def held_out_check(model: ModelHandle, bank: Bank, fitted: Combiner, options: FitOptions, fraction: float = 0.2,
+                   *, run: Runner[Any] = run_here, report: Callable[[str], None] = lambda line: None
+                   ) -> dict[str, Any]:
+    """Refit with a seeded ``fraction`` of the relations held out (their analogies unused), then compare, on those
+    relations' validation analogies, the plain softmax, the refit (which never saw them) and ``fitted`` (the
+    shipped combiner, which trained on their other pairs): how much of the fit's gain is about relations it saw."""
+    names = sorted(bank.names)
+    held = frozenset(random.Random(options.seed).sample(names, max(1, round(len(names) * fraction))))
+    refit = fit_combiner(model, bank, options, run=run, report=report, held_out=held)
+    items = [item for item in split_analogies(bank.names, options.per_relation, options.seed).valid
+             if item.relation in held]
+    families = fitted.metrics.get("families", {})
+    softmax = Combiner.softmax(bank.names)
+    figures = {name: asdict(analogy_figures(model, bank, combiner, items, families, run=run))
+               for name, combiner in (("softmax", softmax), ("held_out_fit", refit), ("shipped_fit", fitted))}
+    return {"held_out": sorted(held), "n_valid": len(items), "figures": figures,
+            "held_out_fit": {key: refit.metrics[key] for key in ("best_epoch", "selected", "valid_log_prob_fitted",
+                                                                 "n_train", "n_valid")}}

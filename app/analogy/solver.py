@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from app.analogy.bank import Bank, query, relation_scores
+from app.analogy.bank import Bank, query, relation_scores, source_facts
 from app.analogy.combiner import Combiner
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.scoring import ScoreRow, score_rows
@@ -84,9 +84,10 @@ def infer_weights(
     model: ModelHandle, bank: Bank, combiner: Combiner, sources: list[tuple[str, str]], *,
     run: Runner[Tensor] = run_here,
 ) -> tuple[Tensor, Tensor]:
-    """(scores, weights), both ``[N, K]``, for each source pair A:B."""
+    """(scores, weights), both ``[N, K]``, for each source pair A:B (the scores as measured, not normalised)."""
     scores = relation_scores(model, bank, sources, run=run)
-    return scores, combiner.weights(scores)
+    facts = source_facts(model, sources, run=run) if combiner.needs_facts else None
+    return scores, combiner.weights(scores, facts)
 
 
 def baseline_prompt(model: ModelHandle, source: tuple[str, str], c: str) -> str:

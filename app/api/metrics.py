@@ -70,6 +70,8 @@ class RuntimeCollector(Collector):
                        stats.queue_timeouts)
         yield _counter("fvsteer_engine_failed_steps", "Engine steps that failed (their rows got an error).",
                        stats.failed_steps)
+        yield _counter("fvsteer_engine_failed_rows", "Rows that failed alone while the rest of their batch went on.",
+                       stats.failed_rows)
         yield _counter("fvsteer_engine_tasks", "Model forwards of jobs, evaluations and analogies run by the engine.",
                        stats.tasks_run)
         yield _gauge("fvsteer_queue_depth", "Requests waiting for a batch slot.", stats.queue_depth)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.engine.requests import MAX_ABS_WEIGHT, MAX_RELATIONS
 from app.errors import InvalidInput
 from app.fv.extraction import ExtractionOptions
-from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, LIMITS, FinetuneOptions
+from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, DEFAULT_PATIENCE, LIMITS, FinetuneOptions
 from app.fv.pairs import MAX_ANSWERS, MAX_TEXT_CHARS
 from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
 from app.services.analogies import MAX_CHOICES, MAX_TERM_CHARS, AnalogyInput
@@ -189,12 +189,16 @@ class FinetuneRequest(WithPairs):
     init_vector: str | None = Field(None, description="With init 'vector': the stored vector to start from.")
     layer: int | None = Field(None, ge=0, description="Block the vector is trained at; default ≈ 30 % of the depth.")
     epochs: int = Field(DEFAULT_EPOCHS, ge=LIMITS["epochs"][0], le=LIMITS["epochs"][1],
-                        description="Full-batch training steps.")
+                        description="Full-batch training steps at most (the cosine schedule's length).")
+    patience: int = Field(DEFAULT_PATIENCE, ge=LIMITS["patience"][0], le=LIMITS["patience"][1],
+                          description="Stop once this many epochs have not beaten the best hold-out score.")
     lr: float = Field(DEFAULT_LR, allow_inf_nan=False, ge=LIMITS["lr"][0], le=LIMITS["lr"][1],
                       description="Adam's learning rate (cosine schedule).")
     l2: float = Field(DEFAULT_L2, allow_inf_nan=False, ge=LIMITS["l2"][0], le=LIMITS["l2"][1],
                       description="Weight of ‖v − v₀‖² in the loss.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, the hold-out and a random init.")
+    chat: bool = Field(True, description="Also train (and pick the checkpoint) on the pairs rendered by the model's "
+                       "chat template, so the vector steers chat turns too; ignored for a model without one.")
 
     def to_input(self) -> FinetuneInput:
         options = FinetuneOptions(**self.model_dump(exclude={"name", "relation", "pairs", "init_vector"}))

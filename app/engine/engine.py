@@ -53,6 +53,7 @@ class _Row:
     batch_sizes: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
     streamed: str = ""  # text already handed to ``request.on_text``
+    error: Exception | None = None  # this row alone failed (sampling, log-probabilities, stop handling, streaming)
 
 
 # Errors after which the device cannot be trusted (a CUDA context is poisoned by these): the engine stops for good,
@@ -392,18 +393,27 @@ class Engine:
         offset = logits.shape[0] - len(rows)
         now = time.monotonic()
         for index, row in enumerate(rows):
-            params = row.request.params
-            token = next_token(logits[offset + index], params.temperature, params.top_p, row.generator)
-            row.tokens.append(token)
-            if params.logprobs is not None:
-                log_probs = torch.log_softmax(logits[offset + index].float(), dim=-1)
-                row.logprobs += picked_logprobs(log_probs[None], [token], params.logprobs)
-            row.batch_sizes.append(batch_size)
-            self.stats.tokens_generated += 1
-            row.finish = self._finish_reason(row, token, now)
-            if row.request.on_text is not None:
-                self._stream(row)
+            try:
+                self._advance_row(row, logits[offset + index], batch_size, now)
+            except Exception as exc:  # one row's own step: it fails alone, the batch goes on
+                if is_fatal(exc):
+                    raise
+                log.exception("a row failed; %d others of its batch go on", batch_size - 1)
+                row.error = exc
         self._retire()
+
+    def _advance_row(self, row: _Row, logits: Tensor, batch_size: int, now: float) -> None:
+        params = row.request.params
+        token = next_token(logits, params.temperature, params.top_p, row.generator)
+        row.tokens.append(token)
+        if params.logprobs is not None:
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            row.logprobs += picked_logprobs(log_probs[None], [token], params.logprobs)
+        row.batch_sizes.append(batch_size)
+        self.stats.tokens_generated += 1
+        row.finish = self._finish_reason(row, token, now)
+        if row.request.on_text is not None:
+            self._stream(row)
 
     @staticmethod
     def _stream(row: _Row) -> None:
@@ -439,12 +449,15 @@ class Engine:
         return None
 
     def _retire(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if row.finish is None]
+        keep = [i for i, row in enumerate(self._rows) if row.finish is None and row.error is None]
         if len(keep) == len(self._rows):
             return
         now = time.monotonic()
         for row in self._rows:
-            if row.finish is not None:
+            if row.error is not None:
+                self.stats.failed_rows += 1
+                row.request.fail(row.error)
+            elif row.finish is not None:
                 asked = row.request.params.logprobs is not None
                 result = GenerationResult(
                     row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.norms,

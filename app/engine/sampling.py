@@ -21,7 +21,11 @@ def next_token(logits: Tensor, temperature: float, top_p: float, generator: torc
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+        keep = before < top_p
+        # The most likely token always stays: a top_p the schema admits (1e-300) is 0 in float32, and "0 < 0" would
+        # remove every token and leave multinomial nothing to draw from.
+        keep[0] = True
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     choice = torch.multinomial(probs.cpu(), 1, generator=generator)
     return int(choice)

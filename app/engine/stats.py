@@ -18,6 +18,7 @@ class EngineStats:
     queue_timeouts: int = 0
     rejected: int = 0  # requests refused because the queue was full
     failed_steps: int = 0
+    failed_rows: int = 0  # rows failed alone (their sampling or stop handling raised); the batch went on
     tasks_run: int = 0  # forwards of jobs, evaluations and analogies run between decode steps
     queue_depth: int = 0
     active_rows: int = 0

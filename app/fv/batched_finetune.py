@@ -32,9 +32,16 @@ from transformers import DynamicCache
 
 from app.errors import InvalidInput
 from app.fv.answers import AnswerSets
-from app.fv.finetune import FinetuneResult, FinetuneSpec, split_holdout
+from app.fv.finetune import (
+    FinetuneResult,
+    FinetuneSpec,
+    TrainingPrompts,
+    history_top1,
+    patience_over,
+    training_prompts,
+)
 from app.fv.forward import model_device
-from app.fv.prompts import PromptItem, bos_prefix, zero_shot_prompts
+from app.fv.prompts import PromptItem
 from app.fv.ragged import cache_over, captured_block_outputs, kept_keys_values, ragged_blocks, trim
 from app.model.adapter import ModelAdapter
 from app.model.handle import ModelHandle
@@ -59,9 +66,22 @@ class PromptRows:
     positions: Tensor  # [rows, 1] the last token's position id
     answers: AnswerSets  # per row, the accepted answers' first tokens
     relation: Tensor  # [rows] index of the row's relation (its vector)
+    form: Tensor  # [rows] 0 for a raw prompt, 1 for a chat-rendered one
+
+    def select(self, keep: Tensor) -> PromptRows:
+        """Only the rows ``keep`` (indices, in order): what is left when some relations have stopped training."""
+        def rows_of(output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (rows_of(output[0]), *output[1:])
+            return output[keep]
+
+        return PromptRows([(keys[keep], values[keep]) for keys, values in self.keys_values],
+                          [rows_of(output) for output in self.outputs], self.mask[keep], self.last[keep],
+                          self.positions[keep], self.answers.take(keep), self.relation[keep], self.form[keep])
 
 
-def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]) -> PromptRows:
+def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int], form: list[int] | None = None
+                ) -> PromptRows:
     """Run ``items`` once: keep the KV cache of their prefixes (all tokens but the last) and every block's output at
     the last token."""
     adapter, device = model.adapter, model_device(model.adapter)
@@ -90,6 +110,7 @@ def encode_rows(model: ModelHandle, items: list[PromptItem], relation: list[int]
         positions=torch.tensor([[len(tokens) - 1] for tokens in encoded], device=device),
         answers=AnswerSets.of([item.answer_tokens for item in items], device),
         relation=torch.tensor(relation, device=device),
+        form=torch.tensor(form if form is not None else [0] * len(items), device=device),
     )
 
 
@@ -123,29 +144,41 @@ class _Batch:
 
     def __init__(self, model: ModelHandle, specs: list[FinetuneSpec], rows_per_forward: int) -> None:
         self.model, self.specs = model, specs
-        prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
-        train: list[tuple[PromptItem, int]] = []
-        holdout: list[tuple[PromptItem, int]] = []
-        self.n_train, self.n_holdout = [], []
-        for index, spec in enumerate(specs):
-            train_pairs, holdout_pairs = split_holdout(spec.pairs, spec.holdout_fraction, spec.seed)
-            train += [(item, index) for item in zero_shot_prompts(model.tokenizer, spec.template, prefix, train_pairs)]
-            holdout += [(item, index)
-                        for item in zero_shot_prompts(model.tokenizer, spec.template, prefix, holdout_pairs)]
-            self.n_train.append(len(train_pairs))
-            self.n_holdout.append(len(holdout_pairs))
+        self.prompts: list[TrainingPrompts] = [training_prompts(model, spec) for spec in specs]
+        train = [(item, index, form) for index, prompts in enumerate(self.prompts)
+                 for item, form in zip(prompts.train, prompts.train_forms(), strict=True)]
+        holdout = [(item, index, form) for index, prompts in enumerate(self.prompts)
+                   for item, form in zip(prompts.holdout, prompts.holdout_forms(), strict=True)]
         device = model_device(model.adapter)
         self.train = self._chunks(train, rows_per_forward)
         self.holdout = self._chunks(holdout, rows_per_forward)
         self.layers = torch.tensor([spec.layer for spec in specs], device=device)
-        self.train_weight = 1.0 / torch.tensor(self.n_train, dtype=torch.float32, device=device)
+        # Each relation's loss is the mean over its own training rows, as when trained alone.
+        self.train_weight = 1.0 / torch.tensor([len(p.train) for p in self.prompts], dtype=torch.float32,
+                                               device=device)
 
-    def _chunks(self, rows: list[tuple[PromptItem, int]], size: int) -> list[PromptRows]:
+    def _chunks(self, rows: list[tuple[PromptItem, int, int]], size: int) -> list[PromptRows]:
         """Rows sorted by length so that a chunk pads little, then cut into forwards of ``size`` rows."""
         tokenizer = self.model.tokenizer
         ordered = sorted(rows, key=lambda row: len(tokenizer(row[0].text).input_ids))
-        return [encode_rows(self.model, [item for item, _ in part], [index for _, index in part])
+        return [encode_rows(self.model, [item for item, _, _ in part], [index for _, index, _ in part],
+                            [form for _, _, form in part])
                 for part in (ordered[i : i + size] for i in range(0, len(ordered), max(1, size)))]
+
+    def stop(self, relations: set[int]) -> None:
+        """Drop the rows of ``relations`` (they stopped early): later epochs run only the others'."""
+        def kept(chunks: list[PromptRows]) -> list[PromptRows]:
+            out = []
+            for rows in chunks:
+                keep = torch.nonzero(~torch.isin(rows.relation, torch.tensor(sorted(relations),
+                                                                             device=rows.relation.device))).flatten()
+                if len(keep) == len(rows.relation):
+                    out.append(rows)
+                elif len(keep):
+                    out.append(rows.select(keep))
+            return out
+
+        self.train, self.holdout = kept(self.train), kept(self.holdout)
 
     def row_vectors(self, vectors: Tensor, rows: PromptRows) -> dict[int, Tensor]:
         """Each row's own vector at its relation's layer (zero at the others: adding 0 changes nothing)."""
@@ -156,11 +189,12 @@ class _Batch:
 
     def tally(self, chunks: list[PromptRows], vectors: Tensor, dtype: torch.dtype,
               with_grad: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Per relation: summed loss (``−log Σ p`` of the accepted answers) and number right over ``chunks``;
-        ``with_grad``: also the gradient of every relation's mean training loss with respect to ``vectors``."""
+        """Per relation: summed loss (``−log Σ p`` of the accepted answers) and number right per prompt form
+        (``[k, 2]``: raw, chat) over ``chunks``; ``with_grad``: also the gradient of every relation's mean training loss
+        with respect to ``vectors``."""
         k = len(self.specs)
         device = vectors.device
-        losses, correct = torch.zeros(k, device=device), torch.zeros(k, device=device)
+        losses, correct = torch.zeros(k, device=device), torch.zeros(2 * k, device=device)
         grad: Tensor | None = None
         for rows in chunks:
             with torch.inference_mode(False), torch.set_grad_enabled(with_grad):
@@ -172,8 +206,8 @@ class _Batch:
                     (part,) = torch.autograd.grad((loss * self.train_weight[rows.relation]).sum(), [vectors])
                     grad = part if grad is None else grad + part
             losses.index_add_(0, rows.relation, loss.detach())
-            correct.index_add_(0, rows.relation, rows.answers.correct(logits.detach()).float())
-        return losses, correct, grad
+            correct.index_add_(0, rows.relation * 2 + rows.form, rows.answers.correct(logits.detach()).float())
+        return losses, correct.reshape(k, 2), grad
 
 
 def finetune_many(
@@ -204,16 +238,22 @@ def finetune_many(
     vectors = torch.nn.Parameter(start.clone())
     optimizer = torch.optim.Adam([vectors], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    n_train = torch.tensor(batch.n_train, dtype=torch.float64)
-    n_holdout = torch.tensor(batch.n_holdout, dtype=torch.float64)
+    prompts = batch.prompts
+    train_rows = torch.tensor([len(p.train) for p in prompts], dtype=torch.float64)
+    holdout_rows = torch.tensor([len(p.holdout) for p in prompts], dtype=torch.float64)
+    form_rows = torch.tensor([[p.n_holdout, max(1, len(p.holdout) - p.n_holdout)] for p in prompts],
+                             dtype=torch.float64)
 
-    def evaluate_holdout() -> tuple[list[float], list[float]]:
+    def evaluate_holdout() -> tuple[list[tuple[float, float]], list[float]]:
+        """Per relation, hold-out top-1 per form (raw, chat; 0 for an absent form) and the mean hold-out loss."""
         with torch.no_grad():
             losses, correct, _ = batch.tally(batch.holdout, vectors.detach(), dtype)
-        return (correct.double().cpu() / n_holdout).tolist(), (losses.double().cpu() / n_holdout).tolist()
+        top1 = (correct.double().cpu() / form_rows).tolist()
+        return [(raw, chat) for raw, chat in top1], (losses.double().cpu() / holdout_rows).tolist()
 
     before, before_loss = evaluate_holdout()
-    best = [(accuracy, -loss) for accuracy, loss in zip(before, before_loss, strict=True)]
+    best = [p.score(top1, loss) for p, top1, loss in zip(prompts, before, before_loss, strict=True)]
+    best_top1 = list(before)
     best_vectors, best_epochs = start.clone(), [0] * len(specs)
     histories: list[list[dict[str, float]]] = [[] for _ in specs]
     running = [True] * len(specs)
@@ -227,21 +267,32 @@ def finetune_many(
         optimizer.step()
         schedule.step()
         holdout_top1, holdout_loss = evaluate_holdout()
-        train_loss = (losses.double().cpu() / n_train).tolist()
-        train_top1 = (correct.double().cpu() / n_train).tolist()
+        train_loss = (losses.double().cpu() / train_rows).tolist()
+        train_top1 = (correct.sum(dim=1).double().cpu() / train_rows).tolist()
+        stopped: set[int] = set()
         for index in range(len(specs)):
-            if not running[index] or not math.isfinite(train_loss[index]):
+            if not running[index]:
+                continue
+            if not math.isfinite(train_loss[index]):
                 running[index] = False
+                stopped.add(index)
                 continue
             histories[index].append({"epoch": epoch, "loss": train_loss[index], "train_top1": train_top1[index],
-                                     "holdout_top1": holdout_top1[index], "holdout_loss": holdout_loss[index]})
-            score = (holdout_top1[index], -holdout_loss[index])
+                                     **history_top1(holdout_top1[index], prompts[index].chat),
+                                     "holdout_loss": holdout_loss[index]})
+            score = prompts[index].score(holdout_top1[index], holdout_loss[index])
             if score > best[index]:
-                best[index], best_epochs[index] = score, epoch
+                best[index], best_top1[index], best_epochs[index] = score, holdout_top1[index], epoch
                 best_vectors[index] = vectors.detach()[index].clone()
+            if patience_over(specs[index], epoch, best_epochs[index]):
+                running[index] = False
+                stopped.add(index)
         report(epoch, epochs)
         if not any(running):
             break
-    return [FinetuneResult(best_vectors[index].cpu().clone(), best_epochs[index], histories[index], before[index],
-                           best[index][0], batch.n_train[index], batch.n_holdout[index])
-            for index in range(len(specs))]
+        if stopped:
+            batch.stop(stopped)
+    return [FinetuneResult(best_vectors[index].cpu().clone(), best_epochs[index], histories[index], before[index][0],
+                           best_top1[index][0], p.n_train, p.n_holdout, before[index][1] if p.chat else None,
+                           best_top1[index][1] if p.chat else None)
+            for index, p in enumerate(prompts)]

@@ -24,7 +24,15 @@ from app.errors import InvalidInput
 from app.fv.activations import mean_head_outputs
 from app.fv.mediation import ScoredPrompt, aie_fast, all_heads, top_heads
 from app.fv.pairs import Pair, Split, dataset_sha256, split_pairs
-from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts, zero_shot_prompts
+from app.fv.prompts import (
+    DEFAULT_SHOTS,
+    Template,
+    bos_prefix,
+    check_prompt_bound,
+    icl_prompt_bound,
+    icl_prompts,
+    zero_shot_prompts,
+)
 from app.fv.sweep import sweep_layers
 from app.fv.vector import function_vector
 from app.model.adapter import ModelAdapter
@@ -97,6 +105,16 @@ def check_spec(spec: ExtractionSpec, adapter: ModelAdapter) -> None:
         raise InvalidInput(f"n_heads is {spec.n_heads}; the model has {total_heads} heads", param="n_heads")
     if spec.layer != "auto" and not 0 <= spec.layer < adapter.n_layers:
         raise InvalidInput(f"layer {spec.layer} is outside the model's 0..{adapter.n_layers - 1}", param="layer")
+
+
+def check_prompt_lengths(spec: ExtractionSpec, model: ModelHandle, limit: int) -> None:
+    """Refuse (422, naming ``shots`` and the limit) pairs whose in-context prompts may run over ``limit`` tokens:
+    before any forward, as a completion's prompt is refused."""
+    split = split_pairs(spec.pairs, spec.seed)
+    shots = min(spec.shots, len(split.train) - 1)
+    prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
+    check_prompt_bound(icl_prompt_bound(model.tokenizer, spec.template, prefix, split.train, spec.pairs, shots),
+                       limit, shots)
 
 
 def extract(

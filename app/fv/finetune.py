@@ -2,8 +2,16 @@
 parameter, trained so that zero-shot prompts ``"Q: x\\nA:"`` steered at block ``layer`` put the first answer token
 on top.
 
-Loss = cross-entropy of the first answer token + ``l2 · ‖v − v₀‖²``; Adam with a cosine schedule over full-batch
-epochs; a seeded hold-out of the pairs picks the checkpoint (best hold-out top-1, then lowest hold-out loss).
+Loss = cross-entropy of the first answer token (``−log Σ p`` over the accepted answers) + ``l2 · ‖v − v₀‖²``; Adam
+with a cosine schedule over full-batch epochs; a seeded hold-out of the pairs picks the checkpoint (best hold-out
+top-1, then lowest hold-out loss), and with ``patience`` training stops once that many epochs in a row have not
+beaten it, so each relation trains as long as its hold-out still improves.
+
+With ``chat`` (and a tokenizer that has a chat template) every pair is also a chat-rendered prompt
+(:func:`app.fv.prompts.chat_prompts`), in training and in the hold-out: the vector is added at the last prompt
+token in either form, and a vector trained on ``"Q: x\\nA:"`` alone steers a chat turn poorly. The checkpoint's
+hold-out top-1 is then the mean of the two forms'.
+
 A step is several short callables handed to ``run`` (the gradient accumulated over chunks of ``chunk_size``
 prompts, then the update), so on the engine thread decoding interleaves with training at a fine grain.
 """
@@ -24,7 +32,7 @@ from app.errors import InvalidInput
 from app.fv.answers import AnswerSets
 from app.fv.forward import encode_left_padded, last_token_logits, model_device
 from app.fv.pairs import Pair
-from app.fv.prompts import PromptItem, Template, bos_prefix, zero_shot_prompts
+from app.fv.prompts import PromptItem, Template, bos_prefix, chat_prompts, has_chat_template, zero_shot_prompts
 from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here
 from app.model.steering import BatchSteering, steered
@@ -43,10 +51,15 @@ class FinetuneSpec:
     holdout_fraction: float = 0.25
     chunk_size: int = 8  # prompts per engine task: bounds how long one task holds the engine from decoding
     template: Template = field(default_factory=Template)
+    chat: bool = False  # also train and select on chat-rendered prompts (when the tokenizer has a chat template)
+    patience: int | None = None  # stop once this many epochs in a row have not beaten the best hold-out score
 
 
 @dataclass
 class FinetuneResult:
+    """The checkpoint and its hold-out top-1 before and after training, on raw prompts and (``None`` without chat
+    training) on chat-rendered ones."""
+
     vector: Tensor
     best_epoch: int
     history: list[dict[str, float]]
@@ -54,6 +67,45 @@ class FinetuneResult:
     holdout_after: float
     n_train: int
     n_holdout: int
+    chat_before: float | None = None
+    chat_after: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPrompts:
+    """A spec's zero-shot prompts: the raw ones (``"Q: x\\nA:"``), then, with ``chat``, the same pairs in chat form."""
+
+    train: list[PromptItem]
+    holdout: list[PromptItem]
+    n_train: int  # pairs
+    n_holdout: int
+    chat: bool
+
+    def train_forms(self) -> list[int]:
+        """Per training row, 0 for the raw form and 1 for the chat form."""
+        return [0] * self.n_train + [1] * (len(self.train) - self.n_train)
+
+    def holdout_forms(self) -> list[int]:
+        """Per hold-out row, 0 for the raw form and 1 for the chat form."""
+        return [0] * self.n_holdout + [1] * (len(self.holdout) - self.n_holdout)
+
+    def score(self, top1_by_form: tuple[float, float], loss: float) -> tuple[float, float]:
+        """What picks the checkpoint: hold-out top-1 (the two forms' mean with chat), then the lower mean loss."""
+        raw, chat = top1_by_form
+        return ((raw + chat) / 2 if self.chat else raw), -loss
+
+
+def training_prompts(model: ModelHandle, spec: FinetuneSpec) -> TrainingPrompts:
+    """The seeded train / hold-out split of ``spec.pairs`` as prompts, in both forms where the spec asks for chat."""
+    train_pairs, holdout_pairs = split_holdout(spec.pairs, spec.holdout_fraction, spec.seed)
+    prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
+    chat = spec.chat and has_chat_template(model.tokenizer)
+
+    def prompts(pairs: list[Pair]) -> list[PromptItem]:
+        raw = zero_shot_prompts(model.tokenizer, spec.template, prefix, pairs)
+        return raw + chat_prompts(model.tokenizer, pairs) if chat else raw
+
+    return TrainingPrompts(prompts(train_pairs), prompts(holdout_pairs), len(train_pairs), len(holdout_pairs), chat)
 
 
 def split_holdout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -62,6 +114,16 @@ def split_holdout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
     random.Random(seed).shuffle(shuffled)
     n_holdout = min(max(1, round(len(shuffled) * fraction)), len(shuffled) - 1)
     return shuffled[n_holdout:], shuffled[:n_holdout]
+
+
+def patience_over(spec: FinetuneSpec, epoch: int, best_epoch: int) -> bool:
+    """Whether training stops after ``epoch``: ``spec.patience`` epochs since the best one, none better."""
+    return spec.patience is not None and epoch - best_epoch >= spec.patience
+
+
+def history_top1(top1: tuple[float, float], chat: bool) -> dict[str, float]:
+    """An epoch record's hold-out top-1: ``holdout_top1`` on raw prompts, ``holdout_chat_top1`` on chat ones."""
+    return {"holdout_top1": top1[0], **({"holdout_chat_top1": top1[1]} if chat else {})}
 
 
 def _steering(layer: int, vector: Tensor, rows: int, width: int) -> BatchSteering:
@@ -101,10 +163,9 @@ def finetune(
         raise InvalidInput(
             f"init vector has shape {list(init.shape)}; the model needs [{adapter.d_model}]", param="init"
         )
-    train_pairs, holdout_pairs = split_holdout(spec.pairs, spec.holdout_fraction, spec.seed)
-    prefix = bos_prefix(model.tokenizer, adapter.adds_bos)
-    train = zero_shot_prompts(model.tokenizer, spec.template, prefix, train_pairs)
-    holdout = zero_shot_prompts(model.tokenizer, spec.template, prefix, holdout_pairs)
+    prompts = training_prompts(model, spec)
+    train, holdout = prompts.train, prompts.holdout
+    raw_holdout, chat_holdout = holdout[: prompts.n_holdout], holdout[prompts.n_holdout :]
     device = model_device(adapter)
     dtype = next(adapter.model.parameters()).dtype
 
@@ -114,10 +175,15 @@ def finetune(
     optimizer = torch.optim.Adam([vector], lr=spec.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(spec.epochs, 1))
 
-    def evaluate_holdout() -> tuple[float, float]:
+    def evaluate_holdout() -> tuple[tuple[float, float], float]:
+        """Hold-out top-1 per form (raw, chat; 0 for an absent form) and the mean loss over every hold-out row."""
         with torch.no_grad():
-            loss, correct = _loss_and_correct(model, holdout, spec.layer, vector.detach().to(dtype))
-        return float(correct) / len(holdout), float(loss) / len(holdout)
+            steered_by = vector.detach().to(dtype)
+            raw_loss, raw_correct = _loss_and_correct(model, raw_holdout, spec.layer, steered_by)
+            chat_loss, chat_correct = (_loss_and_correct(model, chat_holdout, spec.layer, steered_by) if chat_holdout
+                                       else (torch.zeros(()), torch.zeros(())))
+        top1 = (float(raw_correct) / len(raw_holdout), float(chat_correct) / max(1, len(chat_holdout)))
+        return top1, (float(raw_loss) + float(chat_loss)) / len(holdout)
 
     chunks = [train[i : i + max(1, spec.chunk_size)] for i in range(0, len(train), max(1, spec.chunk_size))]
 
@@ -130,7 +196,7 @@ def finetune(
         vector.grad = grad if vector.grad is None else vector.grad + grad
         return float(loss.detach()), float(correct)
 
-    def apply() -> tuple[float, float]:
+    def apply() -> tuple[tuple[float, float], float]:
         with torch.inference_mode(False), torch.enable_grad():
             penalty = spec.l2 * (vector - start).pow(2).sum()
             (grad,) = torch.autograd.grad(penalty, [vector])
@@ -142,13 +208,13 @@ def finetune(
     def step() -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         parts = [run(functools.partial(accumulate, chunk)) for chunk in chunks]
-        holdout_accuracy, holdout_loss = run(apply)
+        top1, holdout_loss = run(apply)
         return {"loss": sum(loss for loss, _ in parts) / len(train),
                 "train_top1": sum(correct for _, correct in parts) / len(train),
-                "holdout_top1": holdout_accuracy, "holdout_loss": holdout_loss}
+                **history_top1(top1, prompts.chat), "holdout_loss": holdout_loss}
 
-    before, before_loss = run(evaluate_holdout)
-    best = (before, -before_loss)
+    before_top1, before_loss = run(evaluate_holdout)
+    best, best_top1 = prompts.score(before_top1, before_loss), before_top1
     best_vector, best_epoch = start.clone(), 0
     history: list[dict[str, float]] = []
     for epoch in range(1, spec.epochs + 1):
@@ -156,8 +222,13 @@ def finetune(
         if not math.isfinite(record["loss"]):
             break
         history.append({"epoch": epoch, **record})
-        score = (record["holdout_top1"], -record["holdout_loss"])
+        top1 = (record["holdout_top1"], record.get("holdout_chat_top1", 0.0))
+        score = prompts.score(top1, record["holdout_loss"])
         if score > best:
-            best, best_vector, best_epoch = score, vector.detach().clone(), epoch
+            best, best_top1, best_vector, best_epoch = score, top1, vector.detach().clone(), epoch
         report("training", epoch / spec.epochs, history[-1])
-    return FinetuneResult(best_vector.cpu(), best_epoch, history, before, best[0], len(train), len(holdout))
+        if patience_over(spec, epoch, best_epoch):
+            break
+    return FinetuneResult(best_vector.cpu(), best_epoch, history, before_top1[0], best_top1[0], prompts.n_train,
+                          prompts.n_holdout, before_top1[1] if prompts.chat else None,
+                          best_top1[1] if prompts.chat else None)

@@ -1,8 +1,12 @@
-"""Todd et al.'s in-context prompts, with configurable prefixes and separators.
+"""Todd et al.'s in-context prompts, with configurable prefixes and separators, and the chat form of a query.
 
 A demonstration is ``"Q: x\\nA: y\\n\\n"`` (y the primary answer), the query ``"Q: x\\nA:"``; an answer token is
 the first token of ``" " + y`` for any accepted answer y. Models whose tokenizer adds no BOS get its BOS (or EOS)
 text prepended, as in the reference code.
+
+Most users reach a model through its chat template, where the query is a user turn holding the word alone and the
+answer starts the assistant's turn (no leading space, often capitalised): :func:`chat_prompts` renders that form
+exactly as the server renders ``messages`` (``add_generation_prompt``), so a vector can be trained and judged on it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from app.errors import InvalidInput
 from app.fv.pairs import Pair
 
 DEFAULT_SHOTS = 10
@@ -70,6 +75,56 @@ def answer_token(tokenizer: PreTrainedTokenizerBase, output: str) -> int:
 def answer_tokens(tokenizer: PreTrainedTokenizerBase, pair: Pair) -> tuple[int, ...]:
     """The distinct first tokens of every accepted answer of ``pair``, the primary answer's first."""
     return tuple(dict.fromkeys(answer_token(tokenizer, answer) for answer in pair.answers))
+
+
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_query(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """One user turn holding ``text``, rendered by the tokenizer's chat template up to the assistant's header."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                             tokenize=False)
+    return str(rendered)
+
+
+def chat_answer_tokens(tokenizer: PreTrainedTokenizerBase, pair: Pair) -> tuple[int, ...]:
+    """The distinct first tokens an assistant's answer may start with: every accepted answer as written and
+    capitalised, bare or after a space (the primary answer as written first). A leading space whose first token is
+    the space alone (a character-level tokenizer) is left out: it says nothing about the word."""
+    firsts: list[int] = []
+    for answer in pair.answers:
+        for form in (answer, answer[:1].upper() + answer[1:]):
+            firsts.append(tokenizer(form, add_special_tokens=False).input_ids[0])
+            spaced = tokenizer(" " + form, add_special_tokens=False).input_ids[0]
+            if str(tokenizer.decode([spaced])).strip():
+                firsts.append(spaced)
+    return tuple(dict.fromkeys(firsts))
+
+
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, queries: list[Pair]) -> list[PromptItem]:
+    """Zero-shot prompts in chat form: the user turn is the input word alone."""
+    return [PromptItem(chat_query(tokenizer, q.input), chat_answer_tokens(tokenizer, q), q) for q in queries]
+
+
+def icl_prompt_bound(tokenizer: PreTrainedTokenizerBase, template: Template, prefix: str, demo_pool: list[Pair],
+                     queries: list[Pair], shots: int) -> int:
+    """An upper bound on the tokens of any prompt :func:`icl_prompts` can build from these pairs: the prefix, the
+    ``shots`` longest demonstrations and the longest query, counted apart, plus one token a junction (where two
+    parts could tokenize differently together). Lets a job refuse before any forward what it would build."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    demos = sorted((count(template.demonstration(pair)) for pair in demo_pool), reverse=True)[:shots]
+    query = max((count(template.query(pair.input)) for pair in queries), default=0)
+    return len(tokenizer(prefix).input_ids) + sum(demos) + query + len(demos) + 1
+
+
+def check_prompt_bound(bound: int, limit: int, shots: int, param: str = "shots") -> None:
+    """Refuse (422, naming ``param`` and the limit) prompts that may run over ``limit`` tokens."""
+    if bound > limit:
+        raise InvalidInput(f"{shots}-shot prompts of these pairs run up to {bound} tokens; the prompt limit is "
+                           f"{limit} (use fewer shots or shorter pairs)", param=param)
 
 
 def icl_prompts(

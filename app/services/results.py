@@ -166,8 +166,9 @@ class EpochRecord(BaseModel):
     epoch: int
     loss: float
     train_top1: float
-    holdout_top1: float
-    holdout_loss: float
+    holdout_top1: float = Field(description="Hold-out top-1 on raw prompts.")
+    holdout_chat_top1: float | None = Field(None, description="Hold-out top-1 as chat turns (when trained on them).")
+    holdout_loss: float = Field(description="Mean loss over every hold-out prompt, both forms.")
 
 
 class FinetuneMetrics(BaseModel):
@@ -178,12 +179,17 @@ class FinetuneMetrics(BaseModel):
     lr: float
     l2: float
     seed: int
+    chat: bool = Field(False, description="Whether chat-rendered prompts were asked for (used where the model has a "
+                       "chat template).")
+    patience: int | None = Field(None, description="Epochs without a better hold-out score before training stopped.")
     n_train: int
     n_holdout: int
     best_epoch: int
     holdout_top1_before: float
     holdout_top1_after: float
     holdout_icl_top1: float = Field(description="10-shot prompting on the same hold-out pairs.")
+    holdout_chat_top1_before: float | None = Field(None, description="Hold-out top-1 as chat turns, start vector.")
+    holdout_chat_top1_after: float | None = Field(None, description="Hold-out top-1 as chat turns, checkpoint.")
     shots: int
     history: list[EpochRecord]
     seconds: dict[str, float]

@@ -16,10 +16,17 @@ from torch import Tensor
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
 from app.errors import InvalidInput, NotFound
 from app.fv.evaluation import SETTINGS, evaluate
-from app.fv.extraction import ExtractionOptions, ExtractionSpec, check_spec, extract
-from app.fv.finetuned import FinetuneOptions, InitKind, check_options, make_finetuned
+from app.fv.extraction import ExtractionOptions, ExtractionSpec, check_prompt_lengths, check_spec, extract
+from app.fv.finetuned import (
+    FinetuneOptions,
+    InitKind,
+    check_options,
+    default_layer,
+    init_spec,
+    make_finetuned,
+)
 from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
-from app.fv.prompts import Template, bos_prefix
+from app.fv.prompts import Template, bos_prefix, check_prompt_bound, icl_prompt_bound
 from app.fv.vector import decode_vector
 from app.jobs.manager import Job, JobContext, Work
 from app.jobs.queue import Jobs, Payload
@@ -113,6 +120,8 @@ class VectorService:
     registry: VectorRegistry
     cache: MemoryHeadMeanCache | RedisHeadMeanCache
     jobs: Jobs
+    # In-context prompts a job or evaluation builds obey the completions' prompt limit (None: not checked).
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.jobs.bind(self.work_for)
@@ -140,6 +149,8 @@ class VectorService:
         label, resolved = job.source.resolve()
         spec = ExtractionSpec.of(resolved, job.options)
         check_spec(spec, self.runner.handle.adapter)
+        if self.max_prompt_tokens is not None:
+            check_prompt_lengths(spec, self.runner.handle, self.max_prompt_tokens)
 
         def work(ctx: JobContext) -> ExtractResult:
             result = extract(self.runner.handle, spec, self.cache, run=self.runner.call,
@@ -170,6 +181,9 @@ class VectorService:
                                           layer=start.layer if options.layer is None else options.layer)
         adapter = self.runner.handle.adapter
         check_options(options, adapter.n_layers, adapter.d_model)
+        if options.init == "mediation" and self.max_prompt_tokens is not None:
+            layer = default_layer(adapter.n_layers) if options.layer is None else options.layer
+            check_prompt_lengths(init_spec(resolved, options, layer), self.runner.handle, self.max_prompt_tokens)
 
         def work(ctx: JobContext) -> FinetuneResult:
             made = make_finetuned(self.runner.handle, resolved, options, self.cache, run=self.runner.call,
@@ -218,6 +232,9 @@ class VectorService:
             demo_pool, test = resolved, resolved
         handle = self.runner.handle
         adapter, tokenizer = handle.adapter, handle.tokenizer
+        if self.max_prompt_tokens is not None:
+            check_prompt_bound(icl_prompt_bound(tokenizer, Template(), bos_prefix(tokenizer, adapter.adds_bos),
+                                                demo_pool, test, spec.shots), self.max_prompt_tokens, spec.shots)
         result = evaluate(
             adapter, tokenizer, Template(), bos_prefix(tokenizer, adapter.adds_bos), demo_pool, test,
             (stored.layer, stored.vector), seed=spec.seed, shots=spec.shots, run=run,

@@ -239,30 +239,37 @@ class ExtractResult(_Model):
 
 
 class EpochRecord(_Model):
-    """One fine-tuning epoch: training loss and top-1, hold-out top-1 and loss."""
+    """One fine-tuning epoch: training loss and top-1, hold-out top-1 (raw prompts; as chat turns where trained on
+    them) and loss."""
 
     epoch: int
     loss: float
     train_top1: float
     holdout_top1: float
+    holdout_chat_top1: float | None = None
     holdout_loss: float
 
 
 class FinetuneMetrics(_Model):
-    """What fine-tuning measured (also a fine-tuned vector's ``metrics``): hold-out top-1 at init and after,
-    10-shot prompting on the same pairs, the best epoch, every epoch, and the options used."""
+    """What fine-tuning measured (also a fine-tuned vector's ``metrics``): hold-out top-1 at init and after (raw
+    prompts, and as chat turns where trained on them), 10-shot prompting on the same pairs, the best epoch, every
+    epoch, and the options used."""
 
     init: str
     epochs: int
     lr: float
     l2: float
     seed: int
+    chat: bool
+    patience: int | None = None
     n_train: int
     n_holdout: int
     best_epoch: int
     holdout_top1_before: float
     holdout_top1_after: float
     holdout_icl_top1: float
+    holdout_chat_top1_before: float | None = None
+    holdout_chat_top1_after: float | None = None
     shots: int
     history: list[EpochRecord]
     seconds: dict[str, float]

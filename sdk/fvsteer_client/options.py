@@ -60,7 +60,8 @@ class ExtractOptions(TypedDict, total=False):
 class FinetuneOptions(TypedDict, total=False):
     """Fields of ``POST /vectors/finetune`` besides ``name``: exactly one of ``relation`` or ``pairs``; ``init`` is
     ``"mediation"`` (default), ``"zero"``, ``"random"`` or ``"vector"`` (with ``init_vector``, a stored vector's
-    name); ``layer``, ``epochs``, ``lr``, ``l2`` and ``seed`` default on the server (the tuned values)."""
+    name); ``layer``, ``epochs``, ``lr``, ``l2``, ``seed``, ``chat`` (also train on chat-rendered prompts, default
+    true) and ``patience`` default on the server (the tuned values)."""
 
     relation: str | None
     pairs: PairsSource | None
@@ -71,6 +72,8 @@ class FinetuneOptions(TypedDict, total=False):
     lr: float | None
     l2: float | None
     seed: int | None
+    chat: bool | None
+    patience: int | None
 
 
 class EvaluateOptions(TypedDict, total=False):

@@ -793,7 +793,9 @@ function trainMethod() {
 function trainRequest() {
   const body = { name: $("train-name").value.trim(), pairs: parsePairs($("train-pairs").value) };
   if (trainMethod() === "finetune") {
-    body.epochs = optionalNumber("train-epochs") ?? 80;
+    body.epochs = optionalNumber("train-epochs") ?? 160;
+    body.patience = optionalNumber("train-patience") ?? 40;
+    body.chat = $("train-chat").checked;
     body.lr = optionalNumber("train-lr") ?? 0.1;
     body.init = $("train-init").value;
     body.seed = optionalNumber("train-seed") ?? 0;
@@ -821,6 +823,7 @@ function showJob(job) {
   let text = `${job.kind} ${job.id}: ${job.state}, ${job.phase}, ${Math.round(job.progress * 100)} %`;
   if (typeof detail.epoch === "number") {
     text += ` — epoch ${detail.epoch}${detail.epochs ? `/${detail.epochs}` : ""}, loss ${fmt(detail.loss, 4)}, hold-out top-1 ${fmt(detail.holdout_top1, 2)}`;
+    if (typeof detail.holdout_chat_top1 === "number") text += `, as chat turns ${fmt(detail.holdout_chat_top1, 2)}`;
     if (!curve.length || curve[curve.length - 1].epoch !== detail.epoch) {
       curve.push({ epoch: detail.epoch, loss: detail.loss, holdout_top1: detail.holdout_top1 });
       drawCurve();
