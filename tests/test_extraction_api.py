@@ -345,29 +345,6 @@ def test_a_job_cancelled_while_queued_never_runs_and_frees_its_name(server: Live
     remember_key_of(server, name)
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "param"),
-    [
-        ({"pairs": user_pairs(11)}, 422, "pairs"),
-        ({"pairs": [*user_pairs(12), {"input": f"w3{RUN_TAG}", "output": "z"}]}, 422, "pairs[12]"),
-        ({"pairs": [*user_pairs(12)[:5], {"input": "a", "output": ""}, *user_pairs(12)[5:]]}, 422, "pairs.5.output"),
-        ({"pairs": [*user_pairs(12), {"input": "a", "output": "   "}]}, 422, "pairs[12]"),
-        ({"pairs": [*user_pairs(12), {"input": "a"}]}, 422, "pairs.12.output"),
-        ({"pairs": "hot,cold"}, 422, "pairs"),
-        ({"relation": "no-such-relation"}, 404, "relation"),
-        ({"relation": "antonym", "pairs": user_pairs(12)}, 422, "relation"),
-        ({}, 422, "relation"),
-        ({"relation": "antonym", "n_heads": 0}, 422, "n_heads"),
-        ({"relation": "antonym", "n_heads": N_LAYERS * N_HEADS + 1}, 422, "n_heads"),
-        ({"relation": "antonym", "layer": 99}, 422, "layer"),
-        ({"relation": "antonym", "layer": -1}, 422, "layer"),
-        # pydantic names the union member ("layer.int"); the envelope's param still starts with the field
-        ({"relation": "antonym", "layer": "best"}, 422, "layer*"),
-        ({"relation": "antonym", "n_prompts": 0}, 422, "n_prompts"),
-        ({"relation": "antonym", "n_trials": 501}, 422, "n_trials"),
-        ({"relation": "antonym", "unknown": 1}, 422, "unknown"),
-    ],
-)
 def long_pairs(n: int = 16) -> list[dict[str, str]]:
     """Pairs whose 10-shot prompts (about 10 × 300 characters, one token each on the tiny tokenizer) run over the
     server's 2,048-token prompt limit, though every pair is within the schema's 200 characters."""
@@ -396,6 +373,29 @@ def test_prompts_over_the_token_limit_are_refused_before_any_work(server: LiveSe
     assert fine.status_code == 200, fine.text  # one demonstration fits
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"pairs": user_pairs(11)}, 422, "pairs"),
+        ({"pairs": [*user_pairs(12), {"input": f"w3{RUN_TAG}", "output": "z"}]}, 422, "pairs[12]"),
+        ({"pairs": [*user_pairs(12)[:5], {"input": "a", "output": ""}, *user_pairs(12)[5:]]}, 422, "pairs.5.output"),
+        ({"pairs": [*user_pairs(12), {"input": "a", "output": "   "}]}, 422, "pairs[12]"),
+        ({"pairs": [*user_pairs(12), {"input": "a"}]}, 422, "pairs.12.output"),
+        ({"pairs": "hot,cold"}, 422, "pairs"),
+        ({"relation": "no-such-relation"}, 404, "relation"),
+        ({"relation": "antonym", "pairs": user_pairs(12)}, 422, "relation"),
+        ({}, 422, "relation"),
+        ({"relation": "antonym", "n_heads": 0}, 422, "n_heads"),
+        ({"relation": "antonym", "n_heads": N_LAYERS * N_HEADS + 1}, 422, "n_heads"),
+        ({"relation": "antonym", "layer": 99}, 422, "layer"),
+        ({"relation": "antonym", "layer": -1}, 422, "layer"),
+        # pydantic names the union member ("layer.int"); the envelope's param still starts with the field
+        ({"relation": "antonym", "layer": "best"}, 422, "layer*"),
+        ({"relation": "antonym", "n_prompts": 0}, 422, "n_prompts"),
+        ({"relation": "antonym", "n_trials": 501}, 422, "n_trials"),
+        ({"relation": "antonym", "unknown": 1}, 422, "unknown"),
+    ],
+)
 def test_bad_extraction_requests_are_refused(server: LiveServer, body: dict[str, Any], status: int,
                                              param: str) -> None:
     name = new_name("bad")
