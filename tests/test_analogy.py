@@ -3,6 +3,7 @@ composite, the combiner (softmax start, save/load, fitting), and the dataset eva
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -189,6 +190,20 @@ def test_normalised_scores_keep_each_pair_s_ranking_and_need_the_pairs_facts(tmp
     path.write_text(json.dumps(record), encoding="utf-8")
     with pytest.raises(ValueError, match="normalisation"):
         Combiner.load(path, "fp")
+
+
+def test_pmi_without_calibration_is_the_raw_mixture_and_needs_no_facts() -> None:
+    scores = torch.tensor([[-2.0, -4.0, -3.0], [-6.0, -5.0, -9.0]])
+    facts = SourceFacts(tokens=torch.tensor([1.0, 3.0]), unsteered=torch.tensor([-5.0, -7.0]))
+    pmi = Combiner(["p", "q", "r"], torch.eye(3) * 2, torch.tensor([0.1, 0.0, -0.1]), 0.5, top_k=2,
+                   normalisation="pmi")
+    plain = dataclasses.replace(pmi, normalisation="sum")
+    assert not pmi.needs_facts
+    assert torch.allclose(pmi.weights(scores), plain.weights(scores))
+    calibrated = dataclasses.replace(pmi, calibration=Calibration.of(scores))
+    assert calibrated.needs_facts  # standardising per relation across pairs does see the shift
+    assert torch.allclose(calibrated.weights(scores, facts),
+                          dataclasses.replace(calibrated, normalisation="sum").weights(normalise(scores, "pmi", facts)))
 
 
 def test_source_facts_count_the_answer_s_tokens_and_score_it_unsteered(model: ModelHandle) -> None:

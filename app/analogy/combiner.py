@@ -80,14 +80,20 @@ class Combiner:
         return cls(list(relations), torch.eye(k), torch.zeros(k), temperature, kind="softmax")
 
     @property
+    def _effective_normalisation(self) -> Normalisation:
+        """``pmi`` without calibration shifts each pair's scores by one constant, which neither the softmax nor the
+        top-k sees: the same weights as ``sum``, without the extra forward per source pair its facts cost."""
+        return "sum" if self.normalisation == "pmi" and self.calibration is None else self.normalisation
+
+    @property
     def needs_facts(self) -> bool:
         """Whether :meth:`weights` needs the source pairs' :class:`SourceFacts` beside their scores."""
-        return self.normalisation != "sum"
+        return self._effective_normalisation != "sum"
 
     def weights(self, scores: Tensor, facts: SourceFacts | None = None) -> Tensor:
         """``[N, K]`` relation scores (as :func:`app.analogy.bank.relation_scores` gives them) → ``[N, K]`` composite
         weights; ``facts`` of the same source pairs when :attr:`needs_facts`."""
-        normalised = normalise(scores, self.normalisation, facts)
+        normalised = normalise(scores, self._effective_normalisation, facts)
         return mix(normalised, self.temperature, self.calibration, self.top_k) @ self.weight.T + self.bias
 
     def save(self, path: Path, fingerprint: str) -> None:
