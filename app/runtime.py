@@ -108,6 +108,14 @@ class Runtime:
             cache.ping()
         return cache.status()
 
+    def registry_status(self) -> str:
+        """``local`` (no Redis: one process, or others found by rescans only), ``redis``, or ``degraded`` (Redis
+        configured, its subscription lost: changes of other replicas arrive by the periodic rescan)."""
+        sync = self._registry_sync
+        if sync is None:
+            return "local"
+        return "degraded" if sync.degraded else "redis"
+
     def wait_ready(self, timeout: float) -> bool:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -179,10 +187,12 @@ class Runtime:
             jobs = self._jobs(bundle.registry)
             vectors = VectorService(engine, bundle.registry, bundle.cache, jobs, settings.max_prompt_tokens)
             jobs.start()
-        except Exception as exc:
+        except Exception as exc:  # a server that can serve nothing exits 1, so that its supervisor restarts it
             log.exception("model %s failed to load", settings.model)
             self.error = str(exc)
             self.state = "failed"
+            self.exit_code = 1
+            self.request_exit()
             return
         self.model_name = bundle.model.name
         analogies = AnalogyService(engine, bundle.registry, completions)
@@ -227,7 +237,7 @@ class Runtime:
             url, is_alive = managed.url, managed.alive
         backend = VllmBackend(url, served, served, engine.prompts, engine.bank, max_batch=settings.max_batch,
                               max_queue=settings.max_queue, queue_timeout_s=settings.queue_timeout_s,
-                              is_alive=is_alive, on_fatal=self._engine_failed)
+                              is_alive=is_alive, on_fatal=self._engine_failed, bank_dir=bundle.registry.folder)
         bundle.registry.subscribe(backend.on_registry_change)
         self._vllm_backend = backend
         backend.start()

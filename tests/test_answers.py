@@ -27,6 +27,15 @@ def test_one_answer_is_plain_cross_entropy_and_top1() -> None:
     assert answers.rank(LOGITS).tolist() == [0, 1]
 
 
+def test_ties_and_broken_logits_never_count_as_right() -> None:
+    """A vector of 3e38s made every logit NaN and evaluation scored it 1.0 (nothing ranked above the answer)."""
+    answers = AnswerSets.of([(0,), (1,), (2, 1)], "cpu")
+    tied = torch.tensor([[1.0, 1.0, 0.0], [float("nan")] * 3, [0.0, 2.0, 2.0]])
+    assert answers.rank(tied).tolist() == [1, 3, 0]  # a tie with another token counts against; NaN ranks last
+    assert answers.correct(tied).tolist() == [False, False, True]  # tied accepted answers are still right
+    assert answers.correct(torch.tensor([[float("inf"), 0.0, 0.0]] * 3)).tolist() == [False] * 3
+
+
 def test_several_answers_pool_their_probability() -> None:
     answers = AnswerSets.of([(2, 1), (0, 3, 2)], "cpu")  # rows of different widths are padded
     p = torch.softmax(LOGITS, dim=-1)

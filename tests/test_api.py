@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import math
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ PUBLIC_ROUTES = {
     "/complete", "/analogies", "/vectors", "/vectors/{name}", "/vectors/extract", "/vectors/finetune",
     "/vectors/{name}/evaluate",
     "/vectors/{name}/decode", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz", "/readyz", "/metrics",
-    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/openapi.json", "/docs", "/redoc",
     "/score", "/v1/models", "/v1/models/{model_id}", "/v1/completions", "/v1/chat/completions", "/tokenize",
     "/detokenize", "/tokenizer_info", "/playground", "/playground/", "/playground/{asset}",
 }
@@ -275,7 +278,23 @@ def test_no_configured_token_means_admin_routes_are_forbidden(tmp_path: Path, ti
 def test_health_readiness_and_metrics(live_server: LiveServer) -> None:
     assert httpx.get(f"{live_server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{live_server.url}/readyz").json() == {"status": "ready", "model": "tiny-llama",
-                                                             "cache": "memory"}
+                                                             "cache": "memory", "registry": "local"}
     complete(live_server, prompt="count me", max_new_tokens=3)
     metrics = httpx.get(f"{live_server.url}/metrics").text
     assert "fvsteer_ready 1" in metrics and "fvsteer_tokens_generated_total" in metrics
+
+
+def test_the_docs_pages_load_nothing_from_elsewhere_under_a_csp(live_server: LiveServer) -> None:
+    """/docs loaded Swagger UI from a CDN with no Content-Security-Policy."""
+    for page in ("/docs", "/redoc"):
+        response = httpx.get(f"{live_server.url}{page}", timeout=30)
+        assert response.status_code == 200
+        policy = response.headers["content-security-policy"]
+        script_src = policy.split("script-src", 1)[1].split(";", 1)[0]
+        assert "default-src 'none'" in policy and "unsafe-inline" not in script_src
+        assert not re.findall(r"(?:src|href)=[\"']https?://", response.text), response.text  # every asset is ours
+        for asset in re.findall(r"(?:src|href)=[\"'](/docs-assets/[^\"']+)", response.text):
+            assert httpx.get(f"{live_server.url}{asset}", timeout=30).status_code == 200, asset
+        for script in re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL):
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in policy  # the page's own inline script is allowed by its hash alone

@@ -38,6 +38,11 @@ def stored_vector(server: LiveServer, name: str) -> torch.Tensor:
     return load_file(path)["vector"]
 
 
+def registry_sync(server: LiveServer) -> str:
+    state: str = httpx.get(f"{server.url}/readyz", timeout=30).json()["registry"]
+    return state
+
+
 def readiness(server: LiveServer) -> str:
     response = httpx.get(f"{server.url}/readyz", timeout=30)
     assert response.status_code == 200, response.text
@@ -84,9 +89,12 @@ def test_redis_killed_mid_extraction(tmp_path: Path, tiny_llama_dir: Path,
         assert readiness(server) == "degraded"
         assert cache_counts(server)["error"] >= 1
         assert complete(server, prompt="Q: x1\nA:", relations={job["result"]["vector"]: 1.0}).status_code == 200
+        # The registry's sync lost its subscription too: readiness says so (it used to say nothing).
+        wait_until(lambda: registry_sync(server) == "degraded", "readiness to show the registry sync degraded")
 
         holder[0] = start_redis(port)  # back (empty): the server uses it again without a restart
         wait_until(lambda: readiness(server) == "ready", "readiness to see Redis come back")  # probed ≤ 1/s
+        assert registry_sync(server) == "redis"
         again = extract_and_wait(server, name=new_name("again"), **body)
         assert again["result"]["head_means_cache"] == {"hit": False, "backend": "redis"}
         assert extract_and_wait(server, name=new_name("hit"), **body)["result"]["head_means_cache"]["hit"] is True

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.faults import Faults, metric, wait_for_log, wait_until
@@ -96,3 +97,11 @@ def test_the_grace_period_bounds_the_drain(tmp_path: Path, tiny_llama_dir: Path)
         assert answer.json()["finish_reason"] == "cancelled" and 0 < answer.json()["usage"]["completion_tokens"] < 64
     finally:
         stop_server(server)
+
+
+def test_a_model_that_fails_to_load_exits_1(tmp_path: Path) -> None:
+    """It used to stay up, unready for ever, where a supervisor would restart it."""
+    with pytest.raises(RuntimeError, match="server exited with 1") as failed:
+        start_server(tmp_path, str(tmp_path / "no-such-model"), admin_token=None, d_model=1, n_layers=1,
+                     timeout=120)
+    assert "failed to load" in str(failed.value)

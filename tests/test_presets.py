@@ -158,6 +158,10 @@ def test_the_store_refuses_what_the_routes_refuse(harness: Harness) -> None:
     for missing in (store.get, store.delete, store.steering):
         with pytest.raises(NotFound):
             missing("nope")
+    mixed = PresetStore(store.registry, N_LAYERS, "SmolLM2-135M-Instruct")
+    with pytest.raises(InvalidInput, match="base model's id") as raised:  # it used to shadow the base model
+        mixed.put("smollm2-135m-instruct", spec())
+    assert raised.value.param == "name"
 
 
 def test_a_preset_survives_a_restart(harness: Harness) -> None:

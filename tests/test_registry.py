@@ -96,6 +96,8 @@ def test_vector_from_bytes_accepts_half_precision_and_refuses_the_rest() -> None
         ((4).to_bytes(8, "little") + b"[1,2", "not JSON"),
         (save({"vector": torch.ones(2, 4)}), "shape"),
         (save({"vector": torch.tensor([1.0] * 7 + [float("inf")])}), "NaN or infinite"),
+        (save({"vector": torch.full((8,), 3e38)}), "norm overflows"),  # finite values, an infinite norm
+        (len(deep := b"[" * 200_000 + b"]" * 200_000).to_bytes(8, "little") + deep, "not JSON"),  # was a 500
     ]:
         with pytest.raises(InvalidInput, match=expected):
             vector_from_bytes(data, 8)

@@ -93,7 +93,8 @@ def test_a_stream_sends_the_text_then_the_response(harness: Harness) -> None:
 
 
 def test_readiness_and_a_drain_refuse_new_work(harness: Harness) -> None:
-    assert get(harness, "/readyz").json() == {"status": "ready", "model": "scripted", "cache": "memory"}
+    assert get(harness, "/readyz").json() == {"status": "ready", "model": "scripted", "cache": "memory",
+                                              "registry": "local"}
     harness.runtime.begin_drain()
     ready, refused = get(harness, "/readyz"), post(harness, "/complete", {"prompt": "a"})
     for response in (ready, refused):

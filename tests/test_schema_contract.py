@@ -66,6 +66,7 @@ UNPAIRED = {
 
 # (SDK model, field) → why the SDK accepts more than the server sends. Anything else must match exactly.
 LENIENT: dict[tuple[str, str], str] = {
+    ("Readiness", "registry"): "optional: servers before the registry sync state omitted it",
     ("Job", "kind"): "str, not the server's enum: a client keeps working when a server adds a job kind",
     ("Job", "result"): "a dict, typed on demand by Job.extract_result / Job.finetune_result by the job's kind",
     ("Job", "error"): "a dict: the error envelope's body, read by the SDK's error helpers",

@@ -119,6 +119,13 @@ def test_corrupt_records_are_misses(raw_redis: redis.Redis, caplog: pytest.LogCa
     nan = torch.full(SHAPE, float("nan"))
     put_aie(cache, key, nan)
     assert get_aie(cache, key, SHAPE) is None
+    # A sweep with a NaN score used to be a hit, and its layer went into the vector file.
+    put_sweep(cache, sweep_key(key), LayerSweep({0: 0.5, 1: float("nan"), 2: 0.1, 3: 0.0}, 1, 0.0))
+    assert get_sweep(cache, sweep_key(key)) is None
+    # A field name that is not UTF-8 used to fail every later extraction until the key was removed.
+    raw_redis.hset(sweep_key(key).digest(), mapping={b"\xff\xfe": b"x"})
+    assert get_sweep(cache, sweep_key(key)) is None and cache.stats.errors >= 1
+    raw_redis.delete(key.digest(), sweep_key(key).digest())
 
 
 def test_redis_down_is_a_miss_and_degrades() -> None:

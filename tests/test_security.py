@@ -5,6 +5,8 @@ id, without touching the disk; secrets (the admin token, a Redis password) never
 from __future__ import annotations
 
 import hmac
+import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +19,7 @@ from app.api import auth
 from app.errors import Unauthorized
 from app.settings import Settings
 from tests.conftest import LiveServer, free_port, start_server, stop_server
+from tests.faults import wait_until
 from tests.test_api import upload, vector_bytes
 from tests.tiny_models import ARCH_CONFIGS
 
@@ -112,3 +115,49 @@ def test_admin_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(Unauthorized):
         auth.require_admin(Request(scope))
     assert compared == [(b"wrong-token", b"right-token")]
+
+
+def raw_request(server: LiveServer, head: str, body_start: bytes) -> bytes:
+    """Send the head and only the start of a body, then read what the server answers (it must not wait for the
+    rest: a server that reads the body first times out here)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body_start)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_admin_checks_the_token_before_reading_the_body(live_server: LiveServer) -> None:
+    size = 15_900_000  # under the upload limit: only the token can refuse it
+    head = (f"POST /admin/vectors HTTP/1.1\nHost: x\nContent-Type: multipart/form-data; boundary=b\n"
+            f"Content-Length: {size}\n")
+    assert raw_request(live_server, head, b"--b\r\n").startswith(b"HTTP/1.1 401")
+    wrong = raw_request(live_server, head.replace("Host: x\n", "Host: x\nAuthorization: Bearer wrong\n"), b"--b")
+    assert wrong.startswith(b"HTTP/1.1 401")
+    malformed = httpx.put(f"{live_server.url}/admin/presets/x", content=b"{not json", timeout=30,
+                          headers={"content-type": "application/json"})
+    assert malformed.status_code == 401 and malformed.json()["error"]["param"] == "Authorization"
+    assert httpx.put(f"{live_server.url}/admin/presets/x", content=b"{not json", timeout=30,
+                     headers={"content-type": "application/json", **admin(live_server)}).status_code == 422
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(live_server: LiveServer) -> None:
+    before = len(live_server.log())
+    host, port = live_server.url.removeprefix("http://").split(":")
+    for path, kind, start in (("/complete", "application/json", b'{"prompt": "x'),
+                              ("/admin/vectors", "multipart/form-data; boundary=b", b"--b\r\nContent-Disposition")):
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\nContent-Length: 5000\r\n"
+                f"Authorization: Bearer {live_server.admin_token}\r\n\r\n")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode() + start)
+        time.sleep(0.5)
+    assert httpx.get(f"{live_server.url}/healthz", timeout=30).status_code == 200
+    wait_until(lambda: live_server.log()[before:].count(" 499 ") >= 2, "both requests in the access log")
+    written = live_server.log()[before:]
+    assert " 500 " not in written and "Traceback" not in written and "unhandled error" not in written, written
+    assert "Task was destroyed but it is pending" not in written

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fvsteer_vllm.bank import vector_key
 from fvsteer_vllm.spec import SteeringSpec
+from fvsteer_vllm.state import failure_path
 
 from app.engine.bank import VectorBank
 from app.engine.prompts import PromptEncoder
@@ -44,6 +45,7 @@ class Script:
     closed: int = 0  # streams whose client went away
     refuse: str | None = None  # answer 400 with this message
     break_stream: bool = False  # send an error object inside the stream
+    fail_steering: Path | None = None  # as the plugin does for steering it cannot apply: report it in this folder
 
 
 def stand_in(script: Script) -> FastAPI:
@@ -63,6 +65,12 @@ def stand_in(script: Script) -> FastAPI:
         script.bodies.append(body)
         if script.refuse:
             return JSONResponse({"error": {"message": script.refuse}}, status_code=400)
+        spec = SteeringSpec.of(body.get("vllm_xargs"))
+        if script.fail_steering is not None and spec is not None and spec.request_id is not None:
+            failure = failure_path(script.fail_steering, spec.request_id)
+            failure.parent.mkdir(exist_ok=True)
+            failure.write_text("every bank row is held")
+            body["max_tokens"] = 1  # ended at once, as the plugin's end-of-sequence does
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -120,7 +128,7 @@ def make(url: str, registry: VectorRegistry, **limits: Any) -> Made:
     fatal: list[BaseException] = []
     options = {"max_batch": 4, "max_queue": 8, "queue_timeout_s": None, **limits}
     backend = VllmBackend(url, "tiny", "tiny", PromptEncoder(tiny_tokenizer(), 64, None), bank,
-                          on_fatal=fatal.append, **options)
+                          on_fatal=fatal.append, bank_dir=registry.folder, **options)
     registry.subscribe(backend.on_registry_change)
     backend.start()
     backend.wait_ready(WAIT_S)
@@ -180,6 +188,22 @@ def test_vllm_refusals_become_fvsteer_errors(made: Made, vllm_stand_in: tuple[st
     made.backend.submit([request])
     with pytest.raises(NotReady, match="boom"):
         result(request)
+
+
+def test_steering_the_plugin_could_not_apply_fails_that_row_only(made: Made, vllm_stand_in: tuple[str, Script],
+                                                                 registry: VectorRegistry) -> None:
+    _, script = vllm_stand_in
+    script.fail_steering = registry.folder
+    steered = row(made.backend, BankSteering.checked({"up": 1.0}, scale=1.0, layer=None, positions="fv"))
+    plain = row(made.backend)
+    made.backend.submit([steered, plain])
+    with pytest.raises(NotReady, match="could not apply this request's steering: every bank row is held"):
+        result(steered)
+    assert result(plain).text == "hello world" and not made.fatal
+    assert not list((registry.folder / ".failed").iterdir())  # the report was taken
+    assert made.backend.stats.failed_rows == 1
+    ids = {SteeringSpec.of(body["vllm_xargs"]).request_id for body in script.bodies if "vllm_xargs" in body}
+    assert len(ids) == 1 and None not in ids
 
 
 def test_the_queue_refuses_beyond_its_limit_and_expires_waiters(vllm_stand_in: tuple[str, Script],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fvsteer_vllm.bank import BankFolder, ResidentBank, vector_key
+from fvsteer_vllm.bank import BankError, BankFolder, ResidentBank, vector_key
 from fvsteer_vllm.layers import SteeredLayer, wrap_layers
 from fvsteer_vllm.spec import Entry, SpecError, SteeringSpec
 from fvsteer_vllm.state import SteeringState
@@ -121,15 +121,66 @@ def test_the_bank_keeps_rows_and_its_address(folder: Path) -> None:
     keys = [write(folder, f"v{i}", [float(i)] * D) for i in range(3)]
     bank = ResidentBank(folder, capacity=3, d_model=D, device=torch.device("cpu"))
     address = bank.table.data_ptr()
-    rows = [bank.row(key) for key in keys]
+    rows = [bank.acquire(key) for key in keys]
     assert sorted(rows) == [0, 1, 2] and bank.table[rows[2]].tolist() == [2.0] * D
+    for key in keys:
+        bank.release(key)
     (folder / "v0.safetensors").unlink()
-    assert bank.row(keys[0]) == rows[0]  # gone from disk, kept while nothing needs its row
-    newer = write(folder, "v3", [9.0] * D)  # the bank is full: v0's row is reused
-    assert bank.row(newer) == rows[0] and bank.table[rows[0]].tolist() == [9.0] * D
-    with pytest.raises(KeyError, match="no vector"):
-        bank.row(keys[0])
+    assert bank.acquire(keys[0]) == rows[0]  # gone from disk, kept while nothing needs its row
+    bank.release(keys[0])
+    newer = write(folder, "v3", [9.0] * D)  # the bank is full: v0's row, held by no request, is reused
+    assert bank.acquire(newer) == rows[0] and bank.table[rows[0]].tolist() == [9.0] * D
+    with pytest.raises(BankError, match="no vector"):
+        bank.acquire(keys[0])
     assert bank.table.data_ptr() == address
+
+
+def test_a_row_held_by_a_request_is_never_reused(folder: Path) -> None:
+    held, other = write(folder, "held", [1.0] * D), write(folder, "other", [2.0] * D)
+    bank = ResidentBank(folder, capacity=2, d_model=D, device=torch.device("cpu"))
+    row = bank.acquire(held)
+    (folder / "held.safetensors").unlink()
+    bank.refresh()
+    newer = write(folder, "newer", [3.0] * D)
+    with pytest.raises(BankError, match="rows holds a vector in use"):  # other is in the folder, held is in use
+        bank.acquire(newer)
+    assert bank.table[row].tolist() == [1.0] * D
+    bank.release(held)
+    assert bank.acquire(newer) == row and bank.acquire(other) != row
+
+
+def test_a_vector_deleted_after_admission_is_served_from_its_pin(folder: Path) -> None:
+    key = write(folder, "late", [5.0] * D)
+    admission = BankFolder(folder, D)
+    admission.pin(key, admission.holding()[key])
+    (folder / "late.safetensors").unlink()
+    bank = ResidentBank(folder, capacity=2, d_model=D, device=torch.device("cpu"))
+    assert bank.table[bank.acquire(key)].tolist() == [5.0] * D
+    replaced = write(folder, "swapped", [1.0] * D)
+    listed = admission.holding(force=True)[replaced]
+    write(folder, "swapped", [7.0] * D)  # replaced between the listing and the pin: the pin checks the digest
+    with pytest.raises(FileNotFoundError, match="no longer holds"):
+        admission.pin(replaced, listed)
+    assert not list((folder / ".pinned").glob("swapped*"))
+
+
+def test_steering_the_worker_cannot_apply_fails_its_slot_alone(folder: Path) -> None:
+    good = write(folder, "good", [1.0] * D)
+    state = make_state(folder)
+    state.add(0, spec((good, 1.0, 1)), 3)
+    broken = SteeringSpec((Entry(good, 1.0, 1), Entry("gone@0000000000000000", 1.0, 1)), "fv", "req-1")
+    state.add(1, broken, 3)
+    state.add(2, SteeringSpec((Entry(good, 1.0, 7),), "fv", "req-2"), 3)  # a layer the model does not have
+    assert state.failed == {1, 2}
+    assert "no vector 'gone@0000000000000000'" in (folder / ".failed" / "req-1").read_text()
+    assert "layer 7 is outside" in (folder / ".failed" / "req-2").read_text()
+    assert state.weights[:, 1:3].abs().sum() == 0  # nothing half-applied
+    assert state.bank._users == {good: 1}  # the failed slot gave back the row it had taken
+    state.move(1, 3, swap=False)
+    assert state.failed == {2, 3}
+    state.remove(3)
+    state.remove(2)
+    assert state.failed == set() and state.weights[1, 0].abs().sum() > 0
 
 
 def test_a_vector_made_again_under_its_name_is_another_key(folder: Path) -> None:
@@ -145,9 +196,12 @@ def test_a_vector_made_again_under_its_name_is_another_key(folder: Path) -> None
 def test_steering_spec_round_trips_and_refuses_bad_input() -> None:
     made = spec(("a@00", 0.5, 3), ("b@11", -1.0, 9), positions="all")
     assert SteeringSpec.of({"fvsteer": made.dumps()}) == made
+    named = SteeringSpec(made.entries, "all", "abc_1-2")
+    assert SteeringSpec.of({"fvsteer": named.dumps()}) == named and named.steering() == made
     assert SteeringSpec.of(None) is None and SteeringSpec.of({"other": 1}) is None
     for bad in ("{", '{"v": []}', '{"v": [["a@0", "x", 1]]}', '{"v": [["a", 1, 1]]}',
-                '{"v": [["a@0", 1, 1]], "positions": "some"}', '{"v": [["a@0", NaN, 1]]}'):
+                '{"v": [["a@0", 1, 1]], "positions": "some"}', '{"v": [["a@0", NaN, 1]]}',
+                '{"v": [["a@0", 1, 1]], "id": "../x"}', '{"v": [["a@0", 1, 1]], "id": 5}'):
         with pytest.raises(SpecError):
             SteeringSpec.of({"fvsteer": bad})
 
@@ -155,6 +209,7 @@ def test_steering_spec_round_trips_and_refuses_bad_input() -> None:
 def test_the_cache_salt_separates_every_steering_that_changes_kv() -> None:
     one, other = spec(("a@00", 1.0, 3)), spec(("a@00", 0.5, 3))
     assert cache_salt(one, 10) == cache_salt(one, 10)
+    assert cache_salt(SteeringSpec(one.entries, one.positions, "request-7"), 10) == cache_salt(one, 10)
     assert len({cache_salt(one, 10), cache_salt(other, 10), cache_salt(one, 11),
                 cache_salt(spec(("a@00", 1.0, 3), positions="all"), 10)}) == 4
     every = spec(("a@00", 1.0, 3), positions="all")

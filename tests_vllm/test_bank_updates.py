@@ -1,16 +1,22 @@
 """The bank follows the registry without a restart: a vector uploaded, or saved by a fine-tuning job that ran on
-the HF model beside vLLM serving, steers completions on vLLM within 2 s; a deleted one is refused."""
+the HF model beside vLLM serving, steers completions on vLLM within 2 s; a deleted one is refused, but still served
+to a request admitted before the deletion; steering the worker cannot apply ends that request, not the engine."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from fvsteer_vllm.spec import Entry
+from fvsteer_vllm.state import failure_path
 
 from tests.conftest import LiveServer
+from tests.faults import wait_until
 from tests.test_api import upload, vector_bytes
-from tests_vllm.conftest import Vllm, complete
+from tests_vllm.conftest import MAX_SEQS, SLUG, Vllm, complete
 
 PROMPT = "Q: hot\nA:"
 
@@ -60,3 +66,41 @@ def test_vllm_refuses_steering_with_a_vector_it_cannot_have(vllm: Vllm) -> None:
             "vllm_xargs": {"fvsteer": spec.dumps().replace("antonym@", "antonym-gone@")}}
     refused = httpx.post(f"{vllm.url}/v1/completions", json=body, timeout=60)
     assert refused.status_code == 400 and "no vector" in refused.text
+
+
+def test_a_vector_deleted_while_its_request_waits_at_vllm_is_still_served(vllm_front: LiveServer, vllm: Vllm) -> None:
+    """Admitted, then the vector is deleted before the request reaches the worker (every batch slot is taken):
+    the request is served with it (the admission pinned it); the engine used to die here."""
+    name = f"late-{secrets.token_hex(3)}"
+    assert upload(vllm_front, name, vector_bytes(576, seed=3, scale=60.0), layer=9).status_code == 201
+    spec = vllm.spec({name: 1.0})
+    prompt = [28, 42, 314]
+    plain = vllm.complete(prompt, max_tokens=8, ignore_eos=True)["choices"][0]["text"]
+    with ThreadPoolExecutor(MAX_SEQS + 1) as pool:
+        fillers = [pool.submit(vllm.complete, prompt, max_tokens=64, ignore_eos=True) for _ in range(MAX_SEQS)]
+        wait_until(lambda: vllm.metric("vllm:num_requests_running") >= MAX_SEQS, "every batch slot taken", 300)
+        late = pool.submit(vllm.complete, prompt, spec, max_tokens=8, ignore_eos=True)
+        wait_until(lambda: vllm.metric("vllm:num_requests_waiting") >= 1, "the steered request to wait", 300)
+        deleted = httpx.delete(f"{vllm_front.url}/admin/vectors/{name}",
+                               headers={"Authorization": f"Bearer {vllm_front.admin_token}"}, timeout=30)
+        assert deleted.status_code == 200
+        (choice,) = late.result(timeout=300)["choices"]
+        assert all(filler.result(timeout=300) for filler in fillers)
+    assert choice["finish_reason"] == "length" and choice["text"] != plain  # steered, all 8 tokens
+    assert vllm.complete(prompt, max_tokens=8, ignore_eos=True)["choices"][0]["text"] == plain  # the engine lives
+
+
+def test_steering_the_worker_cannot_apply_ends_that_request_not_the_engine(vllm: Vllm) -> None:
+    """A layer the model does not have passes admission (which does not know the model) and used to raise in the
+    worker, killing vLLM: now that request ends at once, reported in the bank folder, and the others go on."""
+    spec = vllm.spec({"antonym": 1.0})
+    request_id = f"t{secrets.token_hex(6)}"
+    broken = dataclasses.replace(spec, entries=(Entry(spec.entries[0].key, 1.0, 99),), request_id=request_id)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(vllm.complete, [28, 42, 314], spec, max_tokens=24, ignore_eos=True)
+        (choice,) = vllm.complete([28, 42, 314], broken, max_tokens=24)["choices"]
+        assert len(running.result(timeout=300)["choices"][0]["text"]) > 0
+    assert choice["text"] == "" and choice["finish_reason"] == "stop"  # end-of-sequence, the only token allowed
+    report = failure_path(vllm.registry / SLUG, request_id)
+    assert "layer 99 is outside" in report.read_text()
+    report.unlink()

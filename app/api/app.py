@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.admission import Admission
+from app.api.auth import AdminGate
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import make_registry
@@ -49,7 +51,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         version="1",
         summary="Steer language models with function vectors.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app, "fvsteer")
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.admission = Admission(settings.max_queue)
@@ -64,6 +69,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    app.add_middleware(AdminGate, token=settings.admin_token)  # outside the size limit: who, before how much
     if settings.cors_origins:  # off unless configured: browsers on other origins get no CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],

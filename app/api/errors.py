@@ -62,6 +62,13 @@ def _param(location: Any) -> str | None:
 
 async def _fvsteer_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FvsteerError)
+    if exc.status >= 500 and exc.status != 503:  # 503 while loading is expected, not an error
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(exc)
+
+
+def error_response(exc: FvsteerError) -> JSONResponse:
+    """The envelope of an fvsteer error, with the headers its status calls for."""
     headers: dict[str, str] = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -69,8 +76,6 @@ async def _fvsteer_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Retry-After"] = str(exc.retry_after_s)
     if exc.status == 503:
         headers["Retry-After"] = "5"
-    if exc.status >= 500 and exc.status != 503:  # 503 while loading is expected, not an error
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return envelope(exc.status, exc.type, exc.message, exc.param, exc.code, **headers)
 
 

@@ -1,4 +1,9 @@
-"""Body-size limit as pure ASGI middleware: an oversized body gets 413 before any route reads it."""
+"""Body-size limit as pure ASGI middleware: a body over the limit gets 413, announced (Content-Length) or streamed.
+
+The body is counted as the route reads it, not buffered here: an upload goes on to the multipart parser, which
+spools it to disk, so no request holds its whole body in memory twice; the read that crosses the limit stops the
+route, and whatever it would have answered is replaced by the 413.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyTooLarge(Exception):
+    """Raised into the route's body read when the limit is crossed."""
 
 
 class BodySizeLimit:
@@ -25,31 +34,36 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(send, int(declared), limit)
             return
-        chunks: list[bytes] = []
         size = 0
-        more = True
-        while more:
+        exceeded = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal size, exceeded
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._refuse(send, size, limit)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    exceeded = True
+                    raise BodyTooLarge
+            return message
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        async def answer(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the route's answer to a body cut short: the 413 goes instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, counted, answer)
+        except BodyTooLarge:
+            pass
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._refuse(send, size, limit)
 
     @staticmethod
     async def _refuse(send: Send, size: int, limit: int) -> None:

@@ -1,6 +1,7 @@
 """Per-request bookkeeping as pure ASGI middleware: a request id (the caller's ``X-Request-ID`` when it is sane,
 else a new one) put on every log line and sent back in the response header, one structured access-log line,
-the HTTP metrics, and the in-flight count that a SIGTERM drain waits on."""
+the HTTP metrics, and the in-flight count that a SIGTERM drain waits on. A client that leaves before its body is
+whole is logged as 499 (nginx's "client closed request"), not as whatever error the cut body would have caused."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # Probes and progress streams are not work a drain should wait for (a job's event stream lasts as long as the job).
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+CLIENT_LEFT = 499
 # Metric labels from a closed set: any other method token (h11 accepts them) would make a label per request.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -53,24 +55,41 @@ class RequestObservation:
             self.metrics.in_flight.inc()
 
         started_response = False
+        body_whole = scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS")
+        left_mid_body = False
+
+        async def watched_receive() -> Message:
+            nonlocal body_whole, left_mid_body
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_whole = True
+            elif message["type"] == "http.disconnect" and not body_whole:
+                left_mid_body = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started_response
+            if left_mid_body:
+                status = CLIENT_LEFT
+                return  # nobody to answer
             if message["type"] == "http.response.start":
                 status, started_response = int(message["status"]), True
                 message = {**message, "headers": [*message.get("headers", []), (HEADER, rid.encode())]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, watched_receive, send_with_id)
         except Exception:
             if started_response:  # a streamed body broke half-way: nothing can be sent any more
                 raise
-            # A bug: answered here rather than by Starlette's outermost handler, so that the 500 and its log line
-            # carry the request id.
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await internal_error(send_with_id)
+            if not left_mid_body:
+                # A bug: answered here rather than by Starlette's outermost handler, so that the 500 and its log
+                # line carry the request id.
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                await internal_error(send_with_id)
         finally:
+            if left_mid_body:
+                status = CLIENT_LEFT
             seconds = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"  # templates only: no label per vector name

@@ -138,6 +138,9 @@ class Readiness(BaseModel):
     status: Literal["ready", "degraded"]
     model: str
     cache: Literal["memory", "redis", "degraded"] = Field(description="Head-mean cache backend and its health.")
+    registry: Literal["local", "redis", "degraded"] = Field(
+        "local", description="How other replicas' vector changes reach this one: local (no Redis), redis, or "
+        "degraded (Redis lost: only the folder rescan every FVSTEER_REGISTRY_RESYNC_S brings them).")
 
 
 class PairIn(Strict):

@@ -220,7 +220,12 @@ class RedisHeadMeanCache:
             return None
         self._recovered()
         stored = cast(dict[bytes, bytes], raw)  # the client decodes nothing: names and values are bytes
-        return {name.decode(): value for name, value in stored.items()} if stored else None
+        try:
+            return {name.decode(): value for name, value in stored.items()} if stored else None
+        except UnicodeDecodeError:  # not written by fvsteer: a miss (recomputed and overwritten), never a failure
+            log.warning("cache record %s has a field name that is not UTF-8; recomputing", digest[:40])
+            self.stats.errors += 1
+            return None
 
     def put_record(self, digest: str, fields: dict[str, bytes]) -> None:
         self._replace(digest, fields)

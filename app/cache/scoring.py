@@ -103,7 +103,10 @@ def get_sweep(cache: HeadMeanCache, key: SweepKey) -> LayerSweep | None:
         scores = {int(layer): float(score) for layer, score in record["scores"].items()}
         if sorted(scores) != sorted(key.layers) or int(record["best"]) not in scores:
             raise ValueError("the layers do not match the key")
-        return LayerSweep(scores, int(record["best"]), float(record["baseline"]))
+        baseline = float(record["baseline"])
+        if not all(0.0 <= score <= 1.0 for score in [*scores.values(), baseline]):  # NaN fails this too
+            raise ValueError("a score is not a proportion")
+        return LayerSweep(scores, int(record["best"]), baseline)
     except Exception as exc:
         log.warning("layer-sweep cache record is corrupt (%s); sweeping again", exc)
         return None

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 from fvsteer_vllm.bank import vector_key
 from fvsteer_vllm.spec import XARG, Entry, SteeringSpec
+from fvsteer_vllm.state import failure_path
 
 from app.engine.bank import VectorBank
 from app.engine.prompts import PromptEncoder
@@ -50,6 +54,7 @@ _NOTHING = object()  # no chunk within POLL_S
 @dataclass
 class _Row:
     request: GenerationRequest
+    steering_id: str | None = None  # the plugin's name for a steered row (where it reports a failure)
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -62,8 +67,9 @@ class VllmBackend:
     def __init__(self, url: str, served_model: str, name: str, prompts: PromptEncoder, bank: VectorBank, *,
                  max_batch: int, max_queue: int, queue_timeout_s: float | None,
                  is_alive: Callable[[], bool] = lambda: True,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], None] | None = None, bank_dir: Path | None = None) -> None:
         self.url = url.rstrip("/")
+        self.bank_dir = bank_dir  # the plugin's bank folder (the registry's, shared): where it reports failed rows
         self.served_model = served_model
         self._name = name
         self.prompts = prompts
@@ -238,7 +244,7 @@ class VllmBackend:
             self._finish(row, "cancelled")
             return
         try:
-            body = self._body(request)
+            body = self._body(request, row)
             norms = {} if request.steering is None else self.bank.resolve(request.steering).norms()
         except FvsteerError as exc:
             request.fail(exc)
@@ -272,7 +278,23 @@ class VllmBackend:
             return
         finally:
             reader.cancel()  # closes the stream: vLLM aborts a request that is still running
+        if (failure := self._steering_failure(row)) is not None:
+            request.fail(NotReady(f"vLLM could not apply this request's steering: {failure}"))
+            return
         self._finish(row, reason, norms)
+
+    def _steering_failure(self, row: _Row) -> str | None:
+        """The plugin's report that it ended the row unsteered (its vector gone everywhere, or no bank row free)."""
+        if row.steering_id is None or self.bank_dir is None:
+            return None
+        path = failure_path(self.bank_dir, row.steering_id)
+        try:
+            reason = path.read_text()
+        except FileNotFoundError:
+            return None
+        path.unlink(missing_ok=True)
+        self.stats.failed_rows += 1
+        return reason
 
     def _take(self, row: _Row, chunk: dict[str, Any]) -> FinishReason | None:
         """One streamed chunk: new text and token ids; the finish reason on the last one."""
@@ -300,7 +322,7 @@ class VllmBackend:
                                   tuple(row.logprobs) if asked else None)
         settle(row.request.future, result)
 
-    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, row: _Row) -> dict[str, Any]:
         params = request.params
         body: dict[str, Any] = {
             "model": self.served_model, "prompt": request.prompt_ids, "max_tokens": params.max_new_tokens,
@@ -316,7 +338,8 @@ class VllmBackend:
             body["return_tokens_as_token_ids"] = True
         spec = None if request.steering is None else self.spec(request.steering)
         if spec is not None and spec.entries:  # all weights zero: nothing to add, as on the hf backend
-            body["vllm_xargs"] = {XARG: spec.dumps()}
+            row.steering_id = uuid.uuid4().hex
+            body["vllm_xargs"] = {XARG: dataclasses.replace(spec, request_id=row.steering_id).dumps()}
             body["cache_salt"] = cache_salt(spec, len(request.prompt_ids))
         return body
 
@@ -403,7 +426,7 @@ class VllmBackend:
 def cache_salt(spec: SteeringSpec, prompt_len: int) -> str:
     """Prefix-cache salt of a steered row: equal only for rows whose KV is steered identically at every position
     (the same composite and positions policy, and with ``"fv"`` the same last prompt position)."""
-    basis = spec.dumps() + (f"|{prompt_len}" if spec.positions == "fv" else "")
+    basis = spec.steering().dumps() + (f"|{prompt_len}" if spec.positions == "fv" else "")
     return "fv-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
 
 

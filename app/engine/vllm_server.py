@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class VllmLaunch:
     memory_utilization: float | None = None
     eager: bool = False
     port: int = 0
+    stop_grace_s: float = 30.0  # SIGTERM to SIGKILL, for vLLM's whole process tree
     extra_args: list[str] = field(default_factory=list)
 
     def command(self, port: int) -> list[str]:
@@ -86,24 +88,32 @@ class ManagedVllm:
         self.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = self.launch.command(self.port)
         log.info("starting vLLM on port %d (log %s): %s", self.port, self.launch.log_path, " ".join(command))
+        # Under the supervisor, vLLM's process tree (API server, engine core, workers) ends when vLLM's API server
+        # exits, when stop() asks, and when this process dies however it dies (app/engine/supervisor.py).
+        supervised = [sys.executable, "-m", "app.engine.supervisor", str(self.launch.stop_grace_s), "--", *command]
         with self.launch.log_path.open("ab") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(supervised, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to vLLM's process group (its engine and workers), then SIGKILL what is left."""
-        if self.process is None or self.process.poll() is not None:
+    def stop(self) -> None:
+        """Asks the supervisor to end vLLM's tree (SIGTERM, SIGKILL after the grace); SIGKILLs the whole group if
+        the supervisor does not end in time, or ended without doing so (it was killed itself)."""
+        if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            try:
+                self.process.send_signal(signal.SIGTERM)
+                self.process.wait(timeout=self.launch.stop_grace_s + 10)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group outlives its leader while any member lives, so its id cannot have been reused: whatever is left
+        # of vLLM's tree is still in it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 def _free_port() -> int:

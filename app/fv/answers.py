@@ -41,13 +41,18 @@ class AnswerSets:
         return -self.loss(logits)
 
     def rank(self, logits: Tensor) -> Tensor:
-        """``[rows]`` how many tokens score above the best accepted one (0: the top token is accepted)."""
+        """``[rows]`` how many other tokens score at least as high as the best accepted one (0: an accepted token
+        is the top one). A tie counts against, and a row with NaN or +inf logits (a vector too large for the model)
+        ranks last: a broken forward never scores as right."""
         best = logits.gather(1, self.ids).max(dim=1, keepdim=True).values  # padding repeats a real token
-        return (logits > best).sum(dim=1)
+        accepted = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, self.ids, True)
+        rank = ((logits >= best) & ~accepted).sum(dim=1)
+        broken = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=1)
+        return torch.where(broken, torch.full_like(rank, logits.shape[1]), rank)
 
     def correct(self, logits: Tensor) -> Tensor:
-        """``[rows]`` whether the top token is an accepted one."""
-        return (logits.argmax(dim=-1, keepdim=True) == self.ids).any(dim=1)
+        """``[rows]`` whether an accepted token is the top one, alone."""
+        return self.rank(logits) == 0
 
     def take(self, rows: Tensor) -> AnswerSets:
         return AnswerSets(self.ids[rows], self.mask[rows])

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from app.errors import FvsteerError, InvalidInput, NotFound, QueueFull
+from app.staging import sweep_staging
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class JobManager:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        sweep_staging(self.directory)
         self._recover()
         self._thread = threading.Thread(target=self._worker, name="fvsteer-jobs", daemon=True)
         self._thread.start()

@@ -29,12 +29,14 @@ from app.registry.vector_file import (
     FORMAT,
     FileId,
     StoredVector,
+    check_values,
     create_vector_file,
     file_id,
     read_vector_file,
     vector_from_bytes,
     vector_norm,
 )
+from app.staging import sweep_staging
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +133,12 @@ class VectorRegistry:
             reload()
 
     def load(self) -> None:
-        """(Re)read every file of the model's folder."""
+        """(Re)read every file of the model's folder (and remove staging files writers that died left there)."""
         vectors: dict[str, StoredVector] = {}
         files: dict[str, FileId] = {}
         refused: list[RefusedFile] = []
         with self._disk:
+            sweep_staging(self.folder)
             for path in self._paths():
                 try:
                     files[path.name[: -len(SUFFIX)]] = file_id(path)
@@ -333,6 +336,7 @@ class VectorRegistry:
             "metrics": "{}",
         }
         metadata.update(given)
+        check_values(vector, "vector")
         metadata["norm"] = f"{vector_norm(vector):.6g}"
         for key in ("heads", "metrics"):
             json.loads(metadata[key])  # refuse malformed JSON before it reaches disk

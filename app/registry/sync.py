@@ -65,6 +65,11 @@ class RegistrySync:
         self._reconnect_s = RECONNECT_FIRST_S
         self._lost = False
 
+    @property
+    def degraded(self) -> bool:
+        """Redis lost: the other processes' changes arrive only by the folder rescan (``/readyz`` says so)."""
+        return self._lost
+
     def start(self) -> None:
         self.registry.tell_peers(self._outbox.put)
         for thread in self._threads:

@@ -70,7 +70,7 @@ def parse_header(data: bytes) -> dict[str, Any]:
         raise InvalidInput("file is not a safetensors file (bad header length)", param="file")
     try:
         header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nested too deep: not a header
         raise InvalidInput("file is not a safetensors file (header is not JSON)", param="file") from exc
     if not isinstance(header, dict):
         raise InvalidInput("file is not a safetensors file (header is not an object)", param="file")
@@ -97,9 +97,17 @@ def vector_from_bytes(data: bytes, d_model: int) -> torch.Tensor:
     except Exception as exc:  # the library's own parse errors: malformed offsets, truncated data
         raise InvalidInput(f"file is not a valid safetensors file: {exc}", param="file") from exc
     vector = vector.to(torch.float32)
-    if not torch.isfinite(vector).all():
-        raise InvalidInput("tensor 'vector' holds NaN or infinite values", param="file")
+    check_values(vector, "file")
     return vector
+
+
+def check_values(vector: torch.Tensor, param: str) -> None:
+    """Refuse a vector no model can be steered with: NaN or infinite values, or values so large that its norm (and
+    any hidden state it is added to) overflows float32."""
+    if not torch.isfinite(vector).all():
+        raise InvalidInput("tensor 'vector' holds NaN or infinite values", param=param)
+    if not math.isfinite(float(vector.norm())):
+        raise InvalidInput("tensor 'vector' is too large: its norm overflows float32", param=param)
 
 
 def read_vector_metadata(path: Path) -> dict[str, str]:

@@ -164,8 +164,9 @@ class PresetStore:
             raise InvalidInput(f"a preset name cannot contain {RESERVED!r}: model ids '<base>{RESERVED}<vector>' "
                                "use it", param="name")
         check_name(name)
-        if name == self.base_model:
-            raise InvalidInput(f"{name!r} is the base model's id; choose another preset name", param="name")
+        if name.casefold() == self.base_model.casefold():  # a client that lower-cases model ids must not get steering
+            raise InvalidInput(f"{name!r} is the base model's id ({self.base_model!r}, case aside); choose another "
+                               "preset name", param="name")
 
     def _check_spec(self, spec: PresetSpec) -> None:
         if spec.layer is not None and spec.layer >= self.n_layers:

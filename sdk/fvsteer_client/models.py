@@ -142,6 +142,8 @@ class Readiness(_Model):
     model: str | None = None
     cache: CacheBackend | None = None
     """Head-mean cache backend: ``memory``, ``redis``, or ``degraded`` (then ``status`` is ``degraded`` too)."""
+    registry: Literal["local", "redis", "degraded"] | None = None
+    """How other replicas' vector changes arrive: ``local``, ``redis``, or ``degraded`` (Redis lost: by rescans)."""
 
 
 TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})

@@ -2,9 +2,11 @@
 
 vLLM tells every logits processor, before each forward, which requests joined the batch (with their sampling
 parameters and prompt), left it, or moved within it. This one writes each steered request's weights into its batch
-slot of :class:`~fvsteer_vllm.state.SteeringState` and changes no logits. At admission (in vLLM's front process)
+slot of :class:`~fvsteer_vllm.state.SteeringState`. At admission (in vLLM's front process)
 :meth:`SteeringBatch.validate_params` refuses steering that cannot be applied, so the request fails with HTTP 400
-instead of running unsteered.
+instead of running unsteered, and pins the vectors it admits (a deletion after admission does not reach the
+request). A request whose steering still cannot be applied in the worker is the one whose logits this processor
+changes: end-of-sequence becomes its only possible token, so it ends at once, unsteered text never produced.
 """
 
 from __future__ import annotations
@@ -38,17 +40,26 @@ class SteeringBatch(LogitsProcessor):
         held = bank.holding()
         if any(entry.key not in held for entry in spec.entries):
             held = bank.holding(force=True)  # saved a moment ago?
-        missing = next((entry.key for entry in spec.entries if entry.key not in held), None)
-        if missing is not None:
-            raise SpecError(f"fvsteer: no vector {missing!r} in the bank (it was deleted or changed)")
+        for entry in spec.entries:
+            try:
+                bank.pin(entry.key, held[entry.key])
+            except (KeyError, OSError) as exc:
+                raise SpecError(f"fvsteer: no vector {entry.key!r} in the bank (it was deleted or changed)") from exc
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
         self._calls = 0
+        eos = getattr(vllm_config.model_config.hf_config, "eos_token_id", None)
+        self._eos = int((eos[0] if isinstance(eos, list | tuple) else eos) or 0)
 
     def is_argmax_invariant(self) -> bool:
-        return True
+        return False  # a failed request's logits are changed, greedy or not
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        state = runtime.STATE
+        if state is not None and state.failed:
+            rows = [slot for slot in state.failed if slot < logits.shape[0]]
+            logits[rows] = float("-inf")
+            logits[rows, self._eos] = 0.0
         return logits
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:

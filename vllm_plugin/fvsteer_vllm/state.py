@@ -7,6 +7,10 @@ bookkeeping that fills them.
 - ``token_rows`` (``[T_max]``): for each token of the current forward, the weight row it uses: its request's slot
   where the FV policy steers that token, else ``R``.
 
+A request whose steering cannot be applied (its vector gone everywhere, or every bank row held) is in ``failed``:
+its weights stay zero, :class:`~fvsteer_vllm.batch.SteeringBatch` makes it end at once (end-of-sequence is its only
+token) and ``.failed/<id>`` in the bank folder tells fvsteer why. The engine and the batch's other requests go on.
+
 A steered layer computes ``h += weights[l][token_rows[:T]] @ B``: the per-token weight matrix ``W_t`` times the
 bank, any mix of vectors per request, no slot per distinct composite, and exactly zero for unsteered tokens.
 Batch slots follow vLLM's persistent batch (:class:`~fvsteer_vllm.batch.SteeringBatch`); ``token_rows`` is
@@ -16,21 +20,31 @@ device, without a host sync.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fvsteer_vllm.bank import ResidentBank
+from fvsteer_vllm.bank import BankError, ResidentBank
 from fvsteer_vllm.spec import SteeringSpec
 
 NO_STEER_PROMPT_LEN = 2**62  # a slot without steering: no position reaches it
+FAILED = ".failed"
+
+log = logging.getLogger("vllm.fvsteer")
 
 
 @dataclass
 class _Slot:
     spec: SteeringSpec
     layers: tuple[int, ...]
+    keys: tuple[str, ...]  # bank rows it holds, released when it leaves
+
+
+def failure_path(folder: Path, request_id: str) -> Path:
+    return folder / FAILED / request_id
 
 
 class SteeringState:
@@ -46,6 +60,7 @@ class SteeringState:
         # Per slot: the first position the FV policy steers (prompt length - 1; 0 with positions "all").
         self.first_steered = torch.full((max_slots + 1,), NO_STEER_PROMPT_LEN, dtype=torch.long, device=device)
         self._slots: dict[int, _Slot] = {}
+        self.failed: set[int] = set()  # slots whose steering could not be applied: they end at once
         self._arange = torch.arange(max_tokens, dtype=torch.long, device=device)
 
     # ----------------------------------------------------------- the persistent batch
@@ -54,22 +69,42 @@ class SteeringState:
         self.remove(slot)
         if spec is None:
             return
-        layers = []
-        for entry in spec.entries:
-            if not 0 <= entry.layer < self.n_layers:
-                raise ValueError(f"fvsteer: layer {entry.layer} is outside the model's 0..{self.n_layers - 1}")
-            row = self.bank.row(entry.key)
-            self.weights[entry.layer, slot, row] += entry.weight
-            layers.append(entry.layer)
-        first = 0 if spec.positions == "all" else max(prompt_len - 1, 0)
-        self.first_steered[slot] = first
-        self._slots[slot] = _Slot(spec, tuple(sorted(set(layers))))
+        rows: list[tuple[int, int, float]] = []
+        keys: list[str] = []
+        try:
+            for entry in spec.entries:
+                if not 0 <= entry.layer < self.n_layers:
+                    raise BankError(f"fvsteer: layer {entry.layer} is outside the model's 0..{self.n_layers - 1}")
+                rows.append((entry.layer, self.bank.acquire(entry.key), entry.weight))
+                keys.append(entry.key)
+        except BankError as exc:
+            for key in keys:
+                self.bank.release(key)
+            self._fail(slot, spec, str(exc))
+            return
+        for layer, row, weight in rows:
+            self.weights[layer, slot, row] += weight
+        self.first_steered[slot] = 0 if spec.positions == "all" else max(prompt_len - 1, 0)
+        self._slots[slot] = _Slot(spec, tuple(sorted({layer for layer, _, _ in rows})), tuple(keys))
 
     def remove(self, slot: int) -> None:
         old = self._slots.pop(slot, None)
         if old is not None:
             self.weights[list(old.layers), slot] = 0.0
+            for key in old.keys:
+                self.bank.release(key)
+        self.failed.discard(slot)
         self.first_steered[slot] = NO_STEER_PROMPT_LEN
+
+    def _fail(self, slot: int, spec: SteeringSpec, reason: str) -> None:
+        log.error("fvsteer: request %s ends unserved: %s", spec.request_id or "(no id)", reason)
+        self.failed.add(slot)
+        if spec.request_id is not None:
+            path = failure_path(self.bank.folder.folder, spec.request_id)
+            path.parent.mkdir(exist_ok=True)
+            staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            staging.write_text(reason)
+            os.replace(staging, path)
 
     def move(self, source: int, target: int, swap: bool) -> None:
         """vLLM moved a request from ``source`` to ``target`` (or swapped the two)."""
@@ -81,6 +116,9 @@ class SteeringState:
                 self._slots[target] = a
             if b is not None:
                 self._slots[source] = b
+            failed = {target} if source in self.failed else set()
+            failed |= {source} if target in self.failed else set()
+            self.failed = (self.failed - {source, target}) | failed
             return
         self.remove(target)
         self.weights[:, target] = self.weights[:, source]
@@ -90,6 +128,9 @@ class SteeringState:
         moved = self._slots.pop(source, None)
         if moved is not None:
             self._slots[target] = moved
+        if source in self.failed:
+            self.failed.discard(source)
+            self.failed.add(target)
 
     @property
     def steering(self) -> bool:

@@ -20,12 +20,14 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: ERROR_RESPONSES[503]})
 def readyz(request: Request) -> Readiness:
-    """200 once the model is loaded and warm (``degraded`` while Redis is configured but not answering); 503 while
-    loading, after the model or the engine failed, and while draining for a shutdown."""
+    """200 once the model is loaded and warm (``degraded`` while Redis is configured but not answering, for the
+    cache or the registry's sync); 503 while loading, after the model or the engine failed, and while draining for a
+    shutdown."""
     runtime = request.app.state.runtime
     runtime.services()
-    cache = runtime.cache_status()
-    return Readiness(status="degraded" if cache == "degraded" else "ready", model=runtime.model_name, cache=cache)
+    cache, registry = runtime.cache_status(), runtime.registry_status()
+    status = "degraded" if "degraded" in (cache, registry) else "ready"
+    return Readiness(status=status, model=runtime.model_name, cache=cache, registry=registry)
 
 
 @router.get("/metrics", response_class=PlainTextResponse,
