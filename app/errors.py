@@ -63,6 +63,13 @@ class MissingBank(FvsteerError):
     type = "missing_vectors"
 
 
+class RequestTimeout(FvsteerError):
+    """The client did not send its request in time (a body trickled in)."""
+
+    status = 408
+    type = "request_timeout"
+
+
 class PayloadTooLarge(FvsteerError):
     status = 413
     type = "payload_too_large"

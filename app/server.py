@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.api.app import create_app
+from app.api.header_timeout import HeaderTimeoutProtocol
 from app.logs import configure_logging
 from app.runtime import Runtime
 from app.settings import Settings
@@ -76,7 +77,9 @@ def run(settings: Settings, app: FastAPI | None = None) -> int:
     app = app or create_app(settings)
     runtime: Runtime = app.state.runtime
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                            log_config=None, access_log=False, timeout_graceful_shutdown=5)
+                            log_config=None, access_log=False, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=settings.keep_alive_s,
+                            http=HeaderTimeoutProtocol.with_timeout(settings.header_timeout_s))
     DrainingServer(config, runtime, settings.shutdown_grace_s).run()
     return runtime.exit_code
 

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(16_000_000, ge=1024, description="Largest vector upload.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request deadline for a completion.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that has not sent a whole request head within this is closed.")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="A request body not whole within this after its head gets 408 (it is not work a "
+        "shutdown drain waits for before then).")
+    keep_alive_s: int = Field(5, ge=1, description="An idle keep-alive connection is closed after this (s).")
     queue_timeout_s: float = Field(
         60.0, gt=0, description="Longest wait for a batch slot; a request queued longer gets 504."
     )

@@ -68,7 +68,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     def limit_for(path: str) -> int:
         return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_body_bytes
 
-    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    app.add_middleware(BodySizeLimit, limit_for=limit_for, timeout_s=settings.body_timeout_s)
     app.add_middleware(AdminGate, token=settings.admin_token)  # outside the size limit: who, before how much
     if settings.cors_origins:  # off unless configured: browsers on other origins get no CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],

@@ -1,6 +1,7 @@
 """Per-request bookkeeping as pure ASGI middleware: a request id (the caller's ``X-Request-ID`` when it is sane,
 else a new one) put on every log line and sent back in the response header, one structured access-log line,
-the HTTP metrics, and the in-flight count that a SIGTERM drain waits on. A client that leaves before its body is
+the HTTP metrics, and the in-flight count that a SIGTERM drain waits on (a request counts once its body is whole: a
+client still trickling its body in does not hold up a shutdown). A client that leaves before its body is
 whole is logged as 499 (nginx's "client closed request"), not as whatever error the cut body would have caused."""
 
 from __future__ import annotations
@@ -50,19 +51,27 @@ class RequestObservation:
         started = time.perf_counter()
         status = 500
         work = _counts_as_work(scope["path"])
-        if work:
-            self.runtime.in_flight += 1
-            self.metrics.in_flight.inc()
+        counted = False
+
+        def count_in() -> None:
+            nonlocal counted
+            if work and not counted:
+                counted = True
+                self.runtime.in_flight += 1
+                self.metrics.in_flight.inc()
 
         started_response = False
         body_whole = scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS")
         left_mid_body = False
+        if body_whole:
+            count_in()
 
         async def watched_receive() -> Message:
             nonlocal body_whole, left_mid_body
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
                 body_whole = True
+                count_in()
             elif message["type"] == "http.disconnect" and not body_whole:
                 left_mid_body = True
             return message
@@ -73,6 +82,7 @@ class RequestObservation:
                 status = CLIENT_LEFT
                 return  # nobody to answer
             if message["type"] == "http.response.start":
+                count_in()  # a route that answers without reading its body
                 status, started_response = int(message["status"]), True
                 message = {**message, "headers": [*message.get("headers", []), (HEADER, rid.encode())]}
             await send(message)
@@ -95,7 +105,7 @@ class RequestObservation:
             template = getattr(route, "path", None) or "unmatched"  # templates only: no label per vector name
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.observe(method, template, status, seconds)
-            if work:
+            if counted:
                 self.runtime.in_flight -= 1
                 self.metrics.in_flight.dec()
             level = logging.DEBUG if scope["path"] in PROBES else logging.INFO  # probes every few seconds: quiet
