@@ -12,7 +12,7 @@ from app.model.adapter import adapt
 from app.model.handle import ModelHandle
 from app.model.loading import LoadedModel, load_model, model_fingerprint, model_slug
 from app.registry.registry import ModelIdentity, VectorRegistry
-from app.settings import Settings
+from app.settings import Settings, vector_quota
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def load_bundle(settings: Settings | None = None) -> ModelBundle:
     adapter = adapt(loaded.model, loaded.tokenizer)
     fingerprint = model_fingerprint(loaded.model)
     identity = ModelIdentity(loaded.name, model_slug(loaded.name), fingerprint, adapter.d_model, adapter.n_layers)
-    registry = VectorRegistry(settings.vectors_dir, identity)
+    registry = VectorRegistry(settings.vectors_dir, identity, max_vectors=vector_quota(settings))
     registry.load()
     model = ModelHandle(adapter, loaded.tokenizer, fingerprint, loaded.name)
     return ModelBundle(loaded, model, registry, make_head_mean_cache(settings.redis_url, settings.redis_ttl_s))

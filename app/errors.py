@@ -84,6 +84,13 @@ class QueueFull(FvsteerError):
         self.retry_after_s = retry_after_s  # sent as ``Retry-After``: when a slot is likely to be free
 
 
+class QuotaExceeded(FvsteerError):
+    """Storing this would pass a configured limit (vectors per model); nothing was stored."""
+
+    status = 507
+    type = "quota_exceeded"
+
+
 class NotReady(FvsteerError):
     status = 503
     type = "not_ready"

@@ -210,12 +210,14 @@ class Runtime:
         """In this process (role ``all``), or through Redis (``api`` submits, ``worker`` runs)."""
         settings = self.settings
         if settings.role == "all":
-            return LocalJobs(JobManager(settings.jobs_dir or settings.cache_dir / "jobs"),
+            return LocalJobs(JobManager(settings.jobs_dir or settings.cache_dir / "jobs", settings.job_retention_s,
+                                        settings.max_job_records),
                              name_exists=lambda name: saved_by(registry, name) is not None)
         if settings.redis_url is None:
             raise RuntimeError(f"FVSTEER_ROLE={settings.role} needs FVSTEER_REDIS_URL (the job queue)")
         return RedisJobs(settings.redis_url, registry.model.slug, heartbeat_s=settings.job_heartbeat_s,
-                         run_jobs=settings.role == "worker", saved_by=lambda name: saved_by(registry, name))
+                         run_jobs=settings.role == "worker", saved_by=lambda name: saved_by(registry, name),
+                         retention_s=settings.job_retention_s)
 
     def _start_vllm(self, bundle: ModelBundle, engine: Engine) -> VllmBackend:
         """The vLLM backend: a server fvsteer starts (or the one at ``FVSTEER_VLLM_URL``), answering health."""

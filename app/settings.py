@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     vllm_start_timeout_s: float = Field(900.0, gt=0, description="How long vLLM may take to answer its health check.")
     bank_capacity: int = Field(128, ge=1, le=65536,
                                description="Vectors the vLLM bank holds (fixed for the life of the vLLM server).")
+    max_vectors: int = Field(
+        1000, ge=1, description="Most vectors the registry holds for the served model: a save, upload or job beyond "
+        "gets 507. With FVSTEER_BACKEND=vllm also at most FVSTEER_BANK_CAPACITY less one row in eight, kept for "
+        "vectors replaced or deleted while requests still use them.")
+    job_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="A finished job's record is kept this long, then deleted.")
+    max_job_records: int = Field(1000, ge=1, description="Most finished job records kept; the oldest go first.")
     role: Literal["all", "api", "worker"] = Field(
         "all", description="'all': one process serves and runs jobs (no Redis needed); 'api': serves HTTP and "
         "generation, jobs go to Redis; 'worker': runs extraction and fine-tuning jobs from Redis (HTTP: health and "
@@ -95,3 +102,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="'json': one JSON object per log line.")
     hf_offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 so nothing is fetched from a hub.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+
+def vector_quota(settings: Settings) -> int:
+    """How many vectors the registry may hold: ``max_vectors``, and with vLLM what its bank can serve."""
+    if settings.backend != "vllm":
+        return settings.max_vectors
+    return max(1, min(settings.max_vectors, settings.bank_capacity - max(1, settings.bank_capacity // 8)))

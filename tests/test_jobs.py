@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from app.errors import InvalidInput, NotFound, QueueFull
 from app.jobs.manager import MAX_WAITING, Job, JobCancelled, JobContext, JobManager, LocalJobContext
+from tests.faults import wait_until
 
 
 @pytest.fixture
@@ -303,3 +304,31 @@ def test_a_graceful_stop_interrupts_jobs_rather_than_cancelling_them(tmp_path: P
     again._recover()
     assert again.get(running.id).error == running.error and again.get(queued.id).state == "failed"
     assert again.get(user_cancelled.id).state == "cancelled"
+
+
+def test_finished_records_past_the_retention_or_the_cap_are_forgotten(tmp_path: Path) -> None:
+    """Job records used to be kept for ever, in memory and on disk."""
+    directory = tmp_path / "jobs"
+    first = JobManager(directory)
+    first.start()
+    done = [first.submit("extract", lambda ctx: Made(vector="v", n=1)) for _ in range(3)]
+    for job in done:
+        wait_for(job, {"succeeded"})
+    first.stop()
+    old = json.loads((directory / f"{done[0].id}.json").read_text())
+    old["updated"] = "2020-01-01T00:00:00.000+00:00"  # ended long ago
+    (directory / f"{done[0].id}.json").write_text(json.dumps(old))
+    second = JobManager(directory, retention_s=86400, max_records=1)
+    second.start()
+    try:
+        with pytest.raises(NotFound):
+            second.get(done[0].id)  # past the retention
+        with pytest.raises(NotFound):
+            second.get(done[1].id)  # beyond the cap of one: the older of the two recent ones goes
+        assert second.get(done[2].id).state == "succeeded"
+        assert sorted(path.name for path in directory.glob("job-*.json")) == [f"{done[2].id}.json"]
+        newer = second.submit("extract", lambda ctx: Made(vector="w", n=2))
+        wait_until(lambda: not (directory / f"{done[2].id}.json").exists(), "the cap to apply after a job ends")
+        assert wait_for(newer, {"succeeded"}).state == "succeeded"
+    finally:
+        second.stop()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import redis
 from pydantic import BaseModel
 
 from app.errors import Conflict, InvalidInput, NotFound
@@ -142,3 +143,18 @@ def test_a_redelivered_job_whose_vector_was_saved_is_finished_not_run_again(pair
         fresh.release.set()
         fresh.jobs.stop()
 
+
+
+def test_a_finished_jobs_record_expires_and_leaves_the_counts(pair: tuple[Side, Side]) -> None:
+    """Job records used to be kept for ever."""
+    api, worker = pair
+    job = api.jobs.submit("finetune", "kept", {"name": "kept"})
+    worker.release.set()
+    wait_until(lambda: api.jobs.get(job.id).state == "succeeded", "the job to succeed")
+    client = redis.Redis.from_url(api.url)
+    assert 0 < client.ttl(api.jobs._key(job.id)) <= api.jobs.retention_s
+    client.delete(api.jobs._key(job.id))  # as its expiry does
+    api.jobs._prune("succeeded")
+    assert api.jobs.counts()["succeeded"] == 0
+    with pytest.raises(NotFound):
+        api.jobs.get(job.id)

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from app.registry.names import check_name
 from app.registry.registry import ModelIdentity, VectorRegistry
 from app.registry.vector_file import FORMAT, read_vector_file, vector_from_bytes
+from app.settings import Settings, vector_quota
 from tests.conftest import start_server, stop_server
 
 MODEL = ModelIdentity(name="tiny", slug="tiny", fingerprint="abc123", d_model=8, n_layers=4)
@@ -119,3 +120,23 @@ def test_server_starts_with_refused_files_and_lists_them(tmp_path: Path, tiny_ll
         assert "alien.safetensors" in log and "broken.safetensors" in log and "fingerprint" in log
     finally:
         stop_server(server)
+
+
+def test_the_vector_quota_refuses_the_save_beyond_it(tmp_path: Path) -> None:
+    """Public jobs wrote vectors without limit (17 in a minute); a full vLLM bank then served nothing new."""
+    registry = VectorRegistry(tmp_path, MODEL, max_vectors=2)
+    for index in range(2):
+        registry.add(torch.ones(8) * (index + 1), {"name": f"v{index}", "layer": "1"})
+    with pytest.raises(QuotaExceeded) as refused:
+        registry.add(torch.ones(8), {"name": "third", "layer": "1"})
+    assert refused.value.status == 507 and refused.value.param == "name" and "limit is 2" in refused.value.message
+    assert sorted(path.name for path in registry.folder.glob("*.safetensors")) == ["v0.safetensors", "v1.safetensors"]
+    registry.delete("v0")
+    registry.add(torch.ones(8), {"name": "third", "layer": "1"})  # room again
+
+
+def test_with_vllm_the_quota_keeps_bank_rows_free() -> None:
+    assert vector_quota(Settings(max_vectors=1000)) == 1000
+    assert vector_quota(Settings(backend="vllm", bank_capacity=128)) == 112  # one row in eight kept free
+    assert vector_quota(Settings(backend="vllm", bank_capacity=128, max_vectors=50)) == 50
+    assert vector_quota(Settings(backend="vllm", bank_capacity=1)) == 1

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -115,8 +115,10 @@ Work = Callable[[JobContext], BaseModel]
 
 
 class JobManager:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, retention_s: float = 7 * 86400.0, max_records: int = 1000) -> None:
         self.directory = directory
+        self.retention_s = retention_s  # a finished job's record is deleted this long after it ended ...
+        self.max_records = max_records  # ... or sooner, oldest first, when more finished ones than this are kept
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Condition()
         self._queue: queue.Queue[tuple[Job, Work] | None] = queue.Queue()
@@ -127,6 +129,7 @@ class JobManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         sweep_staging(self.directory)
         self._recover()
+        self._evict()
         self._thread = threading.Thread(target=self._worker, name="fvsteer-jobs", daemon=True)
         self._thread.start()
 
@@ -156,6 +159,21 @@ class JobManager:
                 self._persist(job)
                 log.warning("job %s was interrupted by a restart; marked failed", job.id)
             self._jobs[job.id] = job
+
+    def _evict(self) -> None:
+        """Forget finished jobs past the retention, and the oldest beyond ``max_records`` (memory and disk)."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=self.retention_s)).isoformat(timespec="milliseconds")
+        with self._lock:
+            finished = sorted((job for job in self._jobs.values() if job.state in TERMINAL), key=lambda j: j.updated)
+            extra = max(0, len(finished) - self.max_records)
+            gone = [job for index, job in enumerate(finished) if index < extra or job.updated < cutoff]
+            for job in gone:
+                del self._jobs[job.id]
+        for job in gone:
+            (self.directory / f"{job.id}.json").unlink(missing_ok=True)
+        if gone:
+            log.info("forgot %d finished jobs (retention %g s, at most %d kept)", len(gone), self.retention_s,
+                     self.max_records)
 
     def submit(self, kind: str, work: Work) -> Job:
         with self._lock:
@@ -243,3 +261,4 @@ class JobManager:
                                     "param": None, "code": None})
             else:
                 self._update(job, state="succeeded", phase="done", progress=1.0, result=result)
+            self._evict()

@@ -49,8 +49,9 @@ class RedisJobs:
     """Implements :class:`~app.jobs.queue.Jobs`. ``run_jobs``: this process is a worker (it takes jobs)."""
 
     def __init__(self, url: str, namespace: str, *, heartbeat_s: float, run_jobs: bool,
-                 saved_by: Callable[[str], str | None]) -> None:
+                 saved_by: Callable[[str], str | None], retention_s: float = 7 * 86400.0) -> None:
         self.prefix = f"fvsteer:{namespace}"
+        self.retention_s = retention_s  # a finished job's record expires this long after it ended
         self.run_jobs = run_jobs
         self.saved_by = saved_by  # vector name → the id of the job that saved it ("" if none did), None: no vector
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, health_check_interval=10)
@@ -171,8 +172,25 @@ class RedisJobs:
             self._end(job_id, state="succeeded", phase="done", progress=1.0, result=result)
 
     def _end(self, job_id: str, **changes: Any) -> None:
-        _patiently(lambda: self._transition(job_id, {"queued", "running"}, **changes))
+        ended = _patiently(lambda: self._transition(job_id, {"queued", "running"}, **changes))
         _patiently(lambda: self._release_name(job_id))
+        if ended is not None:
+            _patiently(lambda: self._prune(ended.state))
+
+    def _prune(self, state: str, sample: int = 16) -> None:
+        """Drop ids of expired records from a finished state's set: a few per job that ends, so the sets (and the
+        counts read from them) follow the records without a scan."""
+        key = self._state_key(state)
+        ids = self._redis.srandmember(key, sample)
+        if not ids:
+            return
+        pipe = self._redis.pipeline()
+        for job_id in ids:
+            pipe.exists(self._key(str(job_id)))
+        gone = [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True)
+                if not exists]
+        if gone:
+            self._redis.srem(key, *gone)
 
     def _release_name(self, job_id: str) -> None:
         name = self._redis.hget(self._key(job_id), "name")
@@ -211,6 +229,8 @@ class RedisJobs:
                     pipe.hset(key, mapping={"record": json.dumps(job.public()), "version": str(job.version)})
                     if job.state != before:  # the state sets move with the record, in the same transaction
                         pipe.smove(self._state_key(before), self._state_key(job.state), job_id)
+                    if job.state in TERMINAL:  # finished: the record expires (its id leaves the set, see _prune)
+                        pipe.expire(key, max(1, int(self.retention_s)))
                     pipe.execute()
                     return job
                 except redis.WatchError:

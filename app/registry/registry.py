@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from app.registry.names import check_name
 from app.registry.vector_file import (
     FORMAT,
@@ -92,9 +92,10 @@ class VectorRegistry:
     changes and reads of the folder one at a time, so that what is held, ``_files`` and ``refused`` always describe
     one state of the folder. Both are taken to change them (``_disk`` first)."""
 
-    def __init__(self, root: Path, model: ModelIdentity) -> None:
+    def __init__(self, root: Path, model: ModelIdentity, max_vectors: int | None = None) -> None:
         self.model = model
         self.folder = root / model.slug
+        self.max_vectors = max_vectors  # a quota on saves (None: none); files already there are all loaded
         self.refused: list[RefusedFile] = []
         self._vectors: dict[str, StoredVector] = {}
         self._files: dict[str, FileId] = {}  # name → the version of its file last read, held or refused
@@ -282,6 +283,7 @@ class VectorRegistry:
         with self._disk:
             if name in self._vectors:
                 raise taken
+            self.check_room()
             try:
                 found = create_vector_file(self._path(name), stored.vector, full)
             except FileExistsError:
@@ -291,6 +293,13 @@ class VectorRegistry:
             self.notify_peers(Notice("vector", "saved", name))
         log.info("saved vector %s (layer %s, norm %.3f)", name, full["layer"], float(full["norm"]))
         return stored
+
+    def check_room(self) -> None:
+        """507 when one more vector would pass the quota (checked again at the save itself)."""
+        if self.max_vectors is not None and len(self._vectors) >= self.max_vectors:
+            raise QuotaExceeded(f"the registry holds {len(self._vectors)} vectors for {self.model.name}; the limit is "
+                                f"{self.max_vectors} (FVSTEER_MAX_VECTORS, and with vLLM its bank): delete one first",
+                                param="name")
 
     def import_bytes(self, data: bytes, name: str, layer: int, relation: str | None) -> StoredVector:
         """An uploaded safetensors file, validated against the loaded model."""

@@ -129,11 +129,13 @@ class VectorService:
     def start_extraction(self, job: ExtractionInput) -> Job:
         """Validate everything a user can get wrong, then queue the job (202)."""
         self._extraction(job)
+        self.registry.check_room()  # before the work: a job whose vector cannot be saved is refused now
         return self.jobs.submit("extract", job.name, _payload(job))
 
     def start_finetune(self, job: FinetuneInput) -> Job:
         """Validate, then queue a fine-tuning job (202); its epochs report loss and hold-out accuracy."""
         self._finetune(job)
+        self.registry.check_room()
         return self.jobs.submit("finetune", job.name, _payload(job))
 
     def work_for(self, kind: str, payload: Payload) -> Work:

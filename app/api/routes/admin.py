@@ -30,7 +30,8 @@ def admin_list_vectors(svc: Services = Depends(services)) -> AdminVectorList:
     "/vectors",
     status_code=201,
     response_model=VectorMetadata,
-    responses={**ADMIN_RESPONSES, 409: {"model": ErrorEnvelope, "description": "Name taken"}},
+    responses={**ADMIN_RESPONSES, 409: {"model": ErrorEnvelope, "description": "Name taken"},
+               507: {"model": ErrorEnvelope, "description": "The registry is full (FVSTEER_MAX_VECTORS)"}},
 )
 async def admin_upload_vector(
     request: Request,

@@ -53,6 +53,7 @@ BUSY: dict[int | str, dict[str, Any]] = {
 JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES, **NOT_FOUND, 409: {"model": ErrorEnvelope, "description": "Name taken"},
     429: {"model": ErrorEnvelope, "description": "Too many jobs waiting"},
+    507: {"model": ErrorEnvelope, "description": "The registry holds as many vectors as it may (FVSTEER_MAX_VECTORS)"},
 }
 
 
