@@ -197,7 +197,7 @@ class Runtime:
         self.model_name = bundle.model.name
         analogies = AnalogyService(engine, bundle.registry, completions)
         presets = PresetStore(bundle.registry, adapter.n_layers, bundle.model.name)
-        scoring = ScoringService(engine, engine.bank, engine.prompts)
+        scoring = ScoringService(engine, engine.bank, engine.prompts, settings.request_timeout_s)
         openai = OpenAIServing(backend, scoring, ModelIds(bundle.model.name, bundle.registry, presets), engine.prompts,
                                max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s)
         self._services = Services(backend, engine, bundle.registry, completions, vectors, bundle.cache, jobs,

@@ -3,11 +3,14 @@ against references written the slow, obvious way."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from app.model.adapter import ModelAdapter, adapt
 from app.model.logprobs import next_token_logprobs, sequence_logprobs
+from app.model.runner import Abandoned
 from tests.tiny_models import ARCH_CONFIGS, tiny_model, tiny_tokenizer
 
 TOL = 1e-4
@@ -90,3 +93,45 @@ def test_a_vector_at_the_last_prompt_token_only_changes_the_next_token() -> None
     plain = sequence_logprobs(adapter, [row], [len(row)], None)[0]
     assert abs(first[-1].logprob - whole[-1].logprob) < TOL
     assert max(abs(a.logprob - b.logprob) for a, b in zip(whole[:-1], plain[:-1], strict=True)) < TOL
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_slices_with_a_carried_cache_score_as_one_forward(chunk: int) -> None:
+    """Scoring goes through the model in slices (each one engine task, so decoding interleaves and an abandoned
+    request stops between them): the figures are those of one forward, whatever the slice."""
+    adapter = _adapter("llama")
+    vectors = _vector(adapter)
+    rows, starts = [_row(1, 12), _row(2, 5), _row(3, 9)], [4, 0, 9]
+    calls: list[int] = []
+
+    def counting(fn: Any) -> Any:
+        calls.append(1)
+        return fn()
+
+    whole = sequence_logprobs(adapter, rows, starts, vectors, top_k=2)
+    sliced = sequence_logprobs(adapter, rows, starts, vectors, top_k=2, run=counting, chunk_tokens=chunk * len(rows))
+    assert len(calls) == -(-12 // chunk)  # one run per slice of the widest row
+    for got, want in zip(sliced, whole, strict=True):
+        assert [t.token_id for t in got] == [t.token_id for t in want]
+        assert max(abs(a.logprob - b.logprob) for a, b in zip(got, want, strict=True)) < TOL
+    row = _row(4, 11)
+    calls.clear()
+    first = next_token_logprobs(adapter, row, vectors, top_k=2, run=counting, chunk_tokens=chunk)
+    assert len(calls) == 2 * -(-11 // chunk)  # the cache pass and the steered pass, slice by slice
+    expected = next_token_logprobs(adapter, row, vectors, top_k=2)
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(first, expected, strict=True)) < TOL
+
+
+def test_an_abandoned_scoring_stops_at_the_next_slice() -> None:
+    adapter = _adapter("llama")
+    calls: list[int] = []
+
+    def leaving(fn: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 2:
+            raise Abandoned("the client left")
+        return fn()
+
+    with pytest.raises(Abandoned):
+        sequence_logprobs(adapter, [_row(1, 40)], [0], _vector(adapter), run=leaving, chunk_tokens=4)
+    assert len(calls) == 3  # of ten slices

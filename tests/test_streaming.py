@@ -5,9 +5,11 @@ failure mid-stream as an `error` event; stop strings never leak into a piece; th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import fvsteer_client as fv
@@ -16,7 +18,7 @@ import pytest
 
 from app.api.routes.completions import _server_sent
 from app.errors import NotFound
-from app.services.completions import Event
+from app.services.completions import CompletionService, Event
 from app.services.results import TextPiece
 from tests.conftest import LiveServer
 from tests.test_api import assert_envelope, upload, vector_bytes
@@ -132,3 +134,31 @@ def test_cli_streams(live_server: LiveServer, capsys: pytest.CaptureFixture[str]
     code, streamed, err = run(capsys, "--url", live_server.url, "complete", "The cat sat on", "--max-new-tokens",
                               "12", "--stream")
     assert code == 0 and streamed == whole and "tokens]" in err
+
+
+def test_a_stream_left_mid_way_leaves_no_task_pending() -> None:
+    """A client that left a stream left its piece getter pending ("Task was destroyed but it is pending!")."""
+    service = CompletionService.__new__(CompletionService)
+
+    async def never(prepared: object) -> list[object]:
+        await asyncio.Event().wait()
+        return []
+
+    service._finish = never  # type: ignore[method-assign,assignment]
+    cancelled: list[bool] = []
+    prepared = SimpleNamespace(rows=[SimpleNamespace(cancel=lambda: cancelled.append(True))])
+
+    async def leave() -> set[asyncio.Task[Any]]:
+        pieces: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        pieces.put_nowait(("token", "a"))
+        stream = service._events(prepared, pieces)  # type: ignore[arg-type]
+        assert await anext(stream) == ("token", TextPiece(text="a"))
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # the client went away: Starlette cancels the response
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0)
+        return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+    assert asyncio.run(leave()) == set() and cancelled == [True]

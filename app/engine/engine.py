@@ -56,6 +56,7 @@ class _Row:
     error: Exception | None = None  # this row alone failed (sampling, log-probabilities, stop handling, streaming)
 
 
+DECODE_SHARE = 2.0  # decoding gets this many times the engine time of the last task before the next one
 # Errors after which the device cannot be trusted (a CUDA context is poisoned by these): the engine stops for good,
 # so that a supervisor restarts the process, instead of failing every later request one by one.
 FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "NCCL error")
@@ -230,9 +231,10 @@ class Engine:
         return True
 
     def _task_due(self) -> bool:
-        """Time share: while rows are decoding, a job's task runs only once decoding has had as much engine time
-        since the last task as that task took, so a training job at most halves decoding speed (and vice versa)."""
-        return not self._rows or self._decoded_since_task >= self._last_task_s
+        """Time share: while rows are decoding, a task (a job's forward, a slice of scoring) runs only once decoding
+        has had ``DECODE_SHARE`` times the engine time the last task took, so tasks get at most a third of the
+        engine and a completion beside them runs at two thirds of its speed or better."""
+        return not self._rows or self._decoded_since_task >= DECODE_SHARE * self._last_task_s
 
     def _expire_waiting(self, now: float) -> None:
         """Refuse queued rows that waited longer than the queue-wait limit (504): better than a late answer."""
@@ -268,7 +270,7 @@ class Engine:
         """Run ``fn`` on the engine thread between decode steps and return its result.
 
         Jobs (extraction, fine-tuning, evaluation) send each model forward through here, so they share the one
-        model with live completions without a lock; while completions are decoding, tasks get at most half of the
+        model with live completions without a lock; while completions are decoding, tasks get at most a third of the
         engine's time (:meth:`_task_due`).
         """
         if threading.current_thread() is self._thread:

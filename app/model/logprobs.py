@@ -15,15 +15,20 @@ Two steering policies, both the FV policy applied to a sequence that is not bein
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import torch
 from torch import Tensor
 from transformers import DynamicCache
 
 from app.model.adapter import ModelAdapter
+from app.model.runner import Runner, run_here
 from app.model.steering import BatchSteering, steered
 from app.model.tokens import TokenLogprob
 
-MAX_TOKENS_PER_FORWARD = 8192  # rows × width of one scoring forward: bounds the [rows, width, vocab] logits
+MAX_TOKENS_PER_BATCH = 8192  # rows × width of one batch of scored rows (they share a KV cache)
+CHUNK_TOKENS = 64  # rows × positions of one forward: the slice the engine's time share interleaves with decoding
 
 
 def _device(adapter: ModelAdapter) -> torch.device:
@@ -42,30 +47,37 @@ def picked_logprobs(log_probs: Tensor, targets: list[int], top_k: int) -> list[T
     ]
 
 
-@torch.inference_mode()
 def sequence_logprobs(
     adapter: ModelAdapter,
     rows: list[list[int]],
     steer_from: list[int],
     vectors: dict[int, Tensor] | None,
     top_k: int = 0,
+    run: Runner[Any] = run_here,
+    chunk_tokens: int = CHUNK_TOKENS,
 ) -> list[list[TokenLogprob]]:
     """For each row of token ids, ``log p(x_t | x_<t)`` for ``t = 1 … len-1`` (the first token has no prediction),
     with ``vectors[layer]`` (``[d_model]``, the same composite for every row) added at positions ``≥ steer_from``
-    of its row (``len(row)`` or more: unsteered). Rows are batched with left padding."""
+    of its row (``len(row)`` or more: unsteered).
+
+    Rows are batched (right padding) and each batch goes through the model in slices of about ``chunk_tokens``
+    tokens, its KV cache carried from slice to slice: each slice is one ``run(...)``, so the server's engine
+    interleaves decoding between them and a caller that has gone stops at the next slice (``offload``)."""
     results: list[list[TokenLogprob]] = []
     start = 0
     while start < len(rows):
         stop = start + 1
-        while stop < len(rows) and (stop + 1 - start) * max(map(len, rows[start : stop + 1])) <= MAX_TOKENS_PER_FORWARD:
+        while stop < len(rows) and (stop + 1 - start) * max(map(len, rows[start : stop + 1])) <= MAX_TOKENS_PER_BATCH:
             stop += 1
-        results += _sequence_batch(adapter, rows[start:stop], steer_from[start:stop], vectors, top_k)
+        results += _sequence_batch(adapter, rows[start:stop], steer_from[start:stop], vectors, top_k, run,
+                                   chunk_tokens)
         start = stop
     return results
 
 
 def _sequence_batch(
-    adapter: ModelAdapter, rows: list[list[int]], steer_from: list[int], vectors: dict[int, Tensor] | None, top_k: int
+    adapter: ModelAdapter, rows: list[list[int]], steer_from: list[int], vectors: dict[int, Tensor] | None,
+    top_k: int, run: Runner[Any], chunk_tokens: int,
 ) -> list[list[TokenLogprob]]:
     device = _device(adapter)
     width = max(map(len, rows))
@@ -76,46 +88,81 @@ def _sequence_batch(
     for index, (row, first) in enumerate(zip(rows, steer_from, strict=True)):
         ids[index, : len(row)] = torch.tensor(row)
         at[index, max(first, 0) : len(row)] = True
-    steering = None
+    blocks = None
     if vectors:
         blocks = {layer: vector.float()[None, :].expand(len(rows), -1).to(device) for layer, vector in vectors.items()}
-        steering = BatchSteering(blocks, at)
-    with steered(adapter, steering):
-        logits = adapter.model(input_ids=ids.to(device)).logits
-    out: list[list[TokenLogprob]] = []
-    for index, row in enumerate(rows):
-        if len(row) < 2:
-            out.append([])
-            continue
-        log_probs = torch.log_softmax(logits[index, : len(row) - 1].float(), dim=-1)
-        out.append(picked_logprobs(log_probs, row[1:], top_k))
+    cache = DynamicCache()
+    out: list[list[TokenLogprob]] = [[] for _ in rows]
+    step = max(1, chunk_tokens // len(rows))
+
+    @torch.inference_mode()
+    def forward(begin: int, end: int) -> list[list[TokenLogprob]]:
+        steering = None if blocks is None else BatchSteering(blocks, at[:, begin:end])
+        with steered(adapter, steering):
+            logits = adapter.model(input_ids=ids[:, begin:end].to(device), past_key_values=cache, use_cache=True,
+                                   position_ids=torch.arange(begin, end, device=device)[None, :]).logits
+        scored: list[list[TokenLogprob]] = []
+        for index, row in enumerate(rows):
+            last = min(end, len(row) - 1)  # positions that predict a token of the row
+            if last <= begin:
+                scored.append([])
+                continue
+            log_probs = torch.log_softmax(logits[index, : last - begin].float(), dim=-1)
+            scored.append(picked_logprobs(log_probs, row[begin + 1 : last + 1], top_k))
+        return scored
+
+    for begin in range(0, width, step):
+        for index, piece in enumerate(run(partial(forward, begin, min(begin + step, width)))):
+            out[index] += piece
     return out
 
 
-@torch.inference_mode()
 def next_token_logprobs(
-    adapter: ModelAdapter, row: list[int], vectors: dict[int, Tensor], top_k: int = 0
+    adapter: ModelAdapter, row: list[int], vectors: dict[int, Tensor], top_k: int = 0, run: Runner[Any] = run_here,
+    chunk_tokens: int = CHUNK_TOKENS,
 ) -> list[TokenLogprob]:
     """``log p(x_t | x_<t)`` for ``t = 1 … len-1``, each with the vector added at position ``t-1`` only — as if
-    ``x_<t`` were the prompt and steered generation were asked for its first token."""
+    ``x_<t`` were the prompt and steered generation were asked for its first token.
+
+    Two passes, each in slices of ``chunk_tokens`` (one ``run(...)`` each, as in :func:`sequence_logprobs`): an
+    unsteered one fills the KV cache; then a steered one in which query ``i`` attends to the unsteered keys of
+    positions ``< i`` and to its own steered key only (a custom 4-D mask; the steered keys of earlier slices, also
+    in the cache, are masked out)."""
     if len(row) < 2:
         return []
     device = _device(adapter)
     n = len(row)
     ids = torch.tensor([row], device=device)
-    positions = torch.arange(n, device=device)[None, :]
     cache = DynamicCache()
-    adapter.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
     dtype = next(adapter.model.parameters()).dtype
-    # Query i sees the unsteered keys of positions < i (the cache) and its own steered key (column n + i).
-    allowed = torch.zeros((n, 2 * n), dtype=torch.bool, device=device)
-    allowed[:, :n] = torch.ones((n, n), dtype=torch.bool, device=device).tril(-1)
-    allowed[:, n:] = torch.eye(n, dtype=torch.bool, device=device)
-    bias = torch.zeros((n, 2 * n), dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
     blocks = {layer: vector.float()[None, :].to(device) for layer, vector in vectors.items()}
-    steering = BatchSteering(blocks, torch.ones((1, n), dtype=torch.bool))
-    with steered(adapter, steering):
-        logits = adapter.model(input_ids=ids, position_ids=positions, past_key_values=cache,
-                               attention_mask=bias[None, None], use_cache=True).logits
-    log_probs = torch.log_softmax(logits[0, : n - 1].float(), dim=-1)
-    return picked_logprobs(log_probs, row[1:], top_k)
+
+    @torch.inference_mode()
+    def fill(begin: int, end: int) -> None:
+        adapter.model(input_ids=ids[:, begin:end], position_ids=torch.arange(begin, end, device=device)[None, :],
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def steered_pass(begin: int, end: int) -> list[TokenLogprob]:
+        queries = torch.arange(begin, end, device=device)[:, None]
+        keys = torch.arange(n + end, device=device)[None, :]
+        # Columns 0..n-1: the unsteered keys (those before the query); n..n+end-1: the steered keys (its own only).
+        allowed = torch.where(keys < n, keys < queries, keys - n == queries)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        steering = BatchSteering(blocks, torch.ones((1, end - begin), dtype=torch.bool))
+        with steered(adapter, steering):
+            logits = adapter.model(input_ids=ids[:, begin:end], position_ids=queries.T, past_key_values=cache,
+                                   attention_mask=bias[None, None], use_cache=True).logits
+        last = min(end, n - 1)
+        if last <= begin:
+            return []
+        log_probs = torch.log_softmax(logits[0, : last - begin].float(), dim=-1)
+        return picked_logprobs(log_probs, row[begin + 1 : last + 1], top_k)
+
+    step = max(1, chunk_tokens)
+    for begin in range(0, n, step):
+        run(partial(fill, begin, min(begin + step, n)))
+    scored: list[TokenLogprob] = []
+    for begin in range(0, n, step):
+        scored += run(partial(steered_pass, begin, min(begin + step, n)))
+    return scored

@@ -134,6 +134,7 @@ class CompletionService:
 
     async def _events(self, prepared: _Prepared, pieces: asyncio.Queue[tuple[str, str]]) -> AsyncIterator[Event]:
         finished = asyncio.ensure_future(self._finish(prepared))
+        getter: asyncio.Future[tuple[str, str]] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(pieces.get())
@@ -149,6 +150,8 @@ class CompletionService:
                 yield "done", finished.result()
                 return
         finally:
+            if getter is not None and not getter.done():  # a task left pending would be destroyed so, and say it
+                getter.cancel()
             if not finished.done():  # the client went away: free the rows at the engine's next step
                 for row in prepared.rows:
                     row.cancel()

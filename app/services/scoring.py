@@ -2,7 +2,9 @@
 and the prompt log-probabilities of ``echo`` on ``/v1/completions``.
 
 Scoring is a forward over known tokens, not generation: like the analogy scores it runs on the HF model (the
-science seam, :mod:`app.model.runner`) whichever backend generates, and stops when its client leaves. The composite
+science seam, :mod:`app.model.runner`) whichever backend generates. It goes in slices of a few hundred tokens, each
+one engine task: the engine's time share interleaves them with decoding, and when the client leaves (or its
+deadline passes) the work stops at the next slice. The composite
 comes from the same resident bank the hf backend steers with, so a score and a generation see the same vector.
 
 Where the vector goes (the FV policy, as in generation): ``"fv"`` — at the prompt's last token and at every
@@ -11,21 +13,24 @@ continuation token (exactly what generating that continuation would add); ``"all
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from torch import Tensor
 
 from app.engine.bank import VectorBank
 from app.engine.prompts import PromptEncoder
 from app.engine.requests import BankSteering
-from app.errors import InvalidInput
+from app.errors import GatewayTimeout, InvalidInput
 from app.model.logprobs import next_token_logprobs, sequence_logprobs
 from app.model.runner import ModelRunner, Runner, offload
 from app.model.tokens import TokenLogprob
 from app.services.results import ContinuationScore, LayerNorm, ScoredToken, ScoreResponse, ScoreUsage, Steering
 
 MAX_CONTINUATIONS = 32
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,19 @@ class ScoreInput:
 
 
 class ScoringService:
-    def __init__(self, runner: ModelRunner, bank: VectorBank, prompts: PromptEncoder) -> None:
+    def __init__(self, runner: ModelRunner, bank: VectorBank, prompts: PromptEncoder,
+                 timeout_s: float | None = None) -> None:
         self.runner = runner
         self.bank = bank
         self.prompts = prompts
+        self.timeout_s = timeout_s  # FVSTEER_REQUEST_TIMEOUT_S: past it the work stops and the request gets 504
+
+    async def _offload(self, work: Callable[[Runner[Any]], R]) -> R:
+        try:
+            return await asyncio.wait_for(offload(self.runner, work), self.timeout_s)
+        except TimeoutError:
+            raise GatewayTimeout(f"scoring took longer than {self.timeout_s:g} s (FVSTEER_REQUEST_TIMEOUT_S); it "
+                                 "was stopped") from None
 
     def _composite(self, steering: BankSteering | None) -> tuple[dict[int, Tensor] | None, Steering | None]:
         """The composite per layer (None: unsteered) and how the response reports it; refuses unknown vectors."""
@@ -67,11 +81,10 @@ class ScoringService:
             rows.append(self.prompts.check_ids(prompt + ids, 0, param=f"continuations.{index}"))
         start = 0 if spec.positions == "all" else len(prompt) - 1
 
-        def work(run: Runner[list[list[TokenLogprob]]]) -> list[list[TokenLogprob]]:
-            handle = self.runner.handle
-            return run(lambda: sequence_logprobs(handle.adapter, rows, [start] * len(rows), vectors, top_k=1))
+        def work(run: Runner[Any]) -> list[list[TokenLogprob]]:  # one engine task per slice of the forward
+            return sequence_logprobs(self.runner.handle.adapter, rows, [start] * len(rows), vectors, top_k=1, run=run)
 
-        scored = await offload(self.runner, work)
+        scored = await self._offload(work)
         scores = []
         for continuation, row_scores in zip(spec.continuations, scored, strict=True):
             tail = row_scores[len(prompt) - 1 :]
@@ -92,12 +105,12 @@ class ScoringService:
         vectors, _ = self._composite(steering)
         adapter = self.runner.handle.adapter
 
-        def forward() -> list[TokenLogprob]:
+        def work(run: Runner[Any]) -> list[TokenLogprob]:  # one engine task per slice, as for /score
             if vectors is None:
-                return sequence_logprobs(adapter, [ids], [len(ids)], None, top_k)[0]
+                return sequence_logprobs(adapter, [ids], [len(ids)], None, top_k, run=run)[0]
             if steering is not None and steering.positions == "all":
-                return sequence_logprobs(adapter, [ids], [0], vectors, top_k)[0]
-            return next_token_logprobs(adapter, ids, vectors, top_k)
+                return sequence_logprobs(adapter, [ids], [0], vectors, top_k, run=run)[0]
+            return next_token_logprobs(adapter, ids, vectors, top_k, run=run)
 
-        return await offload(self.runner, lambda run: run(forward))
+        return await self._offload(work)
 
