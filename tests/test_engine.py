@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -729,3 +731,37 @@ def test_work_whose_caller_went_away_sends_no_more_forwards(make_engine: MakeEng
     assert ended.wait(5) and outcome and isinstance(outcome[0], Abandoned)
     assert len(forwards) <= 2, forwards  # the forward in progress may finish; none is queued after
     assert asyncio.run(offload(engine, lambda run: [run(lambda: 7) for _ in range(3)])) == [7, 7, 7]
+
+
+def test_a_steered_decode_step_copies_nothing_between_devices(make_engine: MakeEngine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row's composite stays on the model's device beside its KV cache: a steered decode step builds its
+    per-layer blocks and position mask there and calls no ``Tensor.to(device)`` (it used to build them on the host
+    and copy them to the device in the hook, a synchronising copy per step on a GPU). On this CPU-only machine the
+    copies would be no-ops, so the test counts the calls that would make them."""
+    engine = make_engine()
+    moves: list[str] = []
+    real_to = torch.Tensor.to
+
+    app_dir = str(Path(engine_module.__file__).resolve().parent.parent)
+
+    def counting_to(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        target = kwargs.get("device", args[0] if args else None)
+        caller = sys._getframe(1).f_code.co_filename  # fvsteer's own calls (the model's internals are its own)
+        if caller.startswith(app_dir) and isinstance(target, torch.device | str | Tensor):
+            moves.append(f"{caller}:{sys._getframe(1).f_lineno} → {target}")
+        return real_to(self, *args, **kwargs)
+
+    step = engine._decode_step
+    counted: list[int] = []
+
+    def watched_step() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "to", counting_to)
+            step()
+        counted.append(len(moves))
+
+    engine._decode_step = watched_step  # type: ignore[method-assign]
+    steered = _run(engine, PROMPTS[0], max_new_tokens=6, steering={1: _vector(1), 2: _vector(2)})
+    assert steered.completion_tokens == 6 and len(counted) == 5  # five steered decode steps after the prefill
+    assert moves == []

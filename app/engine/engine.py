@@ -337,7 +337,7 @@ class Engine:
         for index, req in enumerate(requests):
             if req.steering is not None and req.steering.positions == "all":
                 positions[index] = mask[index].bool()
-        steering = self._steering([row.steering for row in new_rows], positions)
+        steering = self._steering([row.steering for row in new_rows], positions.to(device))
         cache = DynamicCache()
         logits = self._forward(ids.to(device), mask.to(device), cache, steering)
         if self._cache is None or self._mask is None:
@@ -355,7 +355,7 @@ class Engine:
         device = self.loaded.device
         ids = torch.tensor([[row.tokens[-1]] for row in self._rows], dtype=torch.long, device=device)
         self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=device)], 1)
-        positions = torch.ones((len(self._rows), 1), dtype=torch.bool)
+        positions = torch.ones((len(self._rows), 1), dtype=torch.bool, device=device)
         steering = self._steering([row.steering for row in self._rows], positions)
         position_ids = torch.tensor([[row.length] for row in self._rows], dtype=torch.long, device=device)
         logits = self._forward(ids, self._mask, self._cache, steering, position_ids)
@@ -364,7 +364,7 @@ class Engine:
         self._advance(self._rows, logits, len(self._rows))
 
     def _steering(self, rows: list[dict[int, Tensor] | None], positions: Tensor) -> BatchSteering | None:
-        vectors = stack_row_vectors(rows, self.adapter.d_model, torch.float32)
+        vectors = stack_row_vectors(rows, self.adapter.d_model, torch.float32, self.loaded.device)
         return BatchSteering(vectors, positions) if vectors else None
 
     def _forward(

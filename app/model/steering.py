@@ -56,8 +56,11 @@ def steered(adapter: ModelAdapter, steering: BatchSteering | None) -> Iterator[N
 
             def hook(module: torch.nn.Module, args: Any, output: Any, vectors: Tensor = vectors) -> Any:
                 hidden = output if isinstance(output, Tensor) else output[0]
-                weights = mask.to(device=hidden.device, dtype=hidden.dtype)
-                delta = weights[:, :, None] * vectors.to(hidden.device)[:, None, :]
+                # Callers build the vectors and the mask on the model's device: nothing is copied per forward (a
+                # host copy would synchronise every decode step on a GPU); one built elsewhere still works.
+                on_device = mask if mask.device == hidden.device else mask.to(hidden.device)
+                block = vectors if vectors.device == hidden.device else vectors.to(hidden.device)
+                delta = on_device.to(hidden.dtype)[:, :, None] * block[:, None, :]
                 return _add_to_output(output, delta)
 
             handles.append(adapter.blocks[layer].register_forward_hook(hook))
@@ -67,12 +70,14 @@ def steered(adapter: ModelAdapter, steering: BatchSteering | None) -> Iterator[N
             handle.remove()
 
 
-def stack_row_vectors(rows: list[dict[int, Tensor] | None], d_model: int, dtype: torch.dtype) -> dict[int, Tensor]:
-    """Turn per-row ``{layer: vector}`` maps into per-layer ``[batch, d_model]`` tensors (zero rows where absent)."""
+def stack_row_vectors(rows: list[dict[int, Tensor] | None], d_model: int, dtype: torch.dtype,
+                      device: torch.device | str = "cpu") -> dict[int, Tensor]:
+    """Turn per-row ``{layer: vector}`` maps into per-layer ``[batch, d_model]`` tensors (zero rows where absent) on
+    ``device`` (the model's: the rows' vectors already live there, in the bank)."""
     layers = sorted({layer for row in rows if row for layer in row})
     stacked: dict[int, Tensor] = {}
     for layer in layers:
-        block = torch.zeros(len(rows), d_model, dtype=dtype)
+        block = torch.zeros(len(rows), d_model, dtype=dtype, device=device)
         for index, row in enumerate(rows):
             if row and layer in row:
                 block[index] = row[layer].to(dtype)
