@@ -132,7 +132,9 @@ def test_finetune_a_new_relation_through_the_sdk(bank_server: LiveServer) -> Non
     train, check = ADVERBS[:20], ADVERBS[20:]
     with Client(bank_server.url, timeout=300) as client:
         assert "adverb" not in {vector.name for vector in client.list_vectors()}
-        job = client.finetune("adverb", pairs=[{"input": x, "output": y} for x, y in train])
+        # 80 epochs, not the default ceiling of 160: a bound on this test's time (the patience stops most relations
+        # before 80 anyway), not a different recipe.
+        job = client.finetune("adverb", pairs=[{"input": x, "output": y} for x, y in train], epochs=80)
         final = client.wait_for_job(job, timeout=600)
         assert final.state == "succeeded" and final.result is not None
         steered, unsteered = answers(client, check, {"adverb": 1.0})
