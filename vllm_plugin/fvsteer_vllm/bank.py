@@ -76,6 +76,7 @@ class BankFolder:
         self._files: dict[str, _File] = {}
         self._scanned = 0.0
         self._swept = 0.0
+        self._touched: dict[str, float] = {}  # key → when this process last renewed its pin
         self._lock = threading.Lock()
 
     def pin(self, key: str, path: Path) -> None:
@@ -83,6 +84,8 @@ class BankFolder:
         against the key's digest: the file may have been replaced since the folder was read)."""
         pinned = pinned_path(self.folder, key)
         now = time.time()
+        if now - self._touched.get(key, float("-inf")) < SWEEP_EVERY_S:
+            return  # renewed within the minute: far from expiring, and admission stays free of file calls
         if pinned.exists():
             os.utime(pinned, (now, now))
         else:
@@ -95,8 +98,10 @@ class BankFolder:
                 os.replace(staging, pinned)
             finally:
                 staging.unlink(missing_ok=True)
+        self._touched[key] = now
         if now - self._swept >= SWEEP_EVERY_S:
             self._swept = now
+            self._touched = {k: t for k, t in self._touched.items() if now - t < SWEEP_EVERY_S}
             self._sweep(now)
 
     def _sweep(self, now: float) -> None:
