@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.disconnect import CLIENT_CLOSED
 from app.api.errors import internal_error
 from app.api.metrics import HttpMetrics
 from app.logs import request_id
@@ -26,7 +27,6 @@ HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # Probes and progress streams are not work a drain should wait for (a job's event stream lasts as long as the job).
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
-CLIENT_LEFT = 499
 # Metric labels from a closed set: any other method token (h11 accepts them) would make a label per request.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -79,7 +79,6 @@ class RequestObservation:
         async def send_with_id(message: Message) -> None:
             nonlocal status, started_response
             if left_mid_body:
-                status = CLIENT_LEFT
                 return  # nobody to answer
             if message["type"] == "http.response.start":
                 count_in()  # a route that answers without reading its body
@@ -99,7 +98,7 @@ class RequestObservation:
                 await internal_error(send_with_id)
         finally:
             if left_mid_body:
-                status = CLIENT_LEFT
+                status = CLIENT_CLOSED
             seconds = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"  # templates only: no label per vector name
