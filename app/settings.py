@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+from app.model.embedded import DEFAULT_MODEL
+
+__all__ = ["DEFAULT_MODEL", "Settings"]
 
 
 class Settings(BaseSettings):

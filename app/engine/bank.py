@@ -11,14 +11,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from app.engine.requests import BankSteering
 from app.errors import InvalidInput, NotFound
-from app.registry.registry import RegistryChange
-from app.registry.vector_file import StoredVector
+
+if TYPE_CHECKING:  # only named: the engine's import closure stays free of the registry's pydantic and safetensors
+    from app.registry.registry import RegistryChange
+    from app.registry.vector_file import StoredVector
 
 INITIAL_ROWS = 8
 

