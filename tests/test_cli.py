@@ -206,3 +206,16 @@ def test_cli_import_does_not_load_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_eval_plot_without_matplotlib_names_the_extra(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """matplotlib is the `plots` extra, not a dependency of the server: --plot without it is a usage error that says
+    what to install, before any request (no server runs here)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code, _, err = run(capsys, "--url", f"http://127.0.0.1:{free_port()}", "eval", "--vector", "v", "--pairs",
+                       "antonym", "--plot", str(tmp_path))
+    assert code == 2 and "pip install 'fvsteer[plots]'" in err

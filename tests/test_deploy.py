@@ -648,7 +648,8 @@ def test_the_image_installs_every_package_the_server_and_its_cli_import() -> Non
     dockerfile = ROOT / "Dockerfile"
     copied = {source.rstrip("/"): destination.rstrip("/") for found, destination in copies(dockerfile)
               for source in found}
-    runs = " ".join(rest for keyword, rest in instructions(dockerfile) if keyword == "RUN")
+    installed = {word for keyword, rest in instructions(dockerfile) if keyword == "RUN"
+                 for command in rest.split("&&") if "pip install" in command for word in command.split()}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = [path.parent.name for path in ROOT.glob("*/__init__.py")
@@ -657,7 +658,7 @@ def test_the_image_installs_every_package_the_server_and_its_cli_import() -> Non
     for package in packages:
         assert copied.get(package) == f"/tmp/src/{package}", f"{package}/ is not copied beside pyproject.toml"
     assert copied.get("pyproject.toml") == "/tmp/src"
-    assert "pip install /tmp/src" in runs
+    assert "/tmp/src" in installed
 
     used = set()
     for package in packages:
@@ -673,7 +674,7 @@ def test_the_image_installs_every_package_the_server_and_its_cli_import() -> Non
         source = distribution.relative_to(ROOT).as_posix()
         destination = copied.get(source)
         assert destination is not None, f"{name} ({source}/) is not copied into the image"
-        assert f"pip install {destination}" in runs, f"{name} ({source}/) is not installed"
+        assert destination in installed, f"{name} ({source}/) is not installed"
 
     (command,) = [json.loads(rest) for keyword, rest in instructions(dockerfile) if keyword == "CMD"]
     module = pyproject["project"]["scripts"][command[0]].split(":")[0]

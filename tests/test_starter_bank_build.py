@@ -71,3 +71,36 @@ def test_batched_build_makes_the_vectors_a_job_makes_and_resumes(
     assert json.loads(combiner_path.read_bytes())["bank_sha256"] == record["bank_sha256"]
     assert starter_bank.main(["--relations", ",".join(RELATIONS), "--combiner-only"]) == 0
     assert "saved to" in capsys.readouterr().err
+
+
+def test_a_build_in_progress_changes_nothing_served_until_the_combiner_moves_with_it(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Vectors are made in vectors/.bank-build/<model>/; the served folder keeps its vectors and combiner (fitted
+    over each other) until a run has fitted the new combiner, then both move in and the build folder goes."""
+    monkeypatch.setenv("FVSTEER_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("FVSTEER_VECTORS_DIR", str(tmp_path / "vectors"))
+    monkeypatch.delenv("FVSTEER_REDIS_URL", raising=False)
+    relations = ",".join(RELATIONS)
+    assert starter_bank.main(["--relations", relations]) == 0
+    served = load_bundle().registry.folder
+    build = served.parent / starter_bank.BUILD_FOLDER
+    assert not build.exists()
+    before = {path.name: path.read_bytes() for path in served.iterdir()}
+
+    assert starter_bank.main(["--relations", RELATIONS[0], "--force", "--vectors-only"]) == 0
+    assert "training 1" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in served.iterdir()} == before  # nothing served changed
+    staged = build / served.name / f"{RELATIONS[0]}.safetensors"
+    assert staged.exists()
+    # Resuming finds it in the build folder (--force rebuilds what is served, not a build in progress).
+    assert starter_bank.main(["--relations", RELATIONS[0], "--force", "--vectors-only"]) == 0
+    assert "training 0" in capsys.readouterr().err
+
+    rebuilt = staged.read_bytes()
+    assert starter_bank.main(["--relations", relations]) == 0
+    err = capsys.readouterr().err
+    assert "moved 1 vectors and the combiner" in err and not build.exists()
+    assert (served / f"{RELATIONS[0]}.safetensors").read_bytes() == rebuilt
+    record = json.loads((served / "combiner.json").read_bytes())
+    assert record["bank_sha256"] == Bank.from_registry(load_bundle().registry, record["relations"]).sha256()

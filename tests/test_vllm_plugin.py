@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from fvsteer_vllm.bank import BankError, BankFolder, ResidentBank, vector_key
-from fvsteer_vllm.layers import SteeredLayer, wrap_layers
+from fvsteer_vllm.layers import SteeredLayer, check_parallelism, wrap_layers
 from fvsteer_vllm.spec import Entry, SpecError, SteeringSpec
 from fvsteer_vllm.state import SteeringState
 from safetensors.torch import save_file
@@ -115,6 +115,62 @@ def test_wrapping_finds_the_layers_and_keeps_buffers_shared(folder: Path) -> Non
     assert wrap_layers(model, state) == 0  # idempotent
     wrapped = model.model.layers
     assert all(layer.bank.data_ptr() == state.bank.table.data_ptr() for layer in wrapped)
+
+
+class PPMissingLayer(nn.Identity):
+    """What vLLM's pipeline parallelism leaves in a rank's layer list for the layers another rank holds (matched by
+    name, as the plugin does: vLLM is not installed here)."""
+
+
+class Scale(nn.Module):
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden * 1.5, residual
+
+
+def pipeline_rank(folder: Path, held: set[int]) -> tuple[nn.Module, SteeringState]:
+    state = make_state(folder)
+    model = nn.Module()
+    model.model = nn.Module()
+    model.model.layers = nn.ModuleList([Scale() if index in held else PPMissingLayer() for index in range(N_LAYERS)])
+    return model, state
+
+
+def run_rank(model: nn.Module, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the layers this rank holds, in order (a placeholder hands its input on)."""
+    outputs = []
+    for layer in model.model.layers:
+        if type(layer).__name__ == "PPMissingLayer":
+            continue
+        hidden, _ = layer(torch.zeros(len(hidden)), hidden, hidden)
+        outputs.append(hidden)
+    return outputs
+
+
+def test_a_pipeline_rank_adds_only_at_the_layers_it_holds(folder: Path) -> None:
+    """A model split over two stages (layers 0-1 on the first, 2 on the second): the rank without a request's target
+    layer adds nothing and does not fail; the rank with it adds exactly W_t @ B."""
+    up = write(folder, "up", [1.0, 2.0, 0, 0])
+    first, first_state = pipeline_rank(folder, {0, 1})
+    second, second_state = pipeline_rank(folder, {2})
+    assert (wrap_layers(first, first_state), wrap_layers(second, second_state)) == (2, 1)
+    hidden = torch.randn(2, D)
+    for state in (first_state, second_state):
+        state.add(0, spec((up, 2.0, 2)), prompt_len=2)
+        state.prepare(torch.tensor([0, 2]), torch.tensor([0, 1]))
+    plain = hidden
+    for out in run_rank(first, hidden):
+        plain = plain * 1.5
+        assert torch.equal(out, plain)  # nothing added, bit for bit
+    (out,) = run_rank(second, hidden)
+    assert torch.equal(out[0], hidden[0] * 1.5)  # the prompt's first token: not steered under the fv policy
+    assert torch.allclose(out[1] - hidden[1] * 1.5, torch.tensor([2.0, 4.0, 0.0, 0.0]))
+
+
+def test_pipeline_parallelism_is_refused_until_a_run_checks_it() -> None:
+    check_parallelism(1)
+    with pytest.raises(ValueError, match=r"pipeline-parallel-size 2 is not supported.*tensor-parallel-size"):
+        check_parallelism(2)
 
 
 def test_the_bank_keeps_rows_and_its_address(folder: Path) -> None:

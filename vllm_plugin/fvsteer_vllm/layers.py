@@ -39,6 +39,16 @@ class SteeredLayer(nn.Module):
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
 
+def check_parallelism(pipeline_parallel_size: int) -> None:
+    """Refuse what no run has checked, instead of serving it possibly wrong: tensor parallelism is tested (every rank
+    holds the whole residual stream, adds the same ``W_t @ B``); pipeline parallelism only at the layer level."""
+    if pipeline_parallel_size > 1:
+        raise ValueError(
+            f"fvsteer: --pipeline-parallel-size {pipeline_parallel_size} is not supported: each rank wraps the layers "
+            "it holds (tested on a split model), but no vLLM run has checked steering across pipeline stages "
+            "(vLLM 0.32's CPU runner fails on pipeline parallelism without fvsteer); use --tensor-parallel-size")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for path in LAYER_PATHS:
         module: Any = model

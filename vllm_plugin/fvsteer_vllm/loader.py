@@ -22,7 +22,7 @@ from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
 from fvsteer_vllm import runtime
-from fvsteer_vllm.layers import decoder_layers, wrap_layers
+from fvsteer_vllm.layers import check_parallelism, decoder_layers, wrap_layers
 from fvsteer_vllm.state import SteeringState
 
 log = logging.getLogger("vllm.fvsteer")  # under vLLM's logger: its handlers and format
@@ -54,6 +54,7 @@ class FvsteerModelLoader(BaseModelLoader):
 
 
 def install(model: nn.Module, vllm_config: VllmConfig) -> SteeringState:
+    check_parallelism(vllm_config.parallel_config.pipeline_parallel_size)
     text_config = vllm_config.model_config.hf_text_config
     scheduler = vllm_config.scheduler_config
     device = next(model.parameters()).device
