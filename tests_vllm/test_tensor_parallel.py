@@ -44,6 +44,7 @@ STEERING: dict[str, tuple[dict[str, float], str] | None] = {
     "all": ({"tp-b": 0.8}, "all"),
 }
 CASES = [(prompt, kind) for prompt in PROMPTS for kind in STEERING]
+LONG_PROMPT = "Each line gives one word and then its opposite, written by a careful teacher. " * 16
 RESIDUAL: dict[str, float] = {}  # the wide random model's residual norm at the vectors' layers (set with the model)
 
 
@@ -98,13 +99,16 @@ class Served:
                         for name, weight in weights.items())
         return SteeringSpec(entries, positions)  # type: ignore[arg-type]
 
-    def complete(self, prompt: str, spec: SteeringSpec | None, **extra: Any) -> dict[str, Any]:
+    def complete(self, prompt: str, spec: SteeringSpec | None, salt: str | None = "fvsteer", **extra: Any
+                 ) -> dict[str, Any]:
+        """``salt``: "fvsteer" for the salt the vllm backend sends, None for none, or a salt of the caller's."""
         ids = self.tokenizer(prompt)["input_ids"]
         body: dict[str, Any] = {"model": "tp", "prompt": ids, "max_tokens": TOKENS, "temperature": 0.0,
                                 "logprobs": 20, "return_tokens_as_token_ids": True, **extra}
         if spec is not None:
             body["vllm_xargs"] = {"fvsteer": spec.dumps()}
-            body["cache_salt"] = cache_salt(spec, len(ids))
+            if salt is not None:
+                body["cache_salt"] = cache_salt(spec, len(ids)) if salt == "fvsteer" else salt
         response = httpx.post(f"{self.server.url}/v1/completions", json=body, timeout=300)
         assert response.status_code == 200, response.text
         return response.json()["choices"][0]  # type: ignore[no-any-return]
@@ -168,10 +172,15 @@ def late_vector(served: Served) -> dict[str, Any]:
     return served.complete(PROMPTS[0], spec)
 
 
-def salted(served: Served) -> dict[str, Any]:
-    """The unsteered prompt first (its KV now cached), then the same prompt steered at every position."""
-    served.complete(PROMPTS[1], None)
-    return served.complete(PROMPTS[1], served.spec("all"))
+def salted(served: Served) -> dict[str, str]:
+    """A prompt long enough to fill two KV blocks (vLLM's CPU backend makes blocks of 128 tokens) run unsteered
+    first, so its KV is cached; then steered at every position with fvsteer's salt, with none (the trap: the steered
+    request reuses the unsteered KV), and with a salt no request shares (a fresh run)."""
+    spec = served.spec("all")
+    served.complete(LONG_PROMPT, None)
+    return {"salted": served.complete(LONG_PROMPT, spec)["text"],
+            "unsalted": served.complete(LONG_PROMPT, spec, salt=None)["text"],
+            "fresh": served.complete(LONG_PROMPT, spec, salt="fresh-tp")["text"]}
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +250,9 @@ def test_a_vector_written_after_start_steers_on_every_rank(answers: dict[Any, An
 
 
 def test_the_cache_salt_keeps_a_steered_prompt_from_its_unsteered_cache(answers: dict[Any, Any]) -> None:
-    assert answers["salted"]["text"] == answers[2][(PROMPTS[1], "all")]["text"]
-    assert answers["salted"]["text"] != answers[2][(PROMPTS[1], "unsteered")]["text"]
+    runs = answers["salted"]
+    assert runs["salted"] == runs["fresh"]
+    assert runs["unsalted"] != runs["fresh"]  # the trap is real on two ranks: the cache was hit
 
 
 def test_both_ranks_installed_the_steering(answers: dict[Any, Any]) -> None:
