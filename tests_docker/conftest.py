@@ -155,6 +155,12 @@ def _debian_base(workdir: Path) -> str:
     return tag
 
 
+def _standin(context: Path, dockerfile: str, debian: str, tag: str) -> str:
+    docker("build", "--network", "host", "-f", str(context / dockerfile), "--build-arg", f"DEBIAN_BASE={debian}",
+           "-t", tag, str(context), timeout=900)
+    return tag
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -188,15 +194,11 @@ def build_inputs(daemon: None, tmp_path_factory: pytest.TempPathFactory) -> Buil
         debian = _debian_base(workdir)
         context = _standin_context(workdir)
         if need_base:
-            inputs.base_image = f"{PREFIX}-python:3.11"
-            docker("build", "--network", "host", "-f", str(context / "python.Dockerfile"), "--build-arg",
-                   f"DEBIAN_BASE={debian}", "-t", inputs.base_image, str(context), timeout=900)
+            inputs.base_image = _standin(context, "python.Dockerfile", debian, f"{PREFIX}-python:3.11")
             NOTES.append(f"{PUBLIC_BASE} unreachable: stand-in {inputs.base_image} (debootstrap bookworm, Debian's "
                          "Python 3.11, this network's CA bundle for pip)")
         if need_redis:
-            inputs.redis_image = f"{PREFIX}-redis:7"
-            docker("build", "--network", "host", "-f", str(context / "redis.Dockerfile"), "--build-arg",
-                   f"DEBIAN_BASE={debian}", "-t", inputs.redis_image, str(context), timeout=900)
+            inputs.redis_image = _standin(context, "redis.Dockerfile", debian, f"{PREFIX}-redis:7")
             NOTES.append(f"{PUBLIC_REDIS} unreachable: stand-in {inputs.redis_image} (Debian's redis-server, "
                          "protected mode off as in the official image)")
         NOTES.append(f"stand-in images built in {time.monotonic() - started:.0f} s")

@@ -81,6 +81,11 @@ def start_vllm(workdir: Path, registry: Path, *, eager: bool = True, timeout: fl
         bank_capacity=128, max_num_seqs=MAX_SEQS, max_model_len=2560, dtype=torch.float32,
         device=torch.device("cpu"), log_path=workdir / "vllm.log", eager=eager,
     )
+    return launch_healthy(launch, timeout)
+
+
+def launch_healthy(launch: VllmLaunch, timeout: float = 900.0) -> ManagedVllm:
+    """Start vLLM under fvsteer's supervisor and wait until it answers its health check."""
     server = ManagedVllm(launch)
     server.start()
     deadline = time.monotonic() + timeout

@@ -12,7 +12,6 @@ cache salt). vLLM's CPU build runs the two ranks on the two cores (``VLLM_CPU_OM
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from app.engine.requests import BankSteering, GenerationRequest, SamplingParams
 from app.engine.vllm_backend import cache_salt
 from app.engine.vllm_server import ManagedVllm, VllmLaunch
 from tests.engine_helpers import tiny_engine
-from tests_vllm.conftest import VLLM_PYTHON, embedded_location
+from tests_vllm.conftest import VLLM_PYTHON, embedded_location, launch_healthy
 
 N_LAYERS, D_MODEL, TOKENS = 4, 256, 12  # head_dim 64: a size vLLM's CPU attention supports (16 is refused)
 PROMPTS = ["Q: hot\nA:", "The capital of France is", "1, 2, 3,", "Once upon a time", "Q: big\nA:", "dog -> "]
@@ -124,18 +123,7 @@ def serve(model_dir: Path, workdir: Path, tp: int, monkeypatch: pytest.MonkeyPat
                         bank_capacity=16, max_num_seqs=16, max_model_len=512, dtype=torch.float32,
                         device=torch.device("cpu"), log_path=workdir / "vllm.log", memory_utilization=0.1,
                         eager=True, extra_args=["--tensor-parallel-size", str(tp)])
-    server = ManagedVllm(launch)
-    server.start()
-    deadline = time.monotonic() + 900
-    while True:
-        assert server.alive(), f"vLLM (TP={tp}) exited:\n{launch.log_path.read_text()[-4000:]}"
-        try:
-            if httpx.get(f"{server.url}/health", timeout=5).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"vLLM (TP={tp}) not healthy after 900 s"
-        time.sleep(1)
+    return launch_healthy(launch)
 
 
 def run_all(served: Served) -> dict[tuple[str, str], dict[str, Any]]:
