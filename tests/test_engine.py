@@ -754,14 +754,19 @@ def test_a_steered_decode_step_copies_nothing_between_devices(make_engine: MakeE
 
     step = engine._decode_step
     counted: list[int] = []
+    fifth = threading.Event()
 
     def watched_step() -> None:
         with monkeypatch.context() as patch:
             patch.setattr(torch.Tensor, "to", counting_to)
             step()
         counted.append(len(moves))
+        if len(counted) == 5:
+            fifth.set()
 
     engine._decode_step = watched_step  # type: ignore[method-assign]
     steered = _run(engine, PROMPTS[0], max_new_tokens=6, steering={1: _vector(1), 2: _vector(2)})
+    # The last step settles the row's future before it returns here: wait for its count, not for the result.
+    assert fifth.wait(30)
     assert steered.completion_tokens == 6 and len(counted) == 5  # five steered decode steps after the prefill
     assert moves == []
