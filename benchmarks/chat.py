@@ -9,16 +9,15 @@ counts an item right when the **first word** of the answer is the first word of 
 often starts with a capital or a quote; one scoring rule for both forms, so the two figures compare.
 
 ``benchmarks/finetune_report.py``'s ``relations`` part adds these figures to every relation's row, and the report
-pools them over the bank with a paired bootstrap interval on the chat − raw difference (:func:`paired_difference`).
+pools them over the bank with a paired bootstrap interval on the chat − raw difference
+(``benchmarks/intervals.py``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -96,11 +95,3 @@ def relation_row(adapter: ModelAdapter, tokenizer: PreTrainedTokenizerBase, pref
     return row
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, seed: int = 0
-                      ) -> dict[str, float]:
-    """Mean of ``b − a`` over paired units (relations) and its 95 % percentile-bootstrap interval."""
-    diffs = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diffs.mean()), "low": float(low), "high": float(high), "n": len(diffs)}

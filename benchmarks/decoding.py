@@ -20,13 +20,11 @@ strings and numbers, so it tests without a model.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -35,12 +33,14 @@ from app.fv.prompts import answer_token
 from app.fv.vector import decode_vector
 from app.model.adapter import ModelAdapter
 
+try:
+    from benchmarks.intervals import LEVEL, RESAMPLES, SEED, bootstrap_interval, exact, sign_test_p
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from intervals import LEVEL, RESAMPLES, SEED, bootstrap_interval, exact, sign_test_p  # type: ignore[no-redef]
+
 KS = (10, 20)
 METRICS = ("output", "name")
 METHODS = ("mediation", "finetuned")
-RESAMPLES = 2000
-SEED = 0
-LEVEL = 0.95
 MARKERS = "Ġ▁Ċ"  # byte-level BPE and SentencePiece word-start markers, as convert_ids_to_tokens shows them
 # Function words of the directions ("noun → its hypernym", "verb → noun of the act or its result"): they say nothing
 # about the relation, and tokens such as " the" or " of" top many lenses.
@@ -122,36 +122,6 @@ def relation_row(adapter: ModelAdapter, tokenizer: PreTrainedTokenizerBase, name
         row[f"{method}_top"] = top
         row[method] = rates(top, outputs, names, ks)
     return row
-
-
-def sign_test_p(greater: int, less: int) -> float:
-    """Exact two-sided sign test (binomial, p = ½) on the non-tied relations: how surprising a split this uneven is
-    if neither vector decodes better."""
-    n = greater + less
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(greater, less) + 1)) / 2.0**n
-    return min(1.0, 2 * tail)
-
-
-def bootstrap_interval(differences: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED,
-                       level: float = LEVEL) -> tuple[float, float]:
-    """Percentile interval of the mean of ``differences`` (one per relation, fine-tuned − mediation) over
-    ``resamples`` seeded resamples of the relations: the pairing is kept, since a relation's two vectors share its
-    pairs and words. Relations, not tokens, are the units: that is where the claim generalises."""
-    values = np.asarray(differences, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no differences to resample")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return exact(float(low)), exact(float(high))
-
-
-def exact(value: float) -> float:
-    """``value`` without float noise: rates are whole tokens over k, so a mean of differences that is 0 in exact
-    arithmetic must not come out as 1e-17 and turn "contains 0" into "above 0" (nor print as -0.000)."""
-    return round(value, 9) + 0.0
 
 
 def compare_group(rows: Sequence[Mapping[str, Any]], measure: str, resamples: int = RESAMPLES,

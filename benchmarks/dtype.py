@@ -5,11 +5,14 @@ greedy, 32 new tokens each, both dtypes loaded at once and run alternately (two 
 ratio comes from one run. Parity: the 32 parity prompts (``Q: <word>\\nA:``) × {unsteered, one vector, a three-vector
 composite, ``positions: all``}, greedy 16 tokens in each dtype: how many texts agree, how many first tokens agree,
 and the first step's log-probability drift over float32's 20 likeliest tokens (those bf16 also ranks in its top 20).
+Science (``--science``): what bf16 changes in the jobs, each run in both dtypes on the same data — every bank
+vector's test top-1 (evaluate's zero-shot FV measure), the mediation FV of ``antonym`` (chosen layer, cosine, test
+top-1) and a 40-epoch fine-tune from the float32 mediation FV (hold-out and test top-1, cosine of the results).
 
 Target (issue 32): the engine keeps at least 1.8x of float32's speed in bf16, as plain ``generate`` does on this CPU
 (AMD EPYC with avx512_bf16); bf16 becomes the CPU default only if it wins without losing parity.
 
-    .venv/bin/python benchmarks/dtype.py      # ~10 minutes on a quiet 2-core machine
+    .venv/bin/python benchmarks/dtype.py [--science]     # ~10 minutes on a quiet 2-core machine (+~8 science)
 
 Results: benchmarks/results/dtype.json and a key=value line.
 """
@@ -31,10 +34,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.bundle import load_bundle  # noqa: E402  (after the path: run as a script)
+from app.bundle import ModelBundle, load_bundle  # noqa: E402  (after the path: run as a script)
 from app.engine.bank import VectorBank  # noqa: E402
 from app.engine.engine import Engine  # noqa: E402
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams  # noqa: E402
+from app.fv.evaluation import ranks_of_answers  # noqa: E402
+from app.fv.extraction import ExtractionSpec, extract  # noqa: E402
+from app.fv.finetune import FinetuneSpec, finetune  # noqa: E402
+from app.fv.options import DEFAULT_LR  # noqa: E402
+from app.fv.pairs import Pair, relation_pairs, shipped_relations, split_pairs  # noqa: E402
+from app.fv.prompts import Template, bos_prefix, zero_shot_prompts  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 WORDS = ["hot", "big", "fast", "happy", "dark", "old", "up", "high", "cat", "child", "run", "eat", "France",
@@ -51,8 +60,7 @@ STORY = "Once upon a time, in a small village by the sea, there lived"
 OUT = ROOT / "benchmarks" / "results" / "dtype.json"
 
 
-def make_engine(dtype: str) -> Engine:
-    bundle = load_bundle(Settings(dtype=dtype))  # type: ignore[arg-type]
+def make_engine(bundle: ModelBundle) -> Engine:
     adapter = bundle.model.adapter
     bank = VectorBank(adapter.n_layers, adapter.d_model, bundle.loaded.device, bundle.model.name)
     bundle.registry.subscribe(bank.apply)
@@ -112,12 +120,66 @@ def parity(engines: dict[str, Engine]) -> dict[str, Any]:
     }
 
 
+def test_top1(bundle: ModelBundle, pairs: list[Pair], vector: tuple[int, torch.Tensor]) -> float:
+    """evaluate's zero-shot FV measure: the best accepted answer's first token is the top-1 with the vector added."""
+    model = bundle.model
+    prefix = bos_prefix(model.tokenizer, model.adapter.adds_bos)
+    prompts = zero_shot_prompts(model.tokenizer, Template(), prefix, pairs)
+    return float((ranks_of_answers(model.adapter, model.tokenizer, prompts, vector) == 0).float().mean())
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+
+
+def science(bundles: dict[str, ModelBundle], relation: str = "antonym", epochs: int = 40) -> dict[str, Any]:
+    """The jobs in both dtypes: the bank's test top-1 per relation, one extraction and one fine-tune."""
+    evaluation: dict[str, dict[str, float]] = {}
+    for name in shipped_relations():
+        stored = bundles["float32"].registry.get(name)
+        test = split_pairs(relation_pairs(name), 0).test
+        evaluation[name] = {dtype: test_top1(bundle, test, (stored.layer, stored.vector))
+                            for dtype, bundle in bundles.items()}
+    pairs = relation_pairs(relation)
+    split = split_pairs(pairs, 0)
+    extracted, tuned = {}, {}
+    for dtype, bundle in bundles.items():
+        started = time.perf_counter()
+        extracted[dtype] = extract(bundle.model, ExtractionSpec(pairs=pairs), bundle.cache)
+        extracted_s = time.perf_counter() - started
+        tuned_at = extracted["float32"]
+        started = time.perf_counter()
+        spec = FinetuneSpec(split.train + split.valid, tuned_at.layer, epochs=epochs, lr=DEFAULT_LR)  # as the product
+        tuned[dtype] = (finetune(bundle.model, spec, tuned_at.vector), extracted_s, time.perf_counter() - started)
+    top1 = {dtype: {"mediation": test_top1(bundle, split.test, (extracted[dtype].layer, extracted[dtype].vector)),
+                    "finetuned": test_top1(bundle, split.test, (extracted["float32"].layer, tuned[dtype][0].vector))}
+            for dtype, bundle in bundles.items()}
+    means = {dtype: statistics.mean(row[dtype] for row in evaluation.values()) for dtype in bundles}
+    return {
+        "bank_test_top1_mean": means,
+        "bank_relations_equal": sum(row["float32"] == row["bfloat16"] for row in evaluation.values()),
+        "bank_relations": len(evaluation),
+        "bank_test_top1": evaluation,
+        "relation": relation,
+        "extraction": {dtype: {"layer": result.layer, "test_top1": top1[dtype]["mediation"],
+                               "seconds": round(tuned[dtype][1], 1)} for dtype, result in extracted.items()},
+        "extraction_cosine": cosine(extracted["float32"].vector, extracted["bfloat16"].vector),
+        "finetune": {dtype: {"epochs": epochs, "holdout_before": result.holdout_before,
+                             "holdout_after": result.holdout_after, "best_epoch": result.best_epoch,
+                             "test_top1": top1[dtype]["finetuned"], "seconds": round(seconds, 1)}
+                     for dtype, (result, _, seconds) in tuned.items()},
+        "finetune_cosine": cosine(tuned["float32"][0].vector, tuned["bfloat16"][0].vector),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--science", action="store_true", help="also run the jobs in both dtypes (~8 minutes)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    engines = {dtype: make_engine(dtype) for dtype in ("float32", "bfloat16")}
+    bundles = {dtype: load_bundle(Settings(dtype=dtype)) for dtype in ("float32", "bfloat16")}  # type: ignore[arg-type]
+    engines = {dtype: make_engine(bundle) for dtype, bundle in bundles.items()}
     try:
         run(engines["float32"], [STORY] * 2, SamplingParams(max_new_tokens=4), [None, None])  # warm-up
         run(engines["bfloat16"], [STORY] * 2, SamplingParams(max_new_tokens=4), [None, None])
@@ -126,14 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for engine in engines.values():
             engine.stop()
+    jobs = science(bundles) if args.science else None
     ratios = {f"bf16_over_f32_{rows}{suffix}": tps[f"bfloat16_{rows}{suffix}"] / tps[f"float32_{rows}{suffix}"]
               for rows in (1, 16) for suffix in ("", "_steered")}
-    result = {"measured": time.strftime("%Y-%m-%d"), "tokens_per_s": tps, "ratios": ratios, "parity": same}
+    result = {"measured": time.strftime("%Y-%m-%d"), "tokens_per_s": tps, "ratios": ratios, "parity": same,
+              **({"science": jobs} if jobs else {})}
     OUT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     for line in same["differing"]:
         print(line)
     flat = {**{f"tps_{key}": value for key, value in tps.items()}, **ratios,
-            **{key: value for key, value in same.items() if key != "differing"}}
+            **{key: value for key, value in same.items() if key != "differing"},
+            **({key: value for key, value in jobs.items() if key != "bank_test_top1"} if jobs else {})}
     print(" ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
                    for key, value in flat.items()))
     return 0

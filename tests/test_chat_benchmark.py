@@ -3,7 +3,6 @@ greedy ``generate``, the vector is added where the server's ``fv`` positions add
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from app.fv.forward import encode_left_padded, last_token_logits
@@ -51,12 +50,6 @@ def test_greedy_generation_matches_generate_and_the_vector_moves_the_first_step(
     with torch.inference_mode(), steered(adapter, BatchSteering({1: vector.expand(len(prompts), -1)}, at)):
         second = last_token_logits(adapter, longer, both).argmax(dim=-1)
     assert [text[1:2] for text in steered_text] == [tokenizer.decode([token]) for token in second.tolist()]
-
-
-def test_paired_difference_interval_brackets_the_mean() -> None:
-    result = chat.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.8])
-    assert result["mean"] == pytest.approx(-0.075) and result["n"] == 4
-    assert result["low"] <= result["mean"] <= result["high"] <= 0.0
 
 
 def test_report_pools_chat_rows_and_says_whether_the_gap_target_is_met() -> None:

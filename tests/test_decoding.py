@@ -4,7 +4,6 @@ decoding section written from made-up figures (benchmarks/finetune_report.py): n
 from __future__ import annotations
 
 import json
-import math
 import re
 from functools import cache
 from pathlib import Path
@@ -20,7 +19,7 @@ from app.fv.pairs import Pair, shipped_relation_types, shipped_relations
 from app.fv.prompts import answer_token
 from app.model.adapter import ModelAdapter, adapt
 from benchmarks import decoding
-from benchmarks.finetune_report import BANK27, Results, measure_decoding, section
+from benchmarks.finetune_report import Results, measure_decoding, section
 from tests.tiny_models import ARCH_CONFIGS
 
 # Byte-level words as GPT-2-style tokenizers store them: "Ġ" is the leading space.
@@ -124,26 +123,6 @@ def test_an_answer_tokens_unembedding_decodes_to_it_and_scores_an_output_hit(arc
     json.dumps(row)  # the row is stored as it is
 
 
-def test_sign_test_is_exact_binomial() -> None:
-    # 8 higher, 2 lower: P(X ≤ 2 | n = 10, ½) = (1 + 10 + 45) / 1024, doubled.
-    assert decoding.sign_test_p(8, 2) == pytest.approx(112 / 1024)
-    assert decoding.sign_test_p(2, 8) == decoding.sign_test_p(8, 2)
-    assert decoding.sign_test_p(5, 5) == 1.0 and decoding.sign_test_p(0, 0) == 1.0
-    assert decoding.sign_test_p(6, 0) == pytest.approx(2 / 64)
-
-
-def test_the_bootstrap_is_seeded_and_contains_the_mean() -> None:
-    differences = [0.13, 0.31, -0.07, 0.22, 0.0, 0.45, 0.1, -0.18, 0.29, 0.11]
-    interval = decoding.bootstrap_interval(differences)
-    assert interval == decoding.bootstrap_interval(differences)  # seeded
-    assert interval != decoding.bootstrap_interval(differences, seed=1)
-    mean = sum(differences) / len(differences)
-    assert interval[0] < mean < interval[1]
-    assert decoding.bootstrap_interval([0.2] * 5) == pytest.approx((0.2, 0.2))
-    wider = decoding.bootstrap_interval(differences, level=0.99)
-    assert wider[0] <= interval[0] and interval[1] <= wider[1]
-
-
 def row(name: str, mediation: float, finetuned: float) -> dict[str, Any]:
     rates = {"output@10": mediation, "output@20": mediation / 2, "name@10": 0.0, "name@20": 0.0}
     tuned = {"output@10": finetuned, "output@20": finetuned / 2, "name@10": 0.0, "name@20": 0.0}
@@ -195,7 +174,7 @@ def figures(rows: list[dict[str, Any]], types: dict[str, str]) -> dict[str, Any]
 def test_the_report_states_the_verdict_from_the_figures() -> None:
     made_up = [row(f"l{i}", 0.1, 0.4) for i in range(6)] + [row(f"e{i}", 0.3, 0.2 + 0.1 * (i % 2)) for i in range(4)]
     types = {r["relation"]: ("lexicography" if r["relation"].startswith("l") else "encyclopedic") for r in made_up}
-    text = "\n".join(section({"decoding": figures(made_up, types)}, json.loads(BANK27.read_text()), "m", {}))
+    text = "\n".join(section({"decoding": figures(made_up, types)}, "m", {}))
     assert "### What the vectors decode to (logit lens)" in text
     assert f"Measured for 10 of the {len(shipped_relations())} relations so far" in text
     # Over all ten: the mean difference (6 × 0.3 − 2 × 0.1) / 10 = +0.16, each relation's rate a share of k.
@@ -212,7 +191,6 @@ def test_the_report_states_the_verdict_from_the_figures() -> None:
     assert "| **all** | 10 | 0.180 | **0.340** | +0.160 [" in text
     lexicography = next(line for line in text.splitlines() if line.startswith("| lexicography | 6 | 0.100"))
     assert lexicography.endswith("| 6 / 0 / 0 (0.031) | holds |")
-    assert math.isclose(decoding.sign_test_p(6, 0), 0.03125)
     # Per relation: rates and the top tokens, escaped so a token's "|" cannot break the table.
     relation_line = next(line for line in text.splitlines() if line.startswith("| l0 |"))
     assert relation_line.startswith("| l0 | lexicography | 0.1 → 0.4 | 0.0 → 0.0 | ` a` ` a`")
@@ -220,7 +198,7 @@ def test_the_report_states_the_verdict_from_the_figures() -> None:
 
 
 def test_a_report_without_decoding_figures_has_no_such_section() -> None:
-    text = "\n".join(section({}, json.loads(BANK27.read_text()), "m", {}))
+    text = "\n".join(section({}, "m", {}))
     assert "logit lens" not in text
 
 
