@@ -37,7 +37,8 @@ from app.analogy.bank import Bank
 from app.analogy.combiner import FILE_NAME, Combiner
 from app.analogy.fitting import FitOptions, fit_combiner
 from app.bundle import load_bundle
-from app.fv.finetuned import FinetuneOptions, make_finetuned_many
+from app.fv.finetuned import make_finetuned_many
+from app.fv.options import FinetuneOptions
 from app.fv.pairs import dataset_sha256, relation_pairs, shipped_relations
 from app.registry.registry import VectorRegistry
 from app.registry.vector_file import StoredVector

@@ -5,6 +5,8 @@ the generation seam and the completion service import no torch, and client code 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +33,10 @@ ALLOWED: dict[str, set[str]] = {
                 "app.runtime", "app.services"},
 }
 TORCH_FREE = ["app/engine/requests.py", "app/engine/backend.py", "app/engine/stats.py", "app/services/completions.py",
-              "app/services/results.py"]
+              "app/services/results.py", "app/services/inputs.py"]
+# Modules that check a request, and everything they import, load no torch: validation is not science.
+LOADS_NO_TORCH = ["app.api.schemas", "app.api.errors", "app.api.auth", "app.api.limits", "app.services.inputs",
+                  "app.services.completions", "app.model.runner"]
 
 
 def imports(path: Path, top_level_only: bool = False) -> Iterator[str]:
@@ -60,6 +65,16 @@ def test_a_package_imports_only_what_lies_below_it(package: str) -> None:
 @pytest.mark.parametrize("path", TORCH_FREE)
 def test_the_generation_seam_needs_no_torch(path: str) -> None:
     assert not [module for module in imports(ROOT / path) if module.split(".")[0] in ("torch", "transformers")]
+
+
+def test_request_validation_loads_no_torch() -> None:
+    """Checked in a fresh interpreter, so what a module imports indirectly counts too."""
+    script = ("import importlib, sys\n"
+              f"for name in {LOADS_NO_TORCH!r}:\n"
+              "    importlib.import_module(name)\n"
+              "    assert not {'torch', 'transformers'} & set(sys.modules), name\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_client_code_imports_no_server_code() -> None:

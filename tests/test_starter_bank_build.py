@@ -14,7 +14,8 @@ from app import starter_bank
 from app.analogy.bank import Bank
 from app.bundle import load_bundle
 from app.cache.head_means import MemoryHeadMeanCache
-from app.fv.finetuned import FinetuneOptions, make_finetuned
+from app.fv.finetuned import make_finetuned
+from app.fv.options import FinetuneOptions
 from app.fv.pairs import dataset_sha256, relation_pairs
 
 RELATIONS = ["capitalize", "singular-plural", "present-past"]  # short words: the tiny model's prompts stay short

@@ -12,12 +12,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.engine.requests import MAX_ABS_WEIGHT, MAX_RELATIONS
 from app.errors import InvalidInput
-from app.fv.extraction import ExtractionOptions
-from app.fv.finetuned import DEFAULT_EPOCHS, DEFAULT_L2, DEFAULT_LR, DEFAULT_PATIENCE, LIMITS, FinetuneOptions
+from app.fv.options import (
+    DEFAULT_EPOCHS,
+    DEFAULT_L2,
+    DEFAULT_LR,
+    DEFAULT_PATIENCE,
+    LIMITS,
+    ExtractionOptions,
+    FinetuneOptions,
+)
 from app.fv.pairs import MAX_ANSWERS, MAX_TEXT_CHARS
 from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
-from app.services.analogies import MAX_CHOICES, MAX_TERM_CHARS, AnalogyInput
 from app.services.completions import ChatLine, CompletionInput
+from app.services.inputs import (
+    MAX_CHOICES,
+    MAX_CONTINUATIONS,
+    MAX_TERM_CHARS,
+    AnalogyInput,
+    EvaluationInput,
+    ExtractionInput,
+    FinetuneInput,
+    PairSource,
+    ScoreInput,
+)
 from app.services.results import (
     AnalogyResponse,
     CompleteResponse,
@@ -28,8 +45,6 @@ from app.services.results import (
     JobView,
     ScoreResponse,
 )
-from app.services.scoring import MAX_CONTINUATIONS, ScoreInput
-from app.services.vectors import EvaluationInput, ExtractionInput, FinetuneInput, PairSource
 
 __all__ = [
     "AnalogyResponse", "CompleteResponse", "DecodedVector", "ErrorBody", "ErrorEnvelope", "EvaluationResult",

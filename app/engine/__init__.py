@@ -1,1 +1,2 @@
-"""The model worker: the one owner of the model (loading, adapter, steering, batched generation)."""
+"""Generation backends: the hf engine (the one thread that runs the model: admission, batched decoding, the steering
+bank) and the vLLM backend (a client of a supervised vLLM server with fvsteer's plugin)."""

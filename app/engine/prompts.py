@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # the tokenizer is handed in: the fronts that import this module load no transformers
+    from transformers import PreTrainedTokenizerBase
 
 from app.errors import InvalidInput
 

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor
 
@@ -23,6 +23,7 @@ from app.cache.scoring import AieKey, LayerSweep, SweepKey, get_aie, get_sweep, 
 from app.errors import InvalidInput
 from app.fv.activations import mean_head_outputs
 from app.fv.mediation import ScoredPrompt, aie_fast, all_heads, top_heads
+from app.fv.options import ExtractionOptions
 from app.fv.pairs import Pair, Split, dataset_sha256, split_pairs
 from app.fv.prompts import (
     DEFAULT_SHOTS,
@@ -46,17 +47,6 @@ Progress = Callable[[str, float], None]
 # Weights of each phase in the job's overall progress fraction.
 PHASES = {"means": 0.25, "scoring": 0.6, "layer_sweep": 0.15}
 SWEEP_TRAIN_PAIRS = 24
-
-
-@dataclass(frozen=True)
-class ExtractionOptions:
-    """What a user chooses about an extraction (the API's fields and their defaults)."""
-
-    n_prompts: int = 100
-    n_trials: int = 25
-    n_heads: int = 10
-    layer: int | Literal["auto"] = "auto"
-    seed: int = 0
 
 
 @dataclass(frozen=True)

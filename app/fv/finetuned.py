@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,52 +25,20 @@ from app.fv.batched_finetune import ROWS_PER_FORWARD, finetune_many
 from app.fv.evaluation import accuracy, ranks_of_answers
 from app.fv.extraction import ExtractionSpec, extract
 from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune, split_holdout
+from app.fv.options import DEFAULT_LAYER_FRACTION, LIMITS, FinetuneOptions
 from app.fv.pairs import Pair, dataset_sha256, split_pairs
 from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts
 from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here
 
-InitKind = Literal["mediation", "zero", "random", "vector"]
 Report = Callable[[str, float, dict[str, Any] | None], None]
 
-# Tuned on the embedded model (docs/results.md, "Fine-tuned function vectors"); recorded in every vector's metadata.
-# A ceiling, not a count: the checkpoint is each relation's best hold-out epoch. With 80 (a cosine schedule that
-# anneals to zero at the end) 58 of the 103 bank vectors picked the last epoch, their hold-out loss still falling.
-# With 160, on 16 relations trained on raw and chat prompts (their hold-outs, never the test split), the picked
-# epochs spread from 27 to 103 — none at the ceiling — and mean hold-out top-1 rose from 0.556 to 0.653 (raw) and
-# 0.498 to 0.504 (chat), without patience; training took twice as long.
-DEFAULT_EPOCHS = 160
-# A relation stops once this many epochs have not beaten its best hold-out score (its rows leave the batched
-# forwards). On the 80-epoch bank's histories one relation of 103 went more than 30 epochs between two improvements
-# (57), none other more than 28.
-DEFAULT_PATIENCE = 40
-DEFAULT_LR = 0.1
-DEFAULT_L2 = 0.0
-# Block ≈ 30 % of the depth (9 of 30 on SmolLM2-135M). Rechecked for training on raw and chat prompts together
-# (8 relations, 80 epochs, their hold-outs): blocks 6 / 9 / 12 gave mean top-1 0.56 / 0.61 / 0.61 raw and
-# 0.46 / 0.46 / 0.50 as chat turns — within one or two hold-out items a relation, so 9 stays.
-DEFAULT_LAYER_FRACTION = 0.3
-LIMITS = {"epochs": (1, 500), "lr": (1e-5, 10.0), "l2": (0.0, 100.0), "patience": (1, 500)}
 # The mediation FV is only a starting point here, so it is averaged over fewer prompts than a standalone
 # extraction (100 / 25): at the training layer it scores near zero anyway; training does the work.
 INIT_PROMPTS = 40
 INIT_TRIALS = 10
 # Progress shares of the job's phases when the mediation FV is computed first.
 MEDIATION_SHARE = 0.4
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    init: InitKind = "mediation"
-    init_vector: Tensor | None = None  # init == "vector": the stored vector to start from
-    init_name: str | None = None
-    layer: int | None = None  # None → DEFAULT_LAYER_FRACTION of the depth
-    epochs: int = DEFAULT_EPOCHS
-    lr: float = DEFAULT_LR
-    l2: float = DEFAULT_L2
-    seed: int = 0
-    chat: bool = True  # also train and pick the checkpoint on chat-rendered prompts (models with a chat template)
-    patience: int = DEFAULT_PATIENCE
 
 
 @dataclass

@@ -1,1 +1,2 @@
-"""Background jobs (extraction now, fine-tuning next): states, progress, cancellation, persistence."""
+"""Background jobs (extraction, fine-tuning, evaluation): states, progress, cancellation, persistence, in process or
+through Redis workers."""

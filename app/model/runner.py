@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from app.model.handle import ModelHandle
+if TYPE_CHECKING:  # the HTTP layer imports offload: no torch for it
+    from app.model.handle import ModelHandle
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,19 +19,8 @@ from app.errors import InvalidInput
 from app.model.runner import ModelRunner, offload
 from app.registry.registry import VectorRegistry
 from app.services.completions import CompletionInput, CompletionService
+from app.services.inputs import AnalogyInput
 from app.services.results import AnalogyResponse
-
-MAX_CHOICES = 32
-MAX_TERM_CHARS = 200
-
-
-@dataclass(frozen=True)
-class AnalogyInput:
-    a: str
-    b: str
-    c: str
-    choices: list[str] | None = None
-    max_new_tokens: int = 8
 
 
 @dataclass

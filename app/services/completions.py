@@ -86,7 +86,7 @@ class CompletionService:
                 f"max_new_tokens is {spec.max_new_tokens}; the limit is {self.max_new_tokens}", param="max_new_tokens"
             )
         asked = BankSteering.checked(spec.relations, scale=spec.scale, layer=spec.layer, positions=spec.positions)
-        self.backend.check_steering(asked)  # also a layer given without relations: refused, not ignored
+        self.backend.check_steering(asked)  # a layer the model lacks is refused even without relations
         steering = asked if spec.relations else None
         prompt_ids = self._prompt_ids(spec)
         params = SamplingParams(spec.max_new_tokens, spec.temperature, spec.top_p, spec.seed, spec.stop)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from torch import Tensor
 
@@ -27,20 +26,10 @@ from app.errors import GatewayTimeout, InvalidInput
 from app.model.logprobs import next_token_logprobs, sequence_logprobs
 from app.model.runner import ModelRunner, Runner, offload
 from app.model.tokens import TokenLogprob
+from app.services.inputs import ScoreInput
 from app.services.results import ContinuationScore, LayerNorm, ScoredToken, ScoreResponse, ScoreUsage, Steering
 
-MAX_CONTINUATIONS = 32
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class ScoreInput:
-    prompt: str
-    continuations: list[str]
-    relations: dict[str, float] = field(default_factory=dict)
-    scale: float = 1.0
-    layer: int | None = None
-    positions: Literal["fv", "all"] = "fv"
 
 
 class ScoringService:

@@ -8,7 +8,7 @@ pydantic models of :mod:`app.services.results`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -16,16 +16,10 @@ from torch import Tensor
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
 from app.errors import InvalidInput, NotFound
 from app.fv.evaluation import SETTINGS, evaluate
-from app.fv.extraction import ExtractionOptions, ExtractionSpec, check_prompt_lengths, check_spec, extract
-from app.fv.finetuned import (
-    FinetuneOptions,
-    InitKind,
-    check_options,
-    default_layer,
-    init_spec,
-    make_finetuned,
-)
-from app.fv.pairs import Pair, dataset_sha256, relation_pairs, split_pairs, validate_pairs
+from app.fv.extraction import ExtractionSpec, check_prompt_lengths, check_spec, extract
+from app.fv.finetuned import check_options, default_layer, init_spec, make_finetuned
+from app.fv.options import InitKind
+from app.fv.pairs import dataset_sha256, split_pairs
 from app.fv.prompts import Template, bos_prefix, check_prompt_bound, icl_prompt_bound
 from app.fv.vector import decode_vector
 from app.jobs.manager import Job, JobContext, Work
@@ -34,6 +28,7 @@ from app.model.runner import ModelRunner, Runner, run_here
 from app.registry.names import check_name
 from app.registry.registry import VectorRegistry
 from app.registry.vector_file import StoredVector, vector_norm
+from app.services.inputs import EvaluationInput, ExtractionInput, FinetuneInput
 from app.services.results import (
     Accuracy,
     DecodedToken,
@@ -46,47 +41,6 @@ from app.services.results import (
     HeadMeansCache,
     ScoringCache,
 )
-
-
-@dataclass(frozen=True)
-class PairSource:
-    """Exactly one of a shipped relation's name or the user's own pairs."""
-
-    relation: str | None = None
-    pairs: list[dict[str, str]] | None = None
-
-    def resolve(self) -> tuple[str, list[Pair]]:
-        """(relation label, validated pairs)."""
-        if (self.relation is None) == (self.pairs is None):
-            raise InvalidInput("give exactly one of 'relation' (a shipped relation) or 'pairs' (a list)",
-                               param="relation")
-        if self.relation is not None:
-            return self.relation, relation_pairs(self.relation)
-        return "custom", validate_pairs(self.pairs)
-
-
-@dataclass(frozen=True)
-class ExtractionInput:
-    name: str
-    source: PairSource
-    options: ExtractionOptions = field(default_factory=ExtractionOptions)
-
-    @classmethod
-    def from_payload(cls, payload: Payload) -> ExtractionInput:
-        return cls(payload["name"], PairSource(**payload["source"]), ExtractionOptions(**payload["options"]))
-
-
-@dataclass(frozen=True)
-class FinetuneInput:
-    name: str
-    source: PairSource
-    options: FinetuneOptions = field(default_factory=FinetuneOptions)
-    init_vector: str | None = None  # with init "vector": the stored vector to start from
-
-    @classmethod
-    def from_payload(cls, payload: Payload) -> FinetuneInput:
-        return cls(payload["name"], PairSource(**payload["source"]), FinetuneOptions(**payload["options"]),
-                   payload.get("init_vector"))
 
 
 def _payload(job: ExtractionInput | FinetuneInput) -> Payload:
@@ -102,13 +56,6 @@ def _payload(job: ExtractionInput | FinetuneInput) -> Payload:
 def _stored_norm(vector: Tensor) -> float:
     """The norm as the registry stores it (six significant digits), so a result reads the same as the file."""
     return float(f"{vector_norm(vector):.6g}")
-
-
-@dataclass(frozen=True)
-class EvaluationInput:
-    source: PairSource
-    seed: int = 0
-    shots: int = 10
 
 
 @dataclass
