@@ -25,7 +25,8 @@ import torch
 
 from app.bundle import load_bundle
 from app.cache.head_means import MemoryHeadMeanCache
-from app.fv.finetuned import DEFAULT_EPOCHS, FinetunedVector, FinetuneOptions, make_finetuned, make_finetuned_many
+from app.fv.finetuned import FinetunedVector, make_finetuned, make_finetuned_many
+from app.fv.options import DEFAULT_EPOCHS, FinetuneOptions
 from app.fv.pairs import relation_pairs
 
 RELATIONS = "antonym,country-capital,present-past,synonym,english-french,animal-young"
