@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from app.analogy.bank import Bank
+from app.analogy.basis import Bank
 from app.analogy.combiner import FILE_NAME, Combiner
 from app.analogy.fitting import FitOptions, fit_combiner
 from app.bundle import load_bundle

@@ -20,7 +20,7 @@ import torch
 from app.api.app import create_app
 from app.cache.head_means import MemoryHeadMeanCache
 from app.engine.bank import VectorBank
-from app.engine.prompts import PromptEncoder
+from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult
 from app.engine.stats import EngineStats
 from app.errors import InvalidInput, NotReady

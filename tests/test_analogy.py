@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.analogy.bank import NORMALISATIONS, Bank, SourceFacts, normalise, query, relation_scores, source_facts
+from app.analogy.basis import NORMALISATIONS, Bank, SourceFacts, normalise, query, relation_scores, source_facts
 from app.analogy.combiner import Calibration, Combiner, mix
+from app.analogy.continuations import ScoreRow, encode_rows, score_rows, sequence_log_probs, variant_log_probs
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.fitting import (
     SELECTION_MARGIN,
@@ -23,7 +24,6 @@ from app.analogy.fitting import (
     split_analogies,
 )
 from app.analogy.prefixed import prefixed_log_probs, prefixed_rows
-from app.analogy.scoring import ScoreRow, encode_rows, score_rows, sequence_log_probs, variant_log_probs
 from app.analogy.solver import CONTROLS, ORACLE_RELATIONS, evaluate_analogies
 from app.errors import InvalidInput
 from app.fv.pairs import relation_pairs, shipped_relations, split_pairs

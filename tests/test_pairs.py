@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from app.analogy.bank import Bank
+from app.analogy.basis import Bank
 from app.analogy.fitting import FitOptions
 from app.errors import InvalidInput, NotFound
 from app.fv.pairs import (

@@ -13,8 +13,7 @@ import pytest
 import redis
 import torch
 
-from app.cache.head_means import HeadMeanCache, HeadMeanKey, MemoryHeadMeanCache, RedisHeadMeanCache
-from app.cache.scoring import (
+from app.cache.extraction_results import (
     AIE_PREFIX,
     SWEEP_PREFIX,
     AieKey,
@@ -26,6 +25,7 @@ from app.cache.scoring import (
     put_aie,
     put_sweep,
 )
+from app.cache.head_means import HeadMeanCache, HeadMeanKey, MemoryHeadMeanCache, RedisHeadMeanCache
 from app.fv.extraction import ExtractionResult, ExtractionSpec, extract
 from app.fv.pairs import relation_pairs
 from app.model.adapter import adapt

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app import starter_bank
-from app.analogy.bank import Bank
+from app.analogy.basis import Bank
 from app.bundle import load_bundle
 from app.cache.head_means import MemoryHeadMeanCache
 from app.fv.finetuned import make_finetuned

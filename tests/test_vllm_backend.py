@@ -23,7 +23,7 @@ from fvsteer_vllm.spec import SteeringSpec
 from fvsteer_vllm.state import failure_path
 
 from app.engine.bank import VectorBank
-from app.engine.prompts import PromptEncoder
+from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.engine.vllm_backend import VllmBackend, cache_salt
 from app.errors import GatewayTimeout, InvalidInput, NotFound, NotReady, QueueFull

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.analogy.bank import SourceFacts, relation_scores, source_facts
+from app.analogy.basis import SourceFacts, relation_scores, source_facts
 from app.analogy.combiner import Combiner, bank_in_force
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.fitting import FitOptions, TrainingAnalogy, split_analogies

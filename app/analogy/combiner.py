@@ -1,7 +1,7 @@
 """Composite weights from relation scores (Kang, Wu & Lu 2026; the form is ours): ``w = W · mix(s) + b``, where
 ``mix`` turns the ``[N, K]`` scores ``sᵢ = log p(B | "Q: A\\nA:", vᵢ)`` into a distribution over the bank —
 
-0. optionally **normalised** per source pair (:func:`app.analogy.bank.normalise`: per token of B, or against
+0. optionally **normalised** per source pair (:func:`app.analogy.basis.normalise`: per token of B, or against
    B's unsteered log p);
 1. optionally **calibrated**: each vector's score standardised by its own mean and spread over training source
    pairs (a vector that makes every continuation likely is no evidence of its relation);
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.analogy.bank import NORMALISATIONS, Bank, Normalisation, SourceFacts, normalise
+from app.analogy.basis import NORMALISATIONS, Bank, Normalisation, SourceFacts, normalise
 from app.registry.registry import VectorRegistry
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Combiner:
         return self._effective_normalisation != "sum"
 
     def weights(self, scores: Tensor, facts: SourceFacts | None = None) -> Tensor:
-        """``[N, K]`` relation scores (as :func:`app.analogy.bank.relation_scores` gives them) → ``[N, K]`` composite
+        """``[N, K]`` relation scores (as :func:`app.analogy.basis.relation_scores` gives them) → ``[N, K]`` composite
         weights; ``facts`` of the same source pairs when :attr:`needs_facts`."""
         normalised = normalise(scores, self._effective_normalisation, facts)
         return mix(normalised, self.temperature, self.calibration, self.top_k) @ self.weight.T + self.bias

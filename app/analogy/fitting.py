@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.analogy.bank import NORMALISATIONS, Bank, Normalisation, normalise, query, relation_scores, source_facts
+from app.analogy.basis import NORMALISATIONS, Bank, Normalisation, normalise, query, relation_scores, source_facts
 from app.analogy.combiner import Calibration, Combiner, mix
+from app.analogy.continuations import ScoreRow
 from app.analogy.families import FAMILY_THRESHOLD, relation_families
 from app.analogy.prefixed import PrefixedRows, prefixed_log_probs, prefixed_rows
-from app.analogy.scoring import ScoreRow
 from app.fv.pairs import Pair, relation_pairs, split_pairs
 from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here
@@ -126,7 +126,7 @@ class FitOptions:
     # The selection grid (every combination, raw and calibrated scores).
     temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     top_ks: tuple[int | None, ...] = (1, 3, None)
-    # Tried in the grid and kept only where validation prefers them (app/analogy/bank.py says what they do).
+    # Tried in the grid and kept only where validation prefers them (app/analogy/basis.py says what they do).
     normalisations: tuple[Normalisation, ...] = NORMALISATIONS
     seed: int = 0
 

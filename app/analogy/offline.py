@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import Tensor
 
-from app.analogy.bank import query
+from app.analogy.basis import query
 from app.analogy.combiner import bank_in_force
+from app.analogy.continuations import ScoreRow, score_rows
 from app.analogy.datasets import SEMEVAL_RELATIONS, read_analogies, read_semeval, spearman
-from app.analogy.scoring import ScoreRow, score_rows
 from app.analogy.solver import evaluate_analogies
 from app.bundle import ModelBundle
 from app.errors import InvalidInput, NotFound

@@ -7,7 +7,7 @@ unsteered, and keeps the KV cache of every prompt's first ``T − 1`` tokens and
 their outputs over the *group* — the last prompt token and the continuation's tokens but the last, the positions
 whose next token is scored. :func:`prefixed_log_probs` then runs only the group, from the block above the lowest
 steered one (:mod:`app.fv.ragged`), which on the embedded model is ~4× fewer positions and a third fewer blocks
-than :func:`app.analogy.scoring.sequence_log_probs`, and gives the same numbers (to float rounding) and gradients.
+than :func:`app.analogy.continuations.sequence_log_probs`, and gives the same numbers (to float rounding) and gradients.
 
 Layout: prompts are left-padded so that every row's last prompt token sits in the same column; the group follows,
 right-padded (a padding position is masked as a key and never scored, and a causal model's real positions never
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from app.analogy.scoring import ScoreRow
+from app.analogy.continuations import ScoreRow
 from app.errors import InvalidInput
 from app.fv.forward import model_device
 from app.fv.ragged import cache_over, captured_block_outputs, kept_keys_values, ragged_blocks, trim

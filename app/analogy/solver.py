@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from app.analogy.bank import Bank, query, relation_scores, source_facts
+from app.analogy.basis import Bank, query, relation_scores, source_facts
 from app.analogy.combiner import Combiner
+from app.analogy.continuations import ScoreRow, score_rows
 from app.analogy.datasets import AnalogyProblem
-from app.analogy.scoring import ScoreRow, score_rows
 from app.fv.prompts import bos_prefix
 from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here

@@ -4,7 +4,7 @@ Redis layout: a hash per key, field ``"<layer>.<head>"`` → float32 bytes, plus
 A Redis that is down, slow or holding a corrupt value is never fatal: the cache reports a miss, logs
 once, marks itself ``degraded`` and the caller recomputes.
 
-The same store keeps *records* for the later phases of an extraction (``app/cache/scoring.py``: the AIE
+The same store keeps *records* for the later phases of an extraction (``app/cache/extraction_results.py``: the AIE
 matrix, the layer sweep): a hash of named byte fields under a key the caller derives, with the same
 fault tolerance, TTL and backend.
 """

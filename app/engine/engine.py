@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from app.engine.bank import VectorBank
 from app.engine.kv_batch import concat_batches, select_rows
-from app.engine.prompts import PromptEncoder, model_context
+from app.engine.prompt_encoder import PromptEncoder, model_context
 from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult, settle
 from app.engine.sampling import make_generator, next_token
 from app.engine.stats import EngineStats, FinishRate

@@ -35,7 +35,7 @@ from fvsteer_vllm.spec import XARG, Entry, SteeringSpec
 from fvsteer_vllm.state import failure_path
 
 from app.engine.bank import VectorBank
-from app.engine.prompts import PromptEncoder
+from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult, settle
 from app.engine.stats import EngineStats, FinishRate
 from app.errors import FvsteerError, GatewayTimeout, InvalidInput, NotFound, NotReady, QueueFull

@@ -18,8 +18,17 @@ from typing import Any
 
 from torch import Tensor
 
+from app.cache.extraction_results import (
+    AieKey,
+    LayerSweep,
+    SweepKey,
+    get_aie,
+    get_sweep,
+    heads_sha256,
+    put_aie,
+    put_sweep,
+)
 from app.cache.head_means import HeadMeanCache, HeadMeanKey
-from app.cache.scoring import AieKey, LayerSweep, SweepKey, get_aie, get_sweep, heads_sha256, put_aie, put_sweep
 from app.errors import InvalidInput
 from app.fv.activations import mean_head_outputs
 from app.fv.mediation import ScoredPrompt, aie_fast, all_heads, top_heads

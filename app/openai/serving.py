@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine.backend import GenerationBackend
-from app.engine.prompts import PromptEncoder
+from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
 from app.model.tokens import TokenLogprob

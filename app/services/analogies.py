@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.analogy.bank import Bank, query
+from app.analogy.basis import Bank, query
 from app.analogy.combiner import Combiner, bank_in_force
 from app.analogy.datasets import AnalogyProblem
 from app.analogy.solver import candidate_scores, infer_weights

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from app.engine.backend import GenerationBackend
-from app.engine.prompts import PromptEncoder
+from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
 from app.services.results import Baseline, CompleteResponse, LayerNorm, Steering, TextPiece, Usage

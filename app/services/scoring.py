@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from torch import Tensor
 
 from app.engine.bank import VectorBank
-from app.engine.prompts import PromptEncoder
+from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering
 from app.errors import GatewayTimeout, InvalidInput
 from app.model.logprobs import next_token_logprobs, sequence_logprobs

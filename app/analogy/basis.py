@@ -21,7 +21,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from app.analogy.scoring import variant_log_probs
+from app.analogy.continuations import variant_log_probs
 from app.errors import MissingBank
 from app.fv.prompts import Template, bos_prefix
 from app.model.handle import ModelHandle
@@ -87,7 +87,7 @@ def relation_scores(
     prompt: Callable[[str], str] | None = None,
 ) -> Tensor:
     """``[N, K]``: ``log p(b | "Q: a\\nA:", vᵢ)`` for each source pair and bank vector (one shared forward per
-    distinct pair: :func:`app.analogy.scoring.variant_log_probs`; the combiner's training analogies reuse each
+    distinct pair: :func:`app.analogy.continuations.variant_log_probs`; the combiner's training analogies reuse each
     source pair ~2×). ``prompt`` replaces the query the vectors were trained on (to measure other templates)."""
     distinct = list(dict.fromkeys(pairs))
     rows: list[Tensor] = []
