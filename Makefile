@@ -83,14 +83,14 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 	FVSTEER_VLLM_PYTHON=$(VLLM_BIN)/python $(BIN)/python -m pytest tests_vllm $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app fvsteer_cli sdk tests tests_vllm tests_docker tests_install benchmarks vllm_plugin docker
+	$(BIN)/ruff check app fvsteer_cli fvsteer_lab sdk tests tests_vllm tests_docker tests_install benchmarks vllm_plugin docker
 	$(BIN)/mypy
 
 # The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 05 min on 2 cores from
 # nothing, BANK_ARGS=--force; otherwise it trains only what is missing or stale, then refits the combiner, ~30 min,
 # unless combiner.json was fitted over exactly these vectors with the same options; BANK_ARGS=--combiner-only refits).
 vectors: $(STAMP)
-	$(BIN)/python -m app.starter_bank $(BANK_ARGS)
+	$(BIN)/python -m fvsteer_lab.starter_bank $(BANK_ARGS)
 
 # The README's playground pictures (docs/img/playground-*.png): the embedded model and the starter bank, driven in
 # Debian's Chromium (apt-get install chromium); a few minutes.

@@ -7,14 +7,14 @@
    test sets, per set and per relation type, with the weights' oracle-first, family-first, oracle MRR and regret;
 4. ``semeval``: alignment with SemEval-2012 Task 2 human prototypicality ratings;
 5. ``choices``: relation-inference choices (unsteered fallback, product of experts, source-pair templates) on the
-   combiner's validation analogies (``app/analogy/choices.py``);
+   combiner's validation analogies (``fvsteer_lab/choices.py``);
 6. ``decoding``: whether the fine-tuned FVs' logit lens shows their relation's words more often than the mediation
    FVs' (Kang, Wu & Lu 2026), per relation and per type (``benchmarks/decoding.py``);
 7. ``chat``: every bank vector on its relation's test pairs in a chat turn beside the raw prompt, first generated word
    against the accepted answers, with and without the vector (``benchmarks/chat.py``);
 8. ``held_out``: the combiner refitted with a fifth of the relations held out of its analogies, against the shipped
    fit and the plain softmax on those relations' validation analogies
-   (:func:`app.analogy.fitting.held_out_check`; development data only).
+   (:func:`fvsteer_lab.fitting.held_out_check`; development data only).
 
 Each part's figures go to ``benchmarks/results/finetune_report.json`` (committed) as soon as they are measured, and
 the markdown is written from that file, so the parts can be run one at a time (``--parts``) and ``--parts none``
@@ -46,15 +46,15 @@ from typing import Any
 
 from torch import Tensor
 
-from app.analogy import choices
 from app.analogy.combiner import bank_in_force
-from app.analogy.fitting import FitOptions, held_out_check
-from app.analogy.offline import alignment, analogy_accuracy
 from app.bundle import ModelBundle, load_bundle
 from app.fv.evaluation import accuracy, ranks_of_answers
 from app.fv.extraction import ExtractionSpec, extract
 from app.fv.pairs import Pair, relation_pairs, shipped_relation_types, shipped_relations, split_pairs
 from app.fv.prompts import Template, bos_prefix, icl_prompts, zero_shot_prompts
+from fvsteer_lab import choices
+from fvsteer_lab.fitting import FitOptions, held_out_check
+from fvsteer_lab.offline import alignment, analogy_accuracy
 
 try:
     from benchmarks import chat, decoding, intervals
@@ -468,7 +468,7 @@ def controls_lines(analogies: dict[str, Any]) -> list[str]:
               "On the problems whose label has a matching bank relation (the *oracle*): the oracle vector's accuracy, "
               "the *regret* (oracle − fitted composite on those problems, paired interval), how often the largest "
               "weight is the oracle relation by name (*oracle first*; siblings and converses that answer the same way "
-              "count as misses) or a relation of its family (*family first*: `app/analogy/families.py`, families "
+              "count as misses) or a relation of its family (*family first*: `fvsteer_lab/families.py`, families "
               "computed from the combiner's training analogies and stored with it before any evaluation set was "
               "read), and the oracle relation's mean reciprocal rank among the weights (chance ≈ "
               f"{sum(1 / rank for rank in range(1, 104)) / 103:.3f} over 103).", "",
@@ -487,7 +487,7 @@ def choices_lines(result: dict[str, Any]) -> list[str]:
     accuracy, fallback, ceiling = result["accuracy"], result["fallback"], result["oracle_per_item"]
     tau = fallback["tau"]
     out = ["### Choices measured on validation analogies", "",
-           f"`app/analogy/choices.py` ({result['n']} validation analogies of the combiner, as four-way "
+           f"`fvsteer_lab/choices.py` ({result['n']} validation analogies of the combiner, as four-way "
            "multiple choice with distractors from the shipped relations; *without its relation*: the analogy's own "
            "relation taken out of the bank, the case a relation the bank lacks). None of these used the evaluation "
            "sets.", "",
@@ -752,7 +752,7 @@ def section(data: dict[str, Any], vectors: str, settings: dict[str, Any]) -> lis
     if aligned is not None:
         lines += ["## Alignment with human relation judgments", "",
                   "SemEval-2012 Task 2: per subcategory with a matching bank relation (`SEMEVAL_RELATIONS` in "
-                  "`app/analogy/datasets.py`, chosen from each subcategory's definition, never from scores), "
+                  "`fvsteer_lab/datasets.py`, chosen from each subcategory's definition, never from scores), "
                   "Spearman ρ between the human prototypicality rating of each pair X:Y and "
                   "`log p(Y | \"Q: X\\nA:\", v)`.", "", *semeval_lines(aligned)]
     measured = data.get("measured", {})

@@ -56,8 +56,8 @@ def _accuracy_cell(value: object) -> str:
 
 @_reporting_server_errors
 def _cmd_analogies(args: argparse.Namespace) -> int:
-    from app.analogy.offline import analogy_accuracy  # lazy: loads torch and the model
     from app.bundle import load_bundle
+    from fvsteer_lab.offline import analogy_accuracy  # lazy: loads torch and the model
 
     result = analogy_accuracy(load_bundle(), Path(args.dataset), limit=args.limit, seed=args.seed, say=err)
     if args.json:
@@ -73,8 +73,8 @@ def _cmd_analogies(args: argparse.Namespace) -> int:
 
 @_reporting_server_errors
 def _cmd_alignment(args: argparse.Namespace) -> int:
-    from app.analogy.offline import alignment  # lazy: loads torch and the model
     from app.bundle import load_bundle
+    from fvsteer_lab.offline import alignment  # lazy: loads torch and the model
 
     result = alignment(load_bundle(), Path(args.semeval), say=err)
     if args.json:

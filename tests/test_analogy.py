@@ -14,8 +14,13 @@ import torch
 from app.analogy.basis import NORMALISATIONS, Bank, SourceFacts, normalise, query, relation_scores, source_facts
 from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.continuations import ScoreRow, encode_rows, score_rows, sequence_log_probs, variant_log_probs
-from app.analogy.datasets import AnalogyProblem
-from app.analogy.fitting import (
+from app.analogy.problems import AnalogyProblem
+from app.errors import InvalidInput
+from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
+from app.model.adapter import adapt
+from app.model.handle import ModelHandle
+from fvsteer_lab.evaluation import CONTROLS, ORACLE_RELATIONS, evaluate_analogies
+from fvsteer_lab.fitting import (
     SELECTION_MARGIN,
     FitOptions,
     TrainingAnalogy,
@@ -23,12 +28,7 @@ from app.analogy.fitting import (
     held_out_check,
     split_analogies,
 )
-from app.analogy.prefixed import prefixed_log_probs, prefixed_rows
-from app.analogy.solver import CONTROLS, ORACLE_RELATIONS, evaluate_analogies
-from app.errors import InvalidInput
-from app.fv.pairs import relation_pairs, shipped_relations, split_pairs
-from app.model.adapter import adapt
-from app.model.handle import ModelHandle
+from fvsteer_lab.prefixed import prefixed_log_probs, prefixed_rows
 from tests.tiny_models import ARCH_CONFIGS, tiny_model, tiny_tokenizer
 
 
@@ -386,7 +386,7 @@ def test_evaluation_counts_every_condition(model: ModelHandle) -> None:
 
 
 def test_the_shuffled_source_control_never_keeps_a_problems_own_weights() -> None:
-    from app.analogy.solver import _derangement
+    from fvsteer_lab.evaluation import _derangement
 
     for n in (2, 3, 10, 101):
         order = _derangement(n)
@@ -399,7 +399,7 @@ def test_oracle_relations_are_shipped() -> None:
 
 
 def test_a_relation_joins_a_family_when_it_outranks_the_own_relation_often_enough() -> None:
-    from app.analogy.families import relation_families
+    from fvsteer_lab.families import relation_families
 
     names = ["antonym", "antonym-binary", "synonym"]
     # Four training analogies of antonym over three distinct source pairs (one used twice), one of synonym.

@@ -1,4 +1,4 @@
-"""The validation measurements behind the relation-inference choices (app/analogy/choices.py): the multiple-choice
+"""The validation measurements behind the relation-inference choices (fvsteer_lab/choices.py): the multiple-choice
 form of a validation analogy, the bank without an analogy's own relation, and the fallback threshold."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from app.analogy.choices import best_fallback, multiple_choice, without_own
 from app.analogy.combiner import Combiner
-from app.analogy.fitting import split_analogies
 from app.fv.pairs import relation_pairs
+from fvsteer_lab.choices import best_fallback, multiple_choice, without_own
+from fvsteer_lab.fitting import split_analogies
 
 RELATIONS = ["antonym", "synonym", "capitalize"]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.analogy.datasets import (
+from app.errors import InvalidInput
+from fvsteer_lab.datasets import (
     SEMEVAL_RELATIONS,
     AnalogyProblem,
     read_analogies,
@@ -18,7 +19,6 @@ from app.analogy.datasets import (
     read_ucla_vat,
     spearman,
 )
-from app.errors import InvalidInput
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RELATIONS = Path(__file__).resolve().parents[1] / "app" / "fv" / "relations"

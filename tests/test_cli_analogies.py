@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.analogy.datasets import SEMEVAL_RELATIONS
 from app.registry.registry import VectorRegistry
+from fvsteer_lab.datasets import SEMEVAL_RELATIONS
 from tests.conftest import LiveServer
 from tests.test_cli_jobs import antonym_pairs, run
 

@@ -13,7 +13,6 @@ import torch
 from safetensors import safe_open
 
 from app.analogy.basis import Bank
-from app.analogy.fitting import FitOptions
 from app.errors import InvalidInput, NotFound
 from app.fv.pairs import (
     MIN_PAIRS,
@@ -25,6 +24,7 @@ from app.fv.pairs import (
     split_pairs,
     validate_pairs,
 )
+from fvsteer_lab.fitting import FitOptions
 
 
 def make_pairs(n: int, tag: str = "w") -> list[Pair]:

@@ -7,7 +7,7 @@ log p under every vector) and how likely B is anyway. ``per_token`` divides the 
 per-pair temperature); ``pmi`` subtracts the unsteered ``log p(B | "Q: A\\nA:")``. Both shift or scale a pair's
 scores by one amount, so the ranking of relations for that pair never changes; what changes is how peaked the
 mixture is and, with calibration, how the relations' scores compare across pairs. The fit keeps one only when
-validation prefers it (:mod:`app.analogy.fitting`)."""
+validation prefers it (:mod:`fvsteer_lab.fitting`)."""
 
 from __future__ import annotations
 

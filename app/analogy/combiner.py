@@ -8,7 +8,7 @@
 2. ``softmax(· / T)`` at a temperature ``T``;
 3. optionally **sparse**: only the ``top_k`` largest kept, renormalised.
 
-W = I, b = 0 is the plain mixture (``kind="softmax"``); :mod:`app.analogy.fitting` chooses calibration, T and
+W = I, b = 0 is the plain mixture (``kind="softmax"``); :mod:`fvsteer_lab.fitting` chooses calibration, T and
 top-k on validation analogies and fits W, b. The combiner is saved as JSON beside the bank
 (``vectors/<model>/combiner.json``).
 """

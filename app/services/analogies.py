@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from app.analogy.basis import Bank, query
 from app.analogy.combiner import Combiner, bank_in_force
-from app.analogy.datasets import AnalogyProblem
+from app.analogy.problems import AnalogyProblem
 from app.analogy.solver import candidate_scores, infer_weights
 from app.errors import InvalidInput
 from app.model.runner import ModelRunner, offload

@@ -15,8 +15,8 @@ done, so an interrupted build resumes (also on another machine, from a commit of
 changes only at the end, when the combiner has been fitted over the new bank: the vectors and ``combiner.json``
 move into place together, so the registry never holds vectors and a combiner fitted over others.
 
-    .venv/bin/python -m app.starter_bank [--relations antonym,synonym] [--force] [--combiner-only | --vectors-only]
-                                         [--batch-relations 16]
+    .venv/bin/python -m fvsteer_lab.starter_bank [--relations antonym,synonym] [--force]
+                                                 [--combiner-only | --vectors-only] [--batch-relations 16]
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import torch
 
 from app.analogy.basis import Bank
 from app.analogy.combiner import FILE_NAME, Combiner
-from app.analogy.fitting import FitOptions, fit_combiner
 from app.bundle import load_bundle
 from app.fv.finetuned import make_finetuned_many
 from app.fv.options import FinetuneOptions
 from app.fv.pairs import dataset_sha256, relation_pairs, shipped_relations
 from app.registry.registry import VectorRegistry
 from app.registry.vector_file import StoredVector
+from fvsteer_lab.fitting import FitOptions, fit_combiner
 
 # Relations trained per batch: the benchmark's choice (benchmarks/bank_build.py); memory grows with it
 # (every training prompt's prefix KV cache is kept for the whole training, ~0.5 MB a prompt on the embedded model).

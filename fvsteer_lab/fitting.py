@@ -32,11 +32,11 @@ from torch import Tensor
 from app.analogy.basis import NORMALISATIONS, Bank, Normalisation, normalise, query, relation_scores, source_facts
 from app.analogy.combiner import Calibration, Combiner, mix
 from app.analogy.continuations import ScoreRow
-from app.analogy.families import FAMILY_THRESHOLD, relation_families
-from app.analogy.prefixed import PrefixedRows, prefixed_log_probs, prefixed_rows
 from app.fv.pairs import Pair, relation_pairs, split_pairs
 from app.model.handle import ModelHandle
 from app.model.runner import Runner, run_here
+from fvsteer_lab.families import FAMILY_THRESHOLD, relation_families
+from fvsteer_lab.prefixed import PrefixedRows, prefixed_log_probs, prefixed_rows
 
 VALIDATION_BATCH = 64
 # A later grid point must beat the best so far by this much (nats of mean validation log p): the grid runs from the
@@ -157,7 +157,7 @@ def family_first_rate(weights: Tensor, bank: Bank, items: list[TrainingAnalogy],
 
 class _Objective:
     """``log p(D | "Q: C\\nA:", composite)`` of a fixed list of analogies, differentiable in the weights; their
-    unsteered part is run once (:mod:`app.analogy.prefixed`), as every grid point, step and epoch scores them
+    unsteered part is run once (:mod:`fvsteer_lab.prefixed`), as every grid point, step and epoch scores them
     again."""
 
     def __init__(self, model: ModelHandle, bank: Bank, items: list[TrainingAnalogy], run: Runner[Any]) -> None:
@@ -333,7 +333,7 @@ def fit_combiner(
         "valid_family_first_fitted": round(family_first_rate(valid_weights, bank, valid, families), 4),
         "selection": grid,
         "options": asdict(options),
-        # Committed with the fit, before any evaluation set is measured (app/analogy/families.py).
+        # Committed with the fit, before any evaluation set is measured (fvsteer_lab/families.py).
         "family_threshold": FAMILY_THRESHOLD,
         "families": families,
     }

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from app.analogy.problems import AnalogyProblem
 from app.errors import InvalidInput
 
 __all__ = [
@@ -39,16 +40,6 @@ __all__ = [
     "read_ucla_vat",
     "spearman",
 ]
-
-
-@dataclass(frozen=True)
-class AnalogyProblem:
-    """``source[0] : source[1] :: candidates[j][0] : candidates[j][1]``; the right one is ``candidates[answer]``."""
-
-    relation: str | None
-    source: tuple[str, str]
-    candidates: list[tuple[str, str]]
-    answer: int
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from torch import Tensor
 from app.analogy.basis import query
 from app.analogy.combiner import bank_in_force
 from app.analogy.continuations import ScoreRow, score_rows
-from app.analogy.datasets import SEMEVAL_RELATIONS, read_analogies, read_semeval, spearman
-from app.analogy.solver import evaluate_analogies
 from app.bundle import ModelBundle
 from app.errors import InvalidInput, NotFound
 from app.fv.extraction import ExtractionSpec, extract
 from app.fv.pairs import relation_pairs
+from fvsteer_lab.datasets import SEMEVAL_RELATIONS, read_analogies, read_semeval, spearman
+from fvsteer_lab.evaluation import evaluate_analogies
 
 Say = Callable[[str], None]
 

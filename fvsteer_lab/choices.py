@@ -33,12 +33,12 @@ from torch import Tensor
 
 from app.analogy.basis import SourceFacts, relation_scores, source_facts
 from app.analogy.combiner import Combiner, bank_in_force
-from app.analogy.datasets import AnalogyProblem
-from app.analogy.fitting import FitOptions, TrainingAnalogy, split_analogies
+from app.analogy.problems import AnalogyProblem
 from app.analogy.solver import candidate_scores
 from app.bundle import ModelBundle
 from app.fv.pairs import relation_pairs
 from app.fv.prompts import bos_prefix
+from fvsteer_lab.fitting import FitOptions, TrainingAnalogy, split_analogies
 
 # Other source-pair templates (the vectors were trained on Template().query, "Q: {a}\nA:", named TRAINED).
 TRAINED = "trained query"
