@@ -228,6 +228,7 @@ def test_progress_events_then_end(extracted: dict[str, Any]) -> None:
     assert kinds[-1] == "end" and kinds.count("end") == 1
     assert kinds[:-1] and set(kinds[:-1]) == {"progress"}
     assert events[-1][1]["state"] == "succeeded" and events[-1][1]["result"]["vector"] == extracted["name"]
+    assert events[-1][1] == extracted["job"]  # each event is the job as GET /jobs/{id} shows it (JobView)
     progress = [data["progress"] for _, data in events]
     assert progress == sorted(progress)  # never goes backwards
     phases = {data["phase"] for _, data in events}

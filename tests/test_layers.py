@@ -63,7 +63,7 @@ def test_a_package_imports_only_what_lies_below_it(package: str) -> None:
 
 
 def test_the_server_never_imports_the_lab() -> None:
-    """fvsteer_lab (evaluation sets, fitting, the bank build) sits above the server: it imports app, never the reverse."""
+    """fvsteer_lab (evaluation sets, fitting, the bank build) sits above the server: it imports app, not the reverse."""
     wrong = [f"{path.relative_to(ROOT)} imports {module}" for path in sorted((ROOT / "app").rglob("*.py"))
              for module in imports(path) if module.split(".")[0] == "fvsteer_lab"]
     assert wrong == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,9 +48,9 @@ async def job_events(job_id: str, svc: Services = Depends(services)) -> Streamin
             job = svc.jobs.get(job_id)  # the job as it is now, whichever process runs it
             if job.version != version:
                 version, quiet = job.version, 0.0
-                snapshot = job.public()
-                final = snapshot["state"] in TERMINAL
-                yield f"event: {'end' if final else 'progress'}\ndata: {json.dumps(snapshot)}\n\n"
+                view = JobView.of(job.public())  # the same typed view as GET /jobs/{id}
+                final = view.state in TERMINAL
+                yield f"event: {'end' if final else 'progress'}\ndata: {view.model_dump_json()}\n\n"
                 if final:
                     return
             await asyncio.sleep(POLL_S)  # no thread per listener: many watchers cost nothing
