@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from torch import Tensor
 
 from app.analogy.combiner import bank_in_force
@@ -675,23 +676,66 @@ def committed_digest(vectors: str) -> str | None:
     return str(digest) if digest is not None else None
 
 
-def current_only(data: dict[str, Any], digest: str | None) -> tuple[dict[str, Any], list[str]]:
-    """``data`` without the analogy sets and SemEval figures measured on another bank than ``digest``'s (they judge
-    nothing about the committed one), and the names of what was dropped."""
+def committed_stamps(vectors: str) -> dict[str, str]:
+    """``relation → stamp`` (:func:`vector_stamp`) of the committed vectors, read from their files' headers."""
+    folder, stamps = ROOT / "vectors" / vectors, {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as file:
+            meta = file.metadata() or {}
+        if "name" in meta:
+            stamps[meta["name"]] = f"{meta.get('dataset_sha256')}@{meta.get('created')}"
+    return stamps
+
+
+def current_only(data: dict[str, Any], digest: str | None, stamps: dict[str, str] | None
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """``data`` without what was measured on other vectors than the committed ones: a bank-wide part whose
+    ``bank_sha256`` is not the committed combiner's ``digest``, a relation's row whose ``vector`` stamp is not its
+    committed vector's (``stamps``; None when the folder is not there: rows kept). Returns the names dropped."""
     kept, dropped = dict(data), []
     analogies = {key: result for key, result in data.get("analogies", {}).items()
                  if result.get("bank_sha256") == digest}
     dropped += [key for key in data.get("analogies", {}) if key not in analogies]
     kept["analogies"] = analogies
-    if "semeval" in data and data["semeval"].get("bank_sha256") != digest:
-        del kept["semeval"]
-        dropped.append("semeval")
+    for part in ("semeval", "choices", "held_out"):
+        if part in data and data[part].get("bank_sha256") != digest:
+            del kept[part]
+            dropped.append(part)
+    if stamps is not None:
+        def fresh(row: dict[str, Any], relation: str) -> bool:
+            return row.get("vector") == stamps.get(relation)
+
+        for part in ("relations", "chat"):
+            rows = data.get(part, {})
+            kept[part] = {name: row for name, row in rows.items() if fresh(row, name)}
+            if len(kept[part]) < len(rows):
+                dropped.append(f"{part} ({len(rows) - len(kept[part])} of {len(rows)} relations)")
+        external = data.get("external", [])
+        kept["external"] = [row for row in external if fresh(row, row["relation"])]
+        if len(kept["external"]) < len(external):
+            dropped.append("external")
+        if kept["external"] == []:
+            del kept["external"]
+        decoded = data.get("decoding", {}).get("relations", {})
+        current = {name: row for name, row in decoded.items() if fresh(row, name)}
+        if len(current) < len(decoded):
+            dropped.append(f"decoding ({len(decoded) - len(current)} of {len(decoded)} relations)")
+            kept["decoding"] = ({"relations": current, "summary": decoding.aggregate(
+                current.values(), shipped_relation_types())} if current else {})
     return kept, dropped
+
+
+def measured_dates(data: dict[str, Any]) -> str:
+    """`` (analogies 2026-12-07, …)`` for the test-set parts that hold figures of the committed vectors."""
+    parts = [f"{part} {stamp[:10]}" for part, stamp in data.get("measured", {}).items()
+             if part in ("relations", "analogies", "semeval", "chat") and data.get(part)]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def section(data: dict[str, Any], vectors: str, settings: dict[str, Any]) -> list[str]:
     types = shipped_relation_types()
-    data, stale = current_only(data, committed_digest(vectors))
+    folder = ROOT / "vectors" / vectors
+    data, stale = current_only(data, committed_digest(vectors), committed_stamps(vectors) if folder.is_dir() else None)
     lines = [MARKER, "", "## Fine-tuned function vectors", ""]
     relations = data.get("relations", {})
     if relations:
@@ -706,6 +750,8 @@ def section(data: dict[str, Any], vectors: str, settings: dict[str, Any]) -> lis
                   + ("" if len(rows) == shipped else f" **Measured for {len(rows)} of the {shipped} relations so "
                      "far**: the part resumes where it stopped (`--parts relations`)."), "",
                   *type_summary_lines(rows, types), *comparison_lines(rows, types)]
+    else:
+        lines += ["Not yet measured on the committed vectors (`--parts relations`).", ""]
     if "external" in data:
         lines += [f"**Larger held-out set.** The same comparison on up to {settings.get('external_limit')} pairs per "
                   "task from Todd et al.'s datasets (`../shared/data/todd/<relation>.json`; seeded sample after "
@@ -735,13 +781,12 @@ def section(data: dict[str, Any], vectors: str, settings: dict[str, Any]) -> lis
               "relation of its family. The first-release 27-vector bank's figures once shown here are gone: its "
               "training files held 1,089 of their 2,225 pairs from these evaluation sets, so they were no baseline.",
               "", "### Against issue 30's targets", "",
-              "The test sets were measured once, on the finished bank and combiner (analogies "
-              f"{data.get('measured', {}).get('analogies', '–')[:10]}, SemEval "
-              f"{data.get('measured', {}).get('semeval', '–')[:10]}); the bank's training, checkpoints, combiner and "
+              "The test sets are measured once, on the finished bank and combiner" + measured_dates(data)
+              + "; the bank's training, checkpoints, combiner and "
               "every choice above were made on development data only (the relations' own splits, the combiner's "
               "pair-disjoint validation analogies). A target is met when the point estimate reaches it; the interval "
               "says how sure that is."
-              + (f" Not yet measured on the committed bank (figures of an earlier bank left out): {', '.join(stale)}."
+              + (f" Not yet measured on the committed bank (figures of earlier vectors left out): {', '.join(stale)}."
                  if stale else ""), "", *targets_lines(data), *controls_lines(analogies)]
     for key, title, _, sampled in SETS:
         if key in analogies:
@@ -803,10 +848,11 @@ def main() -> None:
               lambda: store.save("semeval", {**alignment(local, args.data / "semeval2012_task2", mediation=mediation,
                                                          say=say), "bank_sha256": bank_digest(local)}))
         timed(store, "choices" in parts, "choices",
-              lambda: store.save("choices", choices.measure(local, say)))
+              lambda: store.save("choices", {**choices.measure(local, say), "bank_sha256": bank_digest(local)}))
         timed(store, "decoding" in parts, "decoding", lambda: measure_decoding(local, mediation, store, args.fresh))
         timed(store, "chat" in parts, "chat", lambda: measure_chat(local, store, args.fresh))
-        timed(store, "held_out" in parts, "held_out", lambda: store.save("held_out", measure_held_out(local)))
+        timed(store, "held_out" in parts, "held_out",
+              lambda: store.save("held_out", {**measure_held_out(local), "bank_sha256": bank_digest(local)}))
         store.save("settings", settings)
     write(args.out, section(store.data, store.data.get("vectors", "?"), store.data.get("settings", settings)))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from app.fv.pairs import shipped_relations
-from benchmarks.finetune_report import Results, choices_lines, group_lines, section
+from benchmarks.finetune_report import Results, choices_lines, current_only, group_lines, section
 
 
 def counts(n: int, baseline: float, composite: float, oracle: float | None = None,
@@ -72,7 +72,7 @@ def test_controls_and_regret_come_from_the_per_problem_outcomes() -> None:
 def test_figures_of_another_bank_are_left_out_and_named(tmp_path: Path) -> None:
     stale = analogy(80, 0.6, 0.9, 0.5, {"Synonym": counts(80, 0.6, 0.9, 0.9, 0.5)}) | {"bank_sha256": "old"}
     text = "\n".join(section({"analogies": {"ucla": stale}}, "m", {}))
-    assert "figures of an earlier bank left out): ucla." in text
+    assert "figures of earlier vectors left out): ucla." in text
     assert "| UCLA VAT: fitted composite ≥ 0.85 | – | – | not measured yet |" in text
 
 
@@ -117,3 +117,16 @@ def test_a_choice_is_called_a_candidate_only_past_the_margin() -> None:
     assert "a candidate for the combiner" in large and "none is adopted" not in large
     rows = [line for line in small.splitlines() if line.startswith("| trained query") or line.startswith("| colon")]
     assert [row.split(" | ")[0] for row in rows] == ["| trained query", "| colon", "| trained query + colon"]
+
+
+def test_rows_of_other_vectors_are_left_out_by_their_stamps() -> None:
+    data = {"relations": {"antonym": relation_row("antonym") | {"vector": "new@1"},
+                          "synonym": relation_row("synonym") | {"vector": "old@0"}},
+            "chat": {"antonym": {"vector": "old@0"}},
+            "choices": {"bank_sha256": "d1"}, "held_out": {"bank_sha256": "d0"},
+            "analogies": {"ucla": {"bank_sha256": "d1"}, "bats": {"bank_sha256": "d0"}}}
+    kept, dropped = current_only(data, "d1", {"antonym": "new@1", "synonym": "new@2"})
+    assert set(kept["relations"]) == {"antonym"} and kept["chat"] == {}
+    assert set(kept["analogies"]) == {"ucla"} and "choices" in kept and "held_out" not in kept
+    assert dropped == ["bats", "held_out", "relations (1 of 2 relations)", "chat (1 of 1 relations)"]
+    assert current_only(data, "d1", None)[0]["relations"] == data["relations"]  # no folder: rows kept
