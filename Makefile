@@ -86,9 +86,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check app fvsteer_cli fvsteer_lab sdk tests tests_vllm tests_docker tests_install benchmarks vllm_plugin docker
 	$(BIN)/mypy
 
-# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~1 h 05 min on 2 cores from
-# nothing, BANK_ARGS=--force; otherwise it trains only what is missing or stale, then refits the combiner, ~30 min,
-# unless combiner.json was fitted over exactly these vectors with the same options; BANK_ARGS=--combiner-only refits).
+# The starter bank: a fine-tuned vector per shipped relation and the analogy combiner (~2 h 15 min on 2 idle cores
+# from nothing, BANK_ARGS=--force: ~80 min of vectors, ~55 of combiner; otherwise it trains only what is missing or
+# stale, resuming a build in vectors/.bank-build/, then refits the combiner unless combiner.json was fitted over
+# exactly these vectors with the same options; BANK_ARGS=--combiner-only refits).
 vectors: $(STAMP)
 	$(BIN)/python -m fvsteer_lab.starter_bank $(BANK_ARGS)
 
