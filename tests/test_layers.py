@@ -36,7 +36,7 @@ TORCH_FREE = ["app/engine/requests.py", "app/engine/backend.py", "app/engine/sta
               "app/services/results.py", "app/services/inputs.py"]
 # Modules that check a request, and everything they import, load no torch: validation is not science.
 LOADS_NO_TORCH = ["app.api.schemas", "app.api.errors", "app.api.auth", "app.api.limits", "app.services.inputs",
-                  "app.services.completions", "app.model.runner"]
+                  "app.services.completions", "app.model.runner", "app.registry.control_vector"]
 
 
 def imports(path: Path, top_level_only: bool = False) -> Iterator[str]:
