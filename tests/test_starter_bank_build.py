@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import starter_bank
 from app.analogy.basis import Bank
 from app.bundle import load_bundle
 from app.cache.head_means import MemoryHeadMeanCache
 from app.fv.finetuned import make_finetuned
 from app.fv.options import FinetuneOptions
 from app.fv.pairs import dataset_sha256, relation_pairs
+from fvsteer_lab import starter_bank
 
 RELATIONS = ["capitalize", "singular-plural", "present-past"]  # short words: the tiny model's prompts stay short
 
