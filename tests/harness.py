@@ -92,14 +92,14 @@ class ScriptedBackend:
         for row in rows:
             if row.future.done():
                 continue
-            norms = {} if row.steering is None else self.bank.resolve(row.steering).norms()
-            text = "".join(map(chr, row.prompt_ids)) + (" [steered]" if norms else " [plain]")
+            receipt = None if row.steering is None else self.bank.resolve(row.steering).receipt
+            text = "".join(map(chr, row.prompt_ids)) + (" [steered]" if receipt and receipt.layers else " [plain]")
             text = text[: row.params.max_new_tokens]
             if row.on_text is not None:
                 row.on_text(text)
             reason = "cancelled" if row.cancelled else "length"
             row.future.set_result(GenerationResult(text, list(range(len(text))), reason, len(row.prompt_ids),
-                                                   (len(rows),), norms))
+                                                   (len(rows),), receipt))
 
     def cancel_all(self) -> None:
         for row in self.submitted:

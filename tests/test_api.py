@@ -99,7 +99,7 @@ def test_zero_weights_are_dropped(live_server: LiveServer, steer_vector: str) ->
     body = complete(live_server, prompt="Q: a\nA:", max_new_tokens=4, relations={steer_vector: 0.0}).json()
     plain = complete(live_server, prompt="Q: a\nA:", max_new_tokens=4).json()
     assert body["text"] == plain["text"]
-    assert body["steering"] == {"relations": {}, "layers": {}}
+    assert body["steering"] == {"relations": {}, "scale": 1.0, "positions": "fv", "layers": {}}
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fvsteer_vllm.bank import vector_digest
 
 from app.engine.bank import INITIAL_ROWS, VectorBank
 from app.engine.requests import BankSteering
@@ -36,8 +37,21 @@ def test_weighted_sum_per_layer_and_scale(bank: VectorBank) -> None:
     assert set(resolved.layers) == {2, 5}
     assert torch.equal(resolved.layers[2], torch.tensor([4.0, -1.0, 0, 0]))
     assert torch.equal(resolved.layers[5], torch.tensor([0, 0, 6.0, 0]))
-    assert resolved.norms()[5] == pytest.approx(6.0)
     assert steering.applied == {"a": 2.0, "b": -0.5, "c": 3.0}
+
+
+def test_the_receipt_names_each_vector_by_digest_with_its_weight_after_scale(bank: VectorBank,
+                                                                              registry: VectorRegistry) -> None:
+    steering = BankSteering.checked({"a": 2.0, "b": 0.0, "c": 3.0}, scale=2.0, positions="all")
+    receipt = bank.resolve(steering).receipt
+    assert receipt.positions == "all" and list(receipt.layers) == [2, 5]
+    (a,) = receipt.layers[2].vectors
+    assert (a.name, a.digest, a.weight) == ("a", vector_digest(registry.get("a").vector), 4.0)
+    assert receipt.layers[2].norm == pytest.approx(4.0) and receipt.layers[5].norm == pytest.approx(6.0)
+    registry.delete("a")  # made again with other values: a new digest
+    registry.add(torch.tensor([0, 0, 0, 2.0]), {"name": "a", "layer": "2"})
+    (after,) = bank.resolve(steering).receipt.layers[2].vectors
+    assert after.digest == vector_digest(torch.tensor([0, 0, 0, 2.0])) != a.digest
 
 
 def test_layer_override_and_zero_weights(bank: VectorBank) -> None:

@@ -14,12 +14,13 @@ from typing import Any, Protocol
 
 import pytest
 import torch
+from fvsteer_vllm.bank import vector_digest
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from app.engine import engine as engine_module
 from app.engine.engine import DECODE_SHARE, Engine
-from app.engine.requests import GenerationRequest, GenerationResult, SamplingParams
+from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.engine.sampling import make_generator, next_token
 from app.errors import InvalidInput, NotFound, NotReady, QueueFull
 from app.model.adapter import adapt
@@ -559,6 +560,31 @@ def test_steering_at_a_layer_the_model_lacks_fails_only_that_request(make_engine
             engine.submit([GenerationRequest(engine.encode(PROMPTS[1], 4), SamplingParams(4), steering=moved)])
     engine.start()
     assert good.future.result(timeout=WAIT_S).completion_tokens == 4
+
+
+def test_the_receipt_names_the_vector_a_row_got_when_it_was_replaced_after_submission(make_engine: MakeEngine
+                                                                                      ) -> None:
+    """Queued with one vector under a name, which is replaced before the row reaches a batch: the row is steered
+    with the vector the bank held when it took it, and its receipt names exactly that one (digest and norm)."""
+    engine = make_engine("llama", start=False)
+    first, second = _vector(11), _vector(12, norm=12.0)
+    engine.bank.put("swapped", 1, first)
+    engine.bank.put("reference", 1, second)
+    queued = GenerationRequest(engine.encode(PROMPTS[0], 6), SamplingParams(6),
+                               steering=BankSteering.checked({"swapped": 0.5}, scale=2.0))
+    engine.submit([queued])
+    engine.bank.put("swapped", 1, second)  # between submission and the batch that takes the row
+    engine.start()
+    result = queued.future.result(timeout=WAIT_S)
+    reference = GenerationRequest(engine.encode(PROMPTS[0], 6), SamplingParams(6),
+                                  steering=BankSteering.checked({"reference": 1.0}))
+    engine.submit([reference])
+    assert result.token_ids == reference.future.result(timeout=WAIT_S).token_ids  # what was applied: the second
+    assert result.receipt is not None and result.receipt.positions == "fv"
+    ((layer, applied),) = result.receipt.layers.items()
+    assert (layer, [(v.name, v.digest, v.weight) for v in applied.vectors]) == (
+        1, [("swapped", vector_digest(second), 1.0)])
+    assert applied.norm == pytest.approx(12.0, rel=1e-5)
 
 
 def test_completions_keep_flowing_while_a_job_runs_on_the_engine(make_engine: MakeEngine) -> None:

@@ -179,14 +179,20 @@ def test_streaming_sync_and_async_equal_the_whole_answer(steered: Steered) -> No
     texts = {0: "", 1: ""}
     finish: dict[int, str | None] = {}
     usage = None
+    receipts = []
     for chunk in api.completions.create(stream=True, stream_options={"include_usage": True}, **asked):
         for choice in chunk.choices:
             texts[choice.index] += choice.text
             if choice.finish_reason is not None:
                 finish[choice.index] = choice.finish_reason
+                receipts.append((chunk.model_extra or {})["steering"])  # each choice's last chunk: its receipt
         usage = chunk.usage or usage
     assert [texts[0], texts[1]] == [c.text for c in whole.choices]
     assert finish == {c.index: c.finish_reason for c in whole.choices}
+    assert receipts == [(whole.model_extra or {})["steering"]] * 2 and receipts[0]["layers"]
+    vectors = [v for layer in receipts[0]["layers"].values() for v in layer["vectors"]]
+    assert {v["name"] for v in vectors} == set(receipts[0]["relations"]) and all(len(v["digest"]) == 16
+                                                                                  for v in vectors)
     assert usage is not None and whole.usage is not None and usage.total_tokens == whole.usage.total_tokens
 
     async def pieces() -> list[str]:

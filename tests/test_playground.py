@@ -139,7 +139,8 @@ def test_steer_streams_steered_and_baseline_and_shows_the_request(page: tuple[Pa
     baseline = page_.locator("#baseline-text").inner_text()
     assert steered and baseline
     assert steered != baseline  # the tiny model's weights are wide: the extracted vector ×4 changes the text
-    assert "layer 1" in page_.locator("#steered-meta").inner_text()
+    meta = page_.locator("#steered-meta").inner_text()
+    assert "layer 1: pg-extracted@" in meta and "‖v‖" in meta  # the receipt: name@digest per layer
 
     snippet = page_.locator("#snippet")
     curl = snippet.inner_text()

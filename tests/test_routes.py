@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
+from fvsteer_vllm.bank import vector_digest
 
 from tests.harness import Harness, make_harness
 
@@ -46,7 +48,9 @@ def test_a_steered_completion_reports_what_the_backend_added(harness: Harness) -
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["text"] == "Q: [steered]" and body["baseline"] == {"text": "Q: [plain]", "finish_reason": "length"}
-    assert body["steering"] == {"relations": {"up": 2.0}, "layers": {"1": {"norm": 10.0}}}
+    up = vector_digest(torch.tensor([3.0, 4.0, 0.0, 0.0]))
+    assert body["steering"] == {"relations": {"up": 2.0}, "scale": 1.0, "positions": "fv", "layers": {
+        "1": {"norm": 10.0, "vectors": [{"name": "up", "digest": up, "weight": 2.0}]}}}
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": len("Q: [steered]")}
     assert body["model"] == "scripted" and body["id"].startswith("cmpl-")
     assert harness.backend.submitted == []  # both rows ended: nothing left with the backend
@@ -55,7 +59,9 @@ def test_a_steered_completion_reports_what_the_backend_added(harness: Harness) -
 def test_layer_and_scale_move_and_size_the_composite(harness: Harness) -> None:
     body = post(harness, "/complete", {"prompt": "a", "relations": {"up": 1.0, "side": 1.0}, "layer": 0,
                                        "scale": -2.0}).json()
-    assert body["steering"]["layers"] == {"0": {"norm": pytest.approx(2 * (25 + 1) ** 0.5)}}
+    (layer,) = body["steering"]["layers"].values()
+    assert list(body["steering"]["layers"]) == ["0"] and layer["norm"] == pytest.approx(2 * (25 + 1) ** 0.5)
+    assert [(v["name"], v["weight"]) for v in layer["vectors"]] == [("up", -2.0), ("side", -2.0)]
 
 
 def test_an_unsteered_completion_has_no_steering(harness: Harness) -> None:

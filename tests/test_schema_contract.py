@@ -21,7 +21,8 @@ import app.services.results as results
 PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (server.CompleteResponse, sdk.Completion),
     (results.Steering, sdk.Steering),
-    (results.LayerNorm, sdk.SteeringLayer),
+    (results.SteeringLayer, sdk.SteeringLayer),
+    (results.AppliedVector, sdk.AppliedVector),
     (results.Baseline, sdk.Baseline),
     (results.Usage, sdk.Usage),
     (server.VectorSummary, sdk.VectorSummary),

@@ -161,7 +161,10 @@ def test_a_steered_row_is_sent_as_bank_keys_with_a_salt(made: Made, vllm_stand_i
     made.backend.submit([steered, plain])
     done = result(steered)
     assert (done.text, done.token_ids, done.finish_reason) == ("hello world", [3, 4, 5, 6], "length")
-    assert done.steering_norms == {2: pytest.approx(5.0)} and result(plain).steering_norms == {}
+    assert done.receipt is not None and result(plain).receipt is None
+    ((layer, applied),) = done.receipt.layers.items()
+    assert (layer, applied.norm, done.receipt.positions) == (2, pytest.approx(5.0), "all")
+    assert [(v.name, v.weight) for v in applied.vectors] == [("up", 1.0)]
     assert "".join(pieces) == "hello world"
     sent = {body.get("cache_salt"): body for body in script.bodies}
     plain_body = sent.pop(None)
@@ -171,6 +174,7 @@ def test_a_steered_row_is_sent_as_bank_keys_with_a_salt(made: Made, vllm_stand_i
     assert spec is not None and spec.positions == "all"
     key = vector_key("up", registry.get("up").vector)
     assert [(e.key, e.weight, e.layer) for e in spec.entries] == [(key, 1.0, 2)]
+    assert key == f"up@{applied.vectors[0].digest}"  # the receipt names the very vector the plugin was sent
     assert salt == cache_salt(spec, len(steered.prompt_ids))
     assert (body["temperature"], body["seed"], body["max_tokens"], body["stream"]) == (0.7, 5, 4, True)
 

@@ -8,6 +8,7 @@ import dataclasses
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 from fvsteer_vllm.spec import Entry
@@ -88,6 +89,38 @@ def test_a_vector_deleted_while_its_request_waits_at_vllm_is_still_served(vllm_f
         assert all(filler.result(timeout=300) for filler in fillers)
     assert choice["finish_reason"] == "length" and choice["text"] != plain  # steered, all 8 tokens
     assert vllm.complete(prompt, max_tokens=8, ignore_eos=True)["choices"][0]["text"] == plain  # the engine lives
+
+
+def test_the_receipt_names_the_vector_vllm_applied_when_it_was_replaced_while_waiting(vllm_front: LiveServer,
+                                                                                      vllm: Vllm) -> None:
+    """Admitted by the front with one vector, which is deleted and uploaded again with other values while the row
+    waits at vLLM (every batch slot taken): the plugin applies the admitted digest, and the receipt names that one,
+    not what the name holds now; a request after the swap gets, and names, the new one."""
+    name = f"swap-{secrets.token_hex(3)}"
+    old, new = vector_bytes(576, seed=5, scale=60.0), vector_bytes(576, seed=6, scale=60.0)
+    for vector, data in ((name, old), (f"{name}-old", old), (f"{name}-new", new)):
+        assert upload(vllm_front, vector, data, layer=9).status_code == 201
+    expected = {kind: complete(vllm_front, prompt=PROMPT, relations={f"{name}-{kind}": 1.0}, max_new_tokens=8)
+                for kind in ("old", "new")}
+    assert expected["old"]["text"] != expected["new"]["text"]
+    with ThreadPoolExecutor(MAX_SEQS + 1) as pool:
+        fillers = [pool.submit(vllm.complete, [28, 42, 314], max_tokens=64, ignore_eos=True) for _ in range(MAX_SEQS)]
+        wait_until(lambda: vllm.metric("vllm:num_requests_running") >= MAX_SEQS, "every batch slot taken", 300)
+        late = pool.submit(complete, vllm_front, prompt=PROMPT, relations={name: 1.0}, max_new_tokens=8)
+        wait_until(lambda: vllm.metric("vllm:num_requests_waiting") >= 1, "the steered request to wait", 300)
+        headers = {"Authorization": f"Bearer {vllm_front.admin_token}"}
+        assert httpx.delete(f"{vllm_front.url}/admin/vectors/{name}", headers=headers, timeout=30).status_code == 200
+        assert upload(vllm_front, name, new, layer=9).status_code == 201
+        answer = late.result(timeout=300)
+        assert all(filler.result(timeout=300) for filler in fillers)
+    after = complete(vllm_front, prompt=PROMPT, relations={name: 1.0}, max_new_tokens=8)
+
+    def digest(body: dict[str, Any]) -> str:
+        ((vector,),) = [layer["vectors"] for layer in body["steering"]["layers"].values()]
+        return str(vector["digest"])
+
+    assert (answer["text"], digest(answer)) == (expected["old"]["text"], digest(expected["old"]))
+    assert (after["text"], digest(after)) == (expected["new"]["text"], digest(expected["new"]))
 
 
 def test_steering_the_worker_cannot_apply_ends_that_request_not_the_engine(vllm: Vllm) -> None:

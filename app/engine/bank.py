@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from fvsteer_vllm.bank import vector_digest
 from torch import Tensor
 
-from app.engine.requests import BankSteering
+from app.engine.requests import AppliedLayer, AppliedVector, BankSteering, Positions, SteeringReceipt
 from app.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:  # only named: the engine's import closure stays free of the registry's pydantic and safetensors
@@ -30,16 +31,33 @@ INITIAL_ROWS = 8
 class _Slot:
     layer: int
     row: int
+    digest: str
 
 
 @dataclass(frozen=True)
 class ResolvedSteering:
-    """A row's composite: layer → vector (float32, on the bank's device), and their norms."""
+    """A row's composite: layer → vector (float32, on the bank's device), and the receipt of what it holds."""
 
     layers: dict[int, Tensor]
+    receipt: SteeringReceipt
 
-    def norms(self) -> dict[int, float]:
-        return {layer: float(vector.norm()) for layer, vector in sorted(self.layers.items())}
+
+def compose(parts: Iterable[tuple[int, AppliedVector, Tensor]], positions: Positions) -> ResolvedSteering:
+    """Sum ``weight · vector`` per layer, in the order given, and write the receipt from the very same parts.
+
+    ``weight`` already holds the request's scale; parts of weight zero add nothing and are left out of both.
+    """
+    sums: dict[int, Tensor] = {}
+    applied: dict[int, list[AppliedVector]] = {}
+    for layer, vector, values in parts:
+        if vector.weight == 0.0:
+            continue
+        contribution = vector.weight * values.to(torch.float32)
+        sums[layer] = sums[layer] + contribution if layer in sums else contribution
+        applied.setdefault(layer, []).append(vector)
+    receipt = SteeringReceipt({layer: AppliedLayer(tuple(applied[layer]), float(sums[layer].norm()))
+                               for layer in sorted(sums)}, positions)
+    return ResolvedSteering(sums, receipt)
 
 
 class VectorBank:
@@ -94,7 +112,7 @@ class VectorBank:
             assert table is not None
             row = free.pop()
             table[row] = vector.detach().to(self.device, torch.float32)
-            self._slots[name] = _Slot(layer, row)
+            self._slots[name] = _Slot(layer, row, vector_digest(vector))
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -135,18 +153,17 @@ class VectorBank:
                            param=f"relations.{missing}")
 
     def resolve(self, steering: BankSteering) -> ResolvedSteering:
-        """``scale · Σ wᵢ · vᵢ`` per target layer, summed in the order the weights were given."""
+        """``scale · Σ wᵢ · vᵢ`` per target layer, summed in the order the weights were given, with its receipt:
+        both are made under the bank's lock, so the receipt names exactly the values added."""
         self.check(steering)
-        sums: dict[int, Tensor] = {}
+        parts: list[tuple[int, AppliedVector, Tensor]] = []
         with self._lock:
             for name, weight in steering.weights.items():
                 slot = self._slots.get(name)
                 if slot is None:  # deleted since check(): refuse, never run unsteered
                     raise NotFound(f"no vector named {name[:80]!r} for model {self.model_name}",
                                    param=f"relations.{name}")
-                if weight == 0.0:
-                    continue
                 target = slot.layer if steering.layer is None else steering.layer
-                contribution = weight * self._tables[slot.layer][slot.row]
-                sums[target] = sums[target] + contribution if target in sums else contribution.clone()
-        return ResolvedSteering({layer: (steering.scale * vector).to(torch.float32) for layer, vector in sums.items()})
+                values = self._tables[slot.layer][slot.row].clone()
+                parts.append((target, AppliedVector(name, slot.digest, steering.scale * weight), values))
+        return compose(parts, steering.positions)

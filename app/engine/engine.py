@@ -25,7 +25,14 @@ from transformers import DynamicCache
 from app.engine.bank import VectorBank
 from app.engine.kv_batch import concat_batches, select_rows
 from app.engine.prompt_encoder import PromptEncoder, model_context
-from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult, settle
+from app.engine.requests import (
+    BankSteering,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    SteeringReceipt,
+    settle,
+)
 from app.engine.sampling import make_generator, next_token
 from app.engine.stats import EngineStats, FinishRate
 from app.errors import FvsteerError, GatewayTimeout, NotReady, QueueFull
@@ -46,7 +53,7 @@ class _Row:
     generator: torch.Generator | None
     length: int
     steering: dict[int, Tensor] | None = None  # layer → this row's composite
-    norms: dict[int, float] = field(default_factory=dict)
+    receipt: SteeringReceipt | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""
@@ -313,7 +320,7 @@ class Engine:
                 except FvsteerError as exc:
                     req.fail(exc)
                     continue
-                row.steering, row.norms = resolved.layers or None, resolved.norms()
+                row.steering, row.receipt = resolved.layers or None, resolved.receipt
             rows.append((req, row))
         return rows
 
@@ -462,7 +469,7 @@ class Engine:
             elif row.finish is not None:
                 asked = row.request.params.logprobs is not None
                 result = GenerationResult(
-                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.norms,
+                    row.text, row.tokens, row.finish, len(row.request.prompt_ids), tuple(row.batch_sizes), row.receipt,
                     tuple(row.logprobs) if asked else None,
                 )
                 self.stats.finished[row.finish] += 1

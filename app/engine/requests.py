@@ -67,6 +67,31 @@ class BankSteering:
         return {name: weight for name, weight in self.weights.items() if weight != 0.0}
 
 
+@dataclass(frozen=True)
+class AppliedVector:
+    """One bank vector as a row got it: its content ``digest`` (16 hex digits of the SHA-256 of its float32 values,
+    the key the vLLM plugin pins) and its ``weight`` with the request's scale already multiplied in."""
+
+    name: str
+    digest: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class AppliedLayer:
+    vectors: tuple[AppliedVector, ...]
+    norm: float  # L2 norm of the composite added at this layer
+
+
+@dataclass(frozen=True)
+class SteeringReceipt:
+    """What a backend added to a row, made at the moment it took the vectors (so a vector replaced a moment later
+    never shows up here): per layer, the vectors by name and digest and the composite's norm, and the positions."""
+
+    layers: Mapping[int, AppliedLayer]
+    positions: Positions
+
+
 @dataclass
 class GenerationRequest:
     """One row to generate; ``steering`` None = unsteered.
@@ -97,15 +122,15 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """``steering_norms``: layer → norm of what the backend added there (empty for an unsteered row), reported by
-    the backend that applied it, so that a response never claims steering that did not happen."""
+    """``receipt``: what the backend added (None for an unsteered row), made by the backend that applied it, so
+    that a response never claims steering that did not happen."""
 
     text: str
     token_ids: list[int]
     finish_reason: FinishReason
     prompt_tokens: int
     batch_sizes: tuple[int, ...]
-    steering_norms: dict[int, float] = field(default_factory=dict)
+    receipt: SteeringReceipt | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when the params asked for them
 
     @property

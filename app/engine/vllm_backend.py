@@ -27,20 +27,32 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from fvsteer_vllm.bank import vector_key
+import torch
+from fvsteer_vllm.bank import vector_digest
 from fvsteer_vllm.spec import XARG, Entry, SteeringSpec
 from fvsteer_vllm.state import failure_path
 
-from app.engine.bank import VectorBank
+from app.engine.bank import VectorBank, compose
 from app.engine.prompt_encoder import PromptEncoder
-from app.engine.requests import BankSteering, FinishReason, GenerationRequest, GenerationResult, settle
+from app.engine.requests import (
+    AppliedVector,
+    BankSteering,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    SteeringReceipt,
+    settle,
+)
 from app.engine.stats import EngineStats, FinishRate
 from app.errors import FvsteerError, GatewayTimeout, InvalidInput, NotFound, NotReady, QueueFull
 from app.model.tokens import TokenLogprob
 from app.registry.registry import RegistryChange
+
+if TYPE_CHECKING:
+    from app.registry.vector_file import StoredVector
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +63,25 @@ FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "a
 _NOTHING = object()  # no chunk within POLL_S
 
 
+@dataclass(frozen=True)
+class _Keyed:
+    """A registry vector as the plugin knows it; the values make the receipt's norms (no composite on a device)."""
+
+    digest: str
+    layer: int
+    vector: torch.Tensor
+
+    @classmethod
+    def of(cls, stored: StoredVector) -> _Keyed:
+        vector = stored.vector.detach().to("cpu", torch.float32)
+        return cls(vector_digest(vector), stored.layer, vector)
+
+
 @dataclass
 class _Row:
     request: GenerationRequest
     steering_id: str | None = None  # the plugin's name for a steered row (where it reports a failure)
+    receipt: SteeringReceipt | None = None  # made from the very keys the plugin is sent
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -82,7 +109,7 @@ class VllmBackend:
         self.stats = EngineStats()
         self.fatal: BaseException | None = None
         self._finish_rate = FinishRate()
-        self._keys: dict[str, tuple[str, int]] = {}  # vector name → (bank key, its layer)
+        self._keys: dict[str, _Keyed] = {}  # vector name → what the plugin looks it up by
         self._lock = threading.Lock()
         self._pending: deque[list[GenerationRequest]] = deque()  # groups submitted together stay together
         self._active: dict[asyncio.Task[None], GenerationRequest] = {}  # rows at vLLM (changed under _lock)
@@ -167,26 +194,29 @@ class VllmBackend:
 
     # ------------------------------------------------------------------ the registry
     def on_registry_change(self, change: RegistryChange) -> None:
-        """Keep each vector's bank key (name + digest of its values) and layer, as the plugin will look it up."""
+        """Keep each vector's digest, layer and values: the plugin looks it up as ``<name>@<digest>``."""
         with self._lock:
             if change.kind == "saved" and change.stored is not None:
-                stored = change.stored
-                self._keys[stored.name] = (vector_key(stored.name, stored.vector), stored.layer)
+                self._keys[change.stored.name] = _Keyed.of(change.stored)
             elif change.kind == "deleted" and change.name is not None:
                 self._keys.pop(change.name, None)
             elif change.kind == "reloaded":
-                self._keys = {s.name: (vector_key(s.name, s.vector), s.layer) for s in change.vectors}
+                self._keys = {stored.name: _Keyed.of(stored) for stored in change.vectors}
 
-    def spec(self, steering: BankSteering) -> SteeringSpec:
+    def spec(self, steering: BankSteering) -> tuple[SteeringSpec, SteeringReceipt]:
+        """The plugin's steering and the receipt of it, both from one snapshot of the keys: the plugin applies
+        exactly these digests or fails the row, so the receipt is what was applied."""
         entries = []
+        parts = []
         with self._lock:
             for name, weight in steering.applied.items():
                 if name not in self._keys:
                     raise NotFound(f"no vector named {name[:80]!r} for model {self._name}", param=f"relations.{name}")
-                key, layer = self._keys[name]
-                entries.append(Entry(key, steering.scale * weight,
-                                     layer if steering.layer is None else steering.layer))
-        return SteeringSpec(tuple(entries), steering.positions)
+                keyed = self._keys[name]
+                layer = keyed.layer if steering.layer is None else steering.layer
+                entries.append(Entry(f"{name}@{keyed.digest}", steering.scale * weight, layer))
+                parts.append((layer, AppliedVector(name, keyed.digest, steering.scale * weight), keyed.vector))
+        return SteeringSpec(tuple(entries), steering.positions), compose(parts, steering.positions).receipt
 
     # ------------------------------------------------------------------ on the loop
     @property
@@ -245,7 +275,6 @@ class VllmBackend:
             return
         try:
             body = self._body(request, row)
-            norms = {} if request.steering is None else self.bank.resolve(request.steering).norms()
         except FvsteerError as exc:
             request.fail(exc)
             return
@@ -281,7 +310,7 @@ class VllmBackend:
         if (failure := self._steering_failure(row)) is not None:
             request.fail(NotReady(f"vLLM could not apply this request's steering: {failure}"))
             return
-        self._finish(row, reason, norms)
+        self._finish(row, reason)
 
     def _steering_failure(self, row: _Row) -> str | None:
         """The plugin's report that it ended the row unsteered (its vector gone everywhere, or no bank row free)."""
@@ -314,11 +343,11 @@ class VllmBackend:
         finish = choice.get("finish_reason")
         return FINISH.get(finish, "stop") if finish is not None else None
 
-    def _finish(self, row: _Row, reason: FinishReason, norms: dict[int, float] | None = None) -> None:
+    def _finish(self, row: _Row, reason: FinishReason) -> None:
         self.stats.finished[reason] += 1
         self._finish_rate.finished(time.monotonic())
         asked = row.request.params.logprobs is not None
-        result = GenerationResult(row.text, row.tokens, reason, len(row.request.prompt_ids), (), norms or {},
+        result = GenerationResult(row.text, row.tokens, reason, len(row.request.prompt_ids), (), row.receipt,
                                   tuple(row.logprobs) if asked else None)
         settle(row.request.future, result)
 
@@ -336,8 +365,10 @@ class VllmBackend:
         if params.logprobs is not None:  # vLLM's are the model's own (raw_logprobs), as on the hf backend
             body["logprobs"] = params.logprobs
             body["return_tokens_as_token_ids"] = True
-        spec = None if request.steering is None else self.spec(request.steering)
-        if spec is not None and spec.entries:  # all weights zero: nothing to add, as on the hf backend
+        if request.steering is None:
+            return body
+        spec, row.receipt = self.spec(request.steering)
+        if spec.entries:  # all weights zero: nothing to add, as on the hf backend
             row.steering_id = uuid.uuid4().hex
             body["vllm_xargs"] = {XARG: dataclasses.replace(spec, request_id=row.steering_id).dumps()}
             body["cache_salt"] = cache_salt(spec, len(request.prompt_ids))

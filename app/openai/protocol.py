@@ -254,6 +254,8 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: UsageInfo | None = None
+    steering: Steering | None = Field(None, description="fvsteer: on a choice's last chunk, what was added to that "
+                                      "choice (absent: unsteered).")
 
 
 class CompletionChunk(BaseModel):
@@ -263,6 +265,8 @@ class CompletionChunk(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
+    steering: Steering | None = Field(None, description="fvsteer: on a choice's last chunk, what was added to that "
+                                      "choice (absent: unsteered).")
 
 
 class PresetSteering(BaseModel):

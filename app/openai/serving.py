@@ -43,7 +43,7 @@ from app.openai.protocol import (
     UsageInfo,
 )
 from app.services.completions import await_rows
-from app.services.results import LayerNorm, Steering
+from app.services.results import Steering
 from app.services.scoring import ScoringService
 
 MAX_ROWS = 64  # prompts × n of one request
@@ -134,8 +134,8 @@ class OpenAIServing:
                          results: Sequence[GenerationResult | None]) -> Steering | None:
         if steering is None:
             return None
-        norms = next((r.steering_norms for r in results if r is not None and r.steering_norms), {})
-        return Steering(relations=steering.applied, layers={k: LayerNorm(norm=v) for k, v in norms.items()})
+        receipt = next((r.receipt for r in results if r is not None and r.receipt is not None), None)
+        return Steering.of(steering, receipt)
 
     def _logprob_entry(self, item: TokenLogprob) -> tuple[str, dict[str, float]]:
         top = {self.prompts.token_text(token): logprob for token, logprob in item.top}
@@ -210,8 +210,10 @@ class OpenAIServing:
                                  events: AsyncIterator[tuple[int, str | GenerationResult]]) -> AsyncIterator[str]:
         stream_id, created = _id("cmpl"), int(time.time())
 
-        def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
-            body = CompletionChunk(id=stream_id, created=created, model=request.model, choices=choices, usage=usage)
+        def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None,
+                  steering: Steering | None = None) -> str:
+            body = CompletionChunk(id=stream_id, created=created, model=request.model, choices=choices, usage=usage,
+                                   steering=steering)
             return _sse(body.model_dump_json(exclude_none=usage is None))
 
         results: list[GenerationResult | None] = [None] * (len(batch.prompts) * batch.n)
@@ -229,7 +231,8 @@ class OpenAIServing:
                 continue
             results[index] = item
             final = self._completion_choice(request, batch, echoed, index, item)
-            yield chunk([final.model_copy(update={"text": ""})])  # the text came in pieces; the logprobs come here
+            # the text came in pieces; the logprobs and the receipt come here
+            yield chunk([final.model_copy(update={"text": ""})], steering=self._steering_report(batch.steering, [item]))
         if request.stream_options is not None and request.stream_options.include_usage:
             yield chunk([], _usage(batch, results))
         yield "data: [DONE]\n\n"
@@ -279,9 +282,10 @@ class OpenAIServing:
                            events: AsyncIterator[tuple[int, str | GenerationResult]]) -> AsyncIterator[str]:
         stream_id, created = _id("chatcmpl"), int(time.time())
 
-        def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
+        def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None,
+                  steering: Steering | None = None) -> str:
             body = ChatCompletionChunk(id=stream_id, created=created, model=request.model, choices=choices,
-                                       usage=usage)
+                                       usage=usage, steering=steering)
             return _sse(body.model_dump_json(exclude_none=usage is None))
 
         results: list[GenerationResult | None] = [None] * len(batch.rows)
@@ -293,7 +297,8 @@ class OpenAIServing:
                 continue
             results[index] = item
             yield chunk([ChatChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason,
-                                         logprobs=self._chat_logprobs(request, item.logprobs or ()))])
+                                         logprobs=self._chat_logprobs(request, item.logprobs or ()))],
+                        steering=self._steering_report(batch.steering, [item]))
         if request.stream_options is not None and request.stream_options.include_usage:
             yield chunk([], _usage(batch, results))
         yield "data: [DONE]\n\n"

@@ -21,6 +21,8 @@ class VectorSummary(BaseModel):
     norm: float
     method: str
     model: str
+    digest: str = Field(description="First 16 hex digits of the SHA-256 of the float32 values: what a steering "
+                        "receipt names.")
 
 
 class VectorInfo(VectorSummary):
@@ -42,9 +44,10 @@ class VectorMetadata(VectorInfo):
     template: str
 
     @classmethod
-    def from_strings(cls, strings: dict[str, str]) -> VectorMetadata:
-        """Decode the file's strings: JSON fields, integers, the norm (absent ones take neutral values)."""
-        values: dict[str, Any] = dict(strings)
+    def from_strings(cls, strings: dict[str, str], digest: str) -> VectorMetadata:
+        """Decode the file's strings: JSON fields, integers, the norm (absent ones take neutral values); ``digest``
+        is the values' (never stored: it cannot disagree with them)."""
+        values: dict[str, Any] = {**strings, "digest": digest}
         for key in JSON_FIELDS:
             values[key] = json.loads(strings.get(key) or ("[]" if key == "heads" else "{}"))
         for key in INT_FIELDS:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fvsteer_vllm.bank import vector_digest
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
@@ -38,7 +39,8 @@ class StoredVector:
     meta: VectorMetadata = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "meta", VectorMetadata.from_strings(self.metadata))
+        object.__setattr__(self, "meta", VectorMetadata.from_strings(self.metadata,
+                                                                           vector_digest(self.vector)))
 
     @property
     def name(self) -> str:

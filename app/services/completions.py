@@ -19,7 +19,7 @@ from app.engine.backend import GenerationBackend
 from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
-from app.services.results import Baseline, CompleteResponse, LayerNorm, Steering, TextPiece, Usage
+from app.services.results import Baseline, CompleteResponse, Steering, TextPiece, Usage
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,7 @@ class CompletionService:
         result = results[0]
         steering = None
         if prepared.steering is not None:
-            steering = Steering(relations=prepared.steering.applied,
-                                layers={layer: LayerNorm(norm=norm) for layer, norm in result.steering_norms.items()})
+            steering = Steering.of(prepared.steering, result.receipt)
         baseline = None
         if prepared.spec.return_baseline:
             baseline = Baseline(text=results[1].text, finish_reason=results[1].finish_reason)

@@ -11,18 +11,42 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.engine.requests import BankSteering, SteeringReceipt
+
 FinishReason = Literal["stop", "length", "timeout", "cancelled"]
 CacheBackend = Literal["memory", "redis", "degraded"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-class LayerNorm(BaseModel):
+class AppliedVector(BaseModel):
+    name: str
+    digest: str = Field(description="First 16 hex digits of the SHA-256 of the vector's float32 values: the exact "
+                        "vector added, whatever its name holds now.")
+    weight: float = Field(description="Its weight times the request's scale.")
+
+
+class SteeringLayer(BaseModel):
     norm: float = Field(description="L2 norm of the composite added at this layer.")
+    vectors: list[AppliedVector] = Field(description="What the composite sums, in the order given.")
 
 
 class Steering(BaseModel):
-    relations: dict[str, float] = Field(description="The weights applied (zero weights dropped).")
-    layers: dict[int, LayerNorm] = Field(description="Layer → what was added there.")
+    """The steering receipt: made by the backend when it took the vectors, so it states what was applied."""
+
+    relations: dict[str, float] = Field(description="The weights asked for (zero weights dropped).")
+    scale: float
+    positions: Literal["fv", "all"] = Field(description="'fv': the last prompt token and every generated token; "
+                                            "'all': every token.")
+    layers: dict[int, SteeringLayer] = Field(description="Layer → what was added there.")
+
+    @classmethod
+    def of(cls, steering: BankSteering, receipt: SteeringReceipt | None) -> Steering:
+        """The response's steering from a backend's receipt (none: every weight was zero, nothing was added)."""
+        layers = {} if receipt is None else {
+            layer: SteeringLayer(norm=applied.norm, vectors=[
+                AppliedVector(name=v.name, digest=v.digest, weight=v.weight) for v in applied.vectors])
+            for layer, applied in receipt.layers.items()}
+        return cls(relations=steering.applied, scale=steering.scale, positions=steering.positions, layers=layers)
 
 
 class Baseline(BaseModel):

@@ -27,7 +27,7 @@ from app.model.logprobs import next_token_logprobs, sequence_logprobs
 from app.model.runner import ModelRunner, Runner, offload
 from app.model.tokens import TokenLogprob
 from app.services.inputs import ScoreInput
-from app.services.results import ContinuationScore, LayerNorm, ScoredToken, ScoreResponse, ScoreUsage, Steering
+from app.services.results import ContinuationScore, ScoredToken, ScoreResponse, ScoreUsage, Steering
 
 R = TypeVar("R")
 
@@ -52,9 +52,7 @@ class ScoringService:
         if steering is None:
             return None, None
         resolved = self.bank.resolve(steering)
-        report = Steering(relations=steering.applied,
-                          layers={layer: LayerNorm(norm=norm) for layer, norm in resolved.norms().items()})
-        return resolved.layers or None, report
+        return resolved.layers or None, Steering.of(steering, resolved.receipt)
 
     async def score(self, spec: ScoreInput) -> ScoreResponse:
         """``log p(continuation | prompt)`` of each continuation, with the FV policy applied as in generation."""

@@ -21,17 +21,34 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class AppliedVector(_Model):
+    """One vector of a composite: ``digest`` pins its exact values (16 hex digits of the SHA-256 of its float32
+    values), ``weight`` includes the request's scale."""
+
+    name: str
+    digest: str
+    weight: float
+
+
 class SteeringLayer(_Model):
     """What was added at one layer: ``norm`` is the L2 norm of the composite vector applied there."""
 
     norm: float
+    vectors: list[AppliedVector]
 
 
 class Steering(_Model):
-    """The steering the server actually applied; ``layers`` is keyed by layer index."""
+    """The steering receipt: what the server actually applied, made when the backend took the vectors;
+    ``layers`` is keyed by layer index."""
 
     relations: dict[str, float]
+    scale: float
+    positions: Literal["fv", "all"]
     layers: dict[int, SteeringLayer]
+
+    def digests(self) -> dict[str, str]:
+        """Vector name → digest of the values applied, over every layer."""
+        return {vector.name: vector.digest for layer in self.layers.values() for vector in layer.vectors}
 
 
 class Baseline(_Model):
@@ -75,6 +92,7 @@ class VectorSummary(_Model):
     norm: float
     method: str
     model: str
+    digest: str  # what a steering receipt names: 16 hex digits of the SHA-256 of the float32 values
 
 
 class VectorInfo(VectorSummary):
@@ -108,6 +126,7 @@ class VectorMetadata(_Model):
     created: str
     metrics: dict[str, Any] = Field(default_factory=dict)
     norm: float
+    digest: str
     format: str | None = None
 
 

@@ -319,8 +319,11 @@ async function runSteer(event) {
 
 function showCompletion(done) {
   $("steered-text").textContent = done.text;  // the final text (stop strings removed)
+  // The receipt: per layer, each vector as name@digest (the exact values applied) and the composite's norm.
+  const applied = (added) => added.vectors.map((v) => `${v.name}@${v.digest.slice(0, 8)}`).join(" + ");
   const layers = done.steering
-    ? Object.entries(done.steering.layers).map(([layer, added]) => `layer ${layer}: ‖v‖ ${fmt(added.norm, 1)}`).join(", ")
+    ? Object.entries(done.steering.layers)
+      .map(([layer, added]) => `layer ${layer}: ${applied(added)} ‖v‖ ${fmt(added.norm, 1)}`).join(", ")
     : "unsteered";
   $("steered-meta").textContent = `${done.finish_reason} · ${done.usage.completion_tokens} tokens · ${layers}`;
   if (done.baseline) {
