@@ -1,4 +1,5 @@
-"""``vectors list | show | import | delete | decode`` and ``eval``: the registry of a running server, through the SDK.
+"""``vectors list | show | import | export | delete | decode`` and ``eval``: the registry of a running server,
+through the SDK.
 
 ``eval --plot`` draws with matplotlib, imported only then (``plots.py``), so that listing vectors stays fast; it is
 the ``plots`` extra (``pip install 'fvsteer[plots]'``), not in the server image.
@@ -88,6 +89,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "gguf")
+    with connect(args) as client:
+        data = client.export_vector(args.name, fmt)
+    Path(args.output).write_bytes(data)
+    err(f"wrote {args.name} as {fmt} to {args.output} ({len(data)} bytes)")
+    return EXIT_OK
+
+
 def _cmd_delete(args: argparse.Namespace) -> int:
     with connect(args) as client:
         deleted = client.admin.delete_vector(args.name)
@@ -170,6 +180,15 @@ def add_vectors_parser(commands: Subcommands) -> None:
     imp.add_argument("--relation", help="relation it encodes (defaults to what the server chooses)")
     imp.add_argument("--json", action="store_true", help="print the stored metadata as JSON")
     imp.set_defaults(handler=_cmd_import)
+
+    export = sub.add_parser("export", help="download a vector as a GGUF control vector or a safetensors file",
+                            description="A GGUF control vector loads in llama.cpp (--control-vector) and repeng; "
+                                        "llama.cpp adds it at every position (fvsteer's positions 'all').")
+    export.add_argument("name")
+    export.add_argument("-o", "--output", required=True, help="file to write (.gguf or .safetensors)")
+    export.add_argument("--format", choices=("gguf", "safetensors"),
+                        help="default: from the output's suffix (.safetensors), else gguf")
+    export.set_defaults(handler=_cmd_export)
 
     delete = sub.add_parser("delete", help="remove a vector from the registry (admin)")
     delete.add_argument("name")

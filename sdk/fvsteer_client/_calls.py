@@ -74,6 +74,7 @@ class _Call(Generic[T]):
     params: dict[str, Any] | None = None
     accept: str | None = None
     admin: bool = False
+    raw: bool = False  # the answer is a file: ``parse`` gets its bytes, not decoded JSON
 
 
 def _segment(value: str) -> str:
@@ -125,6 +126,10 @@ def _list_vectors_call() -> _Call[list[VectorSummary]]:
 
 def _get_vector_call(name: str) -> _Call[VectorInfo]:
     return _Call("GET", f"/vectors/{_segment(name)}", VectorInfo.model_validate)
+
+
+def _export_call(name: str, format: Literal["gguf", "safetensors"]) -> _Call[bytes]:
+    return _Call("GET", f"/vectors/{_segment(name)}/export", bytes, params={"format": format}, raw=True)
 
 
 def _extract_call(name: str, options: Mapping[str, Any]) -> _Call[Job]:

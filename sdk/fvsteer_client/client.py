@@ -26,6 +26,7 @@ from fvsteer_client._calls import (
     _delete_call,
     _delete_preset_call,
     _evaluate_call,
+    _export_call,
     _extract_call,
     _finetune_call,
     _get_job_call,
@@ -159,7 +160,7 @@ class _BaseClient:
     def _finish(call: _Call[T], response: httpx.Response) -> T:
         if not response.is_success:
             raise error_from_response(response)
-        return _parse(call, response.status_code, response.json)
+        return _parse(call, response.status_code, (lambda: response.content) if call.raw else response.json)
 
 
 class _BaseAdmin(Generic[C]):
@@ -296,6 +297,11 @@ class Client(_BaseClient):
     def decode_vector(self, name: str, k: int = 10) -> DecodedVector:
         """``GET /vectors/{name}/decode``: the ``k`` tokens the vector promotes most (logit lens)."""
         return self._send(_decode_call(name, k))
+
+    def export_vector(self, name: str, format: Literal["gguf", "safetensors"] = "gguf") -> bytes:
+        """``GET /vectors/{name}/export``: the vector as a file — a GGUF control vector (llama.cpp's
+        ``--control-vector``, repeng) or fvsteer's safetensors file (``admin.upload_vector`` takes it back)."""
+        return self._send(_export_call(name, format))
 
     def get_job(self, job: JobRef) -> Job:
         """``GET /jobs/{id}``: the job's current state; ``NotFoundError`` for an unknown id."""
@@ -467,6 +473,10 @@ class AsyncClient(_BaseClient):
     async def decode_vector(self, name: str, k: int = 10) -> DecodedVector:
         """See ``Client.decode_vector``."""
         return await self._send(_decode_call(name, k))
+
+    async def export_vector(self, name: str, format: Literal["gguf", "safetensors"] = "gguf") -> bytes:
+        """See ``Client.export_vector``."""
+        return await self._send(_export_call(name, format))
 
     async def get_job(self, job: JobRef) -> Job:
         """See ``Client.get_job``."""

@@ -1,10 +1,10 @@
-"""Vectors: listing, extraction and fine-tuning jobs, evaluation, decoding."""
+"""Vectors: listing, extraction and fine-tuning jobs, evaluation, decoding, export."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.api.admission import Admission
 from app.api.disconnect import unless_disconnected
@@ -22,6 +22,7 @@ from app.api.schemas import (
     VectorList,
 )
 from app.model.runner import offload
+from app.registry.export import ExportFormat, export_vector
 from app.registry.names import check_name
 from app.runtime import Services
 
@@ -93,3 +94,22 @@ async def decode_vector(
     async with gate.slot():
         return await unless_disconnected(request, offload(svc.runner, lambda run: svc.vectors.decode(
             name, k, run=run)))
+
+
+@router.get(
+    "/vectors/{name}/export",
+    response_class=Response,
+    responses={**ERROR_RESPONSES, **NOT_FOUND, 200: {
+        "content": {"application/octet-stream": {}},
+        "description": "The vector as a file: a GGUF control vector (llama.cpp's --control-vector, repeng) or "
+                       "fvsteer's safetensors file (POST /admin/vectors takes it back).",
+    }},
+)
+def export_vector_file(name: str, format: Annotated[ExportFormat, Query()] = "gguf",
+                       svc: Services = Depends(services)) -> Response:
+    """Download a vector for another tool. GGUF keeps the values bit for bit and fvsteer's metadata as
+    ``fvsteer.*`` strings; llama.cpp adds it at every position (fvsteer's ``positions: all``)."""
+    stored = svc.registry.get(check_name(name))
+    data = export_vector(stored, format, svc.runner.handle.adapter.model_type)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{stored.name}.{format}"'})
