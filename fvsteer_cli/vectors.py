@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fvsteer_client import Client, DecodedVector, EvaluateOptions, Evaluation, VectorInfo
 
@@ -90,7 +90,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "gguf")
+    fmt: Literal["gguf", "safetensors"] = args.format or (
+        "safetensors" if args.output.endswith(".safetensors") else "gguf")
     with connect(args) as client:
         data = client.export_vector(args.name, fmt)
     Path(args.output).write_bytes(data)
