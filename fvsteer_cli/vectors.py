@@ -174,10 +174,12 @@ def add_vectors_parser(commands: Subcommands) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_cmd_show)
 
-    imp = sub.add_parser("import", help="upload a safetensors vector (admin)")
-    imp.add_argument("file", help="safetensors file holding a float tensor 'vector' of shape [d_model]")
+    imp = sub.add_parser("import", help="upload a safetensors vector or a GGUF control vector (admin)")
+    imp.add_argument("file", help="safetensors file holding a float tensor 'vector' of shape [d_model], or a GGUF "
+                                  "control vector (llama.cpp, repeng) with one direction.<layer>")
     imp.add_argument("--name", required=True)
-    imp.add_argument("--layer", required=True, type=int, help="decoder block whose output it is added to")
+    imp.add_argument("--layer", type=int, help="decoder block whose output it is added to (required for "
+                                               "safetensors; a GGUF control vector names its own)")
     imp.add_argument("--relation", help="relation it encodes (defaults to what the server chooses)")
     imp.add_argument("--json", action="store_true", help="print the stored metadata as JSON")
     imp.set_defaults(handler=_cmd_import)

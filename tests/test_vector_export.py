@@ -1,6 +1,7 @@
 """``GET /vectors/{name}/export``, the SDK's ``export_vector`` and ``fvsteer vectors export``: a registry vector as a
 GGUF control vector that the ``gguf`` package's reader (llama.cpp's layout) reads back bit for bit, with fvsteer's
-metadata as provenance, or as fvsteer's safetensors file, which the admin upload takes back unchanged."""
+metadata as provenance, or as fvsteer's safetensors file; the admin upload takes either back with the same digest,
+and refuses a control vector that does not fit the served model, naming the parameter."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fvsteer_client import Client
 from gguf import GGUFReader
 from safetensors.torch import load
 
+from app.registry.control_vector import ControlVector, write_control_vector
 from fvsteer_cli.main import main
 from tests.conftest import LiveServer
 from tests.test_api import upload, vector_bytes
@@ -87,3 +89,47 @@ def test_sdk_and_cli_write_the_same_file(live_server: LiveServer, exported: tupl
     assert target.read_bytes() == data == export(live_server, name, "gguf").content
     assert f"wrote {name} as gguf" in capsys.readouterr().err
     assert GGUFReader(target).tensors[0].name == "direction.2"
+
+
+def test_a_gguf_export_imports_back_bit_for_bit_with_its_provenance(live_server: LiveServer,
+                                                                    exported: tuple[str, torch.Tensor]) -> None:
+    name, vector = exported
+    data = export(live_server, name, "gguf").content
+    copy = f"{name}-gguf"
+    with Client(live_server.url, admin_token=live_server.admin_token) as client:
+        meta = client.admin.upload_vector(data, name=copy)  # no layer: the file's direction.2 says it
+        original, again = client.get_vector(name), client.get_vector(copy)
+    assert (meta.layer, meta.method, meta.relation) == (2, "gguf-control-vector", original.relation)
+    assert meta.provenance["fvsteer.name"] == name and meta.provenance["fvsteer.layer"] == "2"
+    assert again.digest == original.digest and again.norm == original.norm  # the same float32 values
+    assert load(export(live_server, copy, "safetensors").content)["vector"].equal(vector)
+
+
+def test_gguf_imports_that_do_not_fit_are_refused_by_name(live_server: LiveServer, tmp_path: Path,
+                                                          exported: tuple[str, torch.Tensor]) -> None:
+    name, _ = exported
+    data = export(live_server, name, "gguf").content
+
+    def post(content: bytes, **form: str) -> httpx.Response:
+        return httpx.post(f"{live_server.url}/admin/vectors", files={"file": ("v.gguf", content)},
+                          data={"name": f"bad-{secrets.token_hex(3)}", **form},
+                          headers={"Authorization": f"Bearer {live_server.admin_token}"}, timeout=30)
+
+    def control(directions: dict[int, np.ndarray]) -> bytes:
+        path = tmp_path / f"cv-{secrets.token_hex(3)}.gguf"
+        write_control_vector(ControlVector(directions, "llama"), path)
+        return path.read_bytes()
+
+    d = live_server.d_model
+    cases = [
+        (post(data, layer="3"), "layer", "steers layer 2"),
+        (post(control({1: np.ones(d + 1, np.float32)})), "file", f"hidden size is {d}"),
+        (post(control({live_server.n_layers: np.ones(d, np.float32)})), "file", "past the served model's last"),
+        (post(control({1: np.ones(d, np.float32), 2: np.ones(d, np.float32)})), "file", "one file per layer"),
+        (post(b"GGUF" + b"\0" * 20), "file", "GGUF"),
+        (post(vector_bytes(d)), "layer", "required for a safetensors file"),
+    ]
+    for response, param, words in cases:
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and words in error["message"], error

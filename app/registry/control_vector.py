@@ -25,6 +25,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from app.errors import InvalidInput
 
 ARCHITECTURE = "controlvector"
+GGUF_MAGIC = b"GGUF"  # a GGUF file's first four bytes
 MODEL_HINT_KEY = "controlvector.model_hint"
 LAYER_COUNT_KEY = "controlvector.layer_count"
 DIRECTION = re.compile(r"^direction\.(\d+)$")

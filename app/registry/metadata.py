@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-JSON_FIELDS = ("heads", "metrics")
+JSON_FIELDS = ("heads", "metrics", "provenance")
 INT_FIELDS = ("d_model", "layer", "n_pairs")
 
 
@@ -42,6 +42,8 @@ class VectorMetadata(VectorInfo):
     dataset_sha256: str
     n_pairs: int
     template: str
+    provenance: dict[str, str] = Field(default_factory=dict, description="An imported file's own metadata (a "
+                                       "GGUF control vector's keys), kept as it came.")
 
     @classmethod
     def from_strings(cls, strings: dict[str, str], digest: str) -> VectorMetadata:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Literal
 import torch
 
 from app.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from app.registry.control_vector import GGUF_MAGIC, read_control_vector
 from app.registry.names import check_name
 from app.registry.vector_file import (
     FORMAT,
@@ -301,14 +303,45 @@ class VectorRegistry:
                                 f"{self.max_vectors} (FVSTEER_MAX_VECTORS, and with vLLM its bank): delete one first",
                                 param="name")
 
-    def import_bytes(self, data: bytes, name: str, layer: int, relation: str | None) -> StoredVector:
-        """An uploaded safetensors file, validated against the loaded model."""
+    def import_bytes(self, data: bytes, name: str, layer: int | None, relation: str | None) -> StoredVector:
+        """An uploaded file — fvsteer's safetensors or a GGUF control vector — validated against the loaded model."""
         check_name(name)
-        if not 0 <= layer < self.model.n_layers:
-            raise InvalidInput(f"layer {layer} is outside the model's 0..{self.model.n_layers - 1}", param="layer")
+        if data[:4] == GGUF_MAGIC:
+            return self._import_control_vector(data, name, layer, relation)
+        if layer is None:
+            raise InvalidInput("layer is required for a safetensors file (a GGUF control vector names its own)",
+                               param="layer")
+        self._check_layer(layer)
         vector = vector_from_bytes(data, self.model.d_model)
         metadata = {"name": name, "layer": str(layer), "relation": relation or name, "method": "imported"}
         return self.add(vector, metadata)
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.model.n_layers:
+            raise InvalidInput(f"layer {layer} is outside the model's 0..{self.model.n_layers - 1}", param="layer")
+
+    def _import_control_vector(self, data: bytes, name: str, layer: int | None, relation: str | None) -> StoredVector:
+        """A llama.cpp control vector (``direction.<layer>``): its values kept bit for bit (F16 widened to F32), its
+        metadata kept as provenance; a file fvsteer exported gets its relation back."""
+        with tempfile.TemporaryDirectory(prefix="fvsteer-import-") as folder:
+            path = Path(folder) / "upload.gguf"
+            path.write_bytes(data)
+            control = read_control_vector(path)
+        control.check_model(self.model.n_layers, self.model.d_model)
+        if len(control.directions) != 1:
+            raise InvalidInput(f"the control vector has directions at {len(control.directions)} layers "
+                               f"({', '.join(map(str, control.layers[:8]))}…); a registry vector steers one layer: "
+                               "split it into one file per layer", param="file")
+        (found,) = control.layers
+        if layer is not None and layer != found:
+            raise InvalidInput(f"layer {layer} was given but the control vector steers layer {found}", param="layer")
+        ours = control.provenance
+        metadata = {"name": name, "layer": str(found), "method": "gguf-control-vector",
+                    "relation": relation or ours.get("fvsteer.relation") or name,
+                    "provenance": json.dumps(ours, sort_keys=True)}
+        if control.model_hint:
+            metadata["model_hint"] = control.model_hint
+        return self.add(torch.from_numpy(control.directions[found].copy()), metadata)
 
     def delete(self, name: str) -> None:
         """Remove a vector from disk and memory; 404 when it is not there, also when another process has just

@@ -185,14 +185,17 @@ def _admin_list_call() -> _Call[AdminVectorListing]:
     return _Call("GET", "/admin/vectors", AdminVectorListing.model_validate, admin=True)
 
 
-def _upload_call(source: VectorSource, name: str, layer: int, relation: str | None) -> _Call[VectorMetadata]:
+def _upload_call(source: VectorSource, name: str, layer: int | None, relation: str | None
+                 ) -> _Call[VectorMetadata]:
     """Read the file up front: uploads are small (one [d_model] tensor) and a bytes body can be retried."""
     if isinstance(source, bytes):
-        filename, content = f"{name}.safetensors", source
+        filename, content = f"{name}.{'gguf' if source[:4] == b'GGUF' else 'safetensors'}", source
     else:
         path = Path(source)
         filename, content = path.name, path.read_bytes()
-    data = {"name": name, "layer": str(int(layer))}
+    data = {"name": name}
+    if layer is not None:
+        data["layer"] = str(int(layer))
     if relation is not None:
         data["relation"] = relation
     files = {"file": (filename, content, "application/octet-stream")}

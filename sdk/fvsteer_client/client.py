@@ -348,9 +348,10 @@ class Admin(_BaseAdmin[Client]):
         return self._client._send(_admin_list_call())
 
     def upload_vector(
-        self, path_or_bytes: VectorSource, *, name: str, layer: int, relation: str | None = None
+        self, path_or_bytes: VectorSource, *, name: str, layer: int | None = None, relation: str | None = None
     ) -> VectorMetadata:
-        """``POST /admin/vectors``: a safetensors file holding tensor ``vector`` of shape [d_model]."""
+        """``POST /admin/vectors``: a safetensors file holding tensor ``vector`` of shape [d_model] (``layer``
+        required), or a GGUF control vector with one ``direction.<layer>`` (its layer is the file's)."""
         return self._client._send(_upload_call(path_or_bytes, name, layer, relation))
 
     def delete_vector(self, name: str) -> DeletedVector:
@@ -513,7 +514,7 @@ class AsyncAdmin(_BaseAdmin[AsyncClient]):
         return await self._client._send(_admin_list_call())
 
     async def upload_vector(
-        self, path_or_bytes: VectorSource, *, name: str, layer: int, relation: str | None = None
+        self, path_or_bytes: VectorSource, *, name: str, layer: int | None = None, relation: str | None = None
     ) -> VectorMetadata:
         """See ``Admin.upload_vector``; the file is read in a worker thread so the event loop never blocks on disk."""
         return await self._client._send_built(_upload_call, path_or_bytes, name, layer, relation)

@@ -128,6 +128,7 @@ class VectorMetadata(_Model):
     norm: float
     digest: str
     format: str | None = None
+    provenance: dict[str, str]
 
 
 class RefusedVector(_Model):

@@ -35,13 +35,16 @@ def admin_list_vectors(svc: Services = Depends(services)) -> AdminVectorList:
 )
 async def admin_upload_vector(
     request: Request,
-    file: Annotated[UploadFile, File(description="safetensors file with a float tensor 'vector' of [d_model]")],
+    file: Annotated[UploadFile, File(description="safetensors file with a float tensor 'vector' of [d_model], or a "
+                                                 "GGUF control vector with one direction.<layer>")],
     name: Annotated[str, Form(description="Name of the new vector")],
-    layer: Annotated[int, Form(ge=0, description="Decoder block the vector is added at")],
+    layer: Annotated[int | None, Form(ge=0, description="Decoder block the vector is added at (a GGUF control "
+                                      "vector names its own)")] = None,
     relation: Annotated[str | None, Form(max_length=64, description="Relation it encodes; default: name")] = None,
     svc: Services = Depends(services),
 ) -> VectorMetadata:
-    """Import a vector made elsewhere; it is validated against the loaded model and usable at once."""
+    """Import a vector made elsewhere (fvsteer's safetensors file, or a llama.cpp / repeng control vector); it is
+    validated against the loaded model and usable at once."""
     limit: int = request.app.state.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
