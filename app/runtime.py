@@ -27,7 +27,6 @@ from app.openai.model_ids import ModelIds
 from app.openai.serving import OpenAIServing
 from app.registry.registry import VectorRegistry
 from app.registry.sync import RegistrySync, start_registry_sync
-from app.registry.vector_file import read_vector_metadata
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
 from app.services.presets import PresetStore
@@ -212,11 +211,11 @@ class Runtime:
         if settings.role == "all":
             return LocalJobs(JobManager(settings.jobs_dir or settings.cache_dir / "jobs", settings.job_retention_s,
                                         settings.max_job_records),
-                             name_exists=lambda name: saved_by(registry, name) is not None)
+                             name_exists=lambda name: registry.saved_by(name) is not None)
         if settings.redis_url is None:
             raise RuntimeError(f"FVSTEER_ROLE={settings.role} needs FVSTEER_REDIS_URL (the job queue)")
         return RedisJobs(settings.redis_url, registry.model.slug, heartbeat_s=settings.job_heartbeat_s,
-                         run_jobs=settings.role == "worker", saved_by=lambda name: saved_by(registry, name),
+                         run_jobs=settings.role == "worker", saved_by=registry.saved_by,
                          retention_s=settings.job_retention_s)
 
     def _start_vllm(self, bundle: ModelBundle, engine: Engine) -> VllmBackend:
@@ -252,15 +251,3 @@ class Runtime:
         request = GenerationRequest(backend.encode("Hello", 2), SamplingParams(max_new_tokens=2))
         backend.submit([request])
         request.future.result(timeout=300)
-
-
-def saved_by(registry: VectorRegistry, name: str) -> str | None:
-    """The job that saved the vector ``name`` ("" if none did), None when there is no such vector — read from the
-    shared folder itself, which another process may have written a moment ago."""
-    path = registry.folder / f"{name}.safetensors"
-    try:
-        return read_vector_metadata(path).get("job", "")
-    except FileNotFoundError:
-        return None
-    except Exception:  # a file that cannot be read still takes the name
-        return ""

@@ -35,6 +35,7 @@ from app.registry.vector_file import (
     create_vector_file,
     file_id,
     read_vector_file,
+    read_vector_metadata,
     vector_from_bytes,
     vector_norm,
 )
@@ -295,6 +296,16 @@ class VectorRegistry:
             self.notify_peers(Notice("vector", "saved", name))
         log.info("saved vector %s (layer %s, norm %.3f)", name, full["layer"], float(full["norm"]))
         return stored
+
+    def saved_by(self, name: str) -> str | None:
+        """The job that saved the vector ``name`` ("" if none did), None when there is no such vector — read from the
+        folder itself, which another process may have written a moment ago."""
+        try:
+            return read_vector_metadata(self._path(name)).get("job", "")
+        except FileNotFoundError:
+            return None
+        except Exception:  # a file that cannot be read still takes the name
+            return ""
 
     def check_room(self) -> None:
         """507 when one more vector would pass the quota (checked again at the save itself)."""
