@@ -1,4 +1,5 @@
-"""``extract``, ``finetune`` and ``jobs show | cancel``: background jobs on a running server, through the SDK.
+"""``extract``, ``finetune``, ``contrast`` and ``jobs show | cancel``: background jobs on a running server, through
+the SDK.
 
 A submitted job is followed with a tqdm bar on stderr (tqdm imported only then); Ctrl-C while following cancels
 the job, since the user wants it gone, not running on unwatched. Summaries read the SDK's typed results.
@@ -10,10 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from fvsteer_client import (
     Client,
+    ContrastResult,
     ExtractOptions,
     ExtractResult,
     FinetuneOptions,
@@ -27,6 +30,7 @@ from fvsteer_cli.output import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_USAGE,
     dump_json,
     err,
     fields,
@@ -41,7 +45,7 @@ from fvsteer_cli.remote import connect, request
 Lines = list[tuple[str, object]]
 
 
-def _vector_lines(result: ExtractResult | FinetuneResult) -> Lines:
+def _vector_lines(result: ExtractResult | FinetuneResult | ContrastResult) -> Lines:
     return [("vector", result.vector), ("layer", result.layer), ("norm", fmt_norm(result.norm))]
 
 
@@ -74,14 +78,22 @@ def _finetune_summary(result: FinetuneResult) -> Lines:
     return lines
 
 
+def _contrast_summary(result: ContrastResult) -> Lines:
+    return [*_vector_lines(result), ("method", f"{result.method} (normalize {result.normalize})"),
+            ("separation", f"{result.separation:.2f} of {result.n_pairs} pairs differ the vector's way"),
+            ("time", f"{result.seconds:.1f} s")]
+
+
 def _summary(job: Job) -> Lines | None:
-    """The summary of a succeeded extraction or fine-tuning; None for any other job."""
+    """The summary of a succeeded job; None before that."""
     if job.state != "succeeded":
         return None
     if (extracted := job.extract_result) is not None:
         return _extraction_summary(extracted)
     if (finetuned := job.finetune_result) is not None:
         return _finetune_summary(finetuned)
+    if (contrasted := job.contrast_result) is not None:
+        return _contrast_summary(contrasted)
     return None
 
 
@@ -189,6 +201,23 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return _run_job(args, lambda client: client.finetune(args.name, **options))
 
 
+def _contrast_pairs(path: str) -> list[tuple[str, str]]:
+    """A JSON list of ``{"positive", "negative"}`` objects or ``[positive, negative]`` lists."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [(item["positive"], item["negative"]) if isinstance(item, dict) else (item[0], item[1]) for item in data]
+
+
+def _cmd_contrast(args: argparse.Namespace) -> int:
+    try:
+        pairs = _contrast_pairs(args.pairs)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        err(f'error: --pairs {args.pairs}: expected a JSON list of {{"positive", "negative"}} objects: {exc!r}')
+        return EXIT_USAGE
+    return _run_job(args, lambda client: client.contrast(
+        args.name, pairs, layer=args.layer, method=args.method, normalize=args.normalize, template=args.template,
+        relation=args.relation))
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     return request(args, lambda client: client.get_job(args.id), lambda job: fields(_job_fields(job)))
 
@@ -247,6 +276,21 @@ def add_jobs_parsers(commands: Subcommands) -> None:
                           help="also train on chat-rendered prompts so the vector steers chat turns (server: on)")
     add_wait_flags(finetune)
     finetune.set_defaults(handler=_cmd_finetune)
+
+    contrast = commands.add_parser(
+        "contrast", help="make a control vector from contrasting prompt pairs (a job; follows its progress)",
+        description="Submit a contrastive job: the direction in the residual stream at --layer that separates each "
+                    "pair's positive prompt from its negative one (CAA's mean difference, or repeng's PCA).")
+    contrast.add_argument("name", help="name of the vector to create")
+    contrast.add_argument("--pairs", required=True, metavar="FILE",
+                          help='JSON list of {"positive": ..., "negative": ...} (or [positive, negative])')
+    contrast.add_argument("--layer", required=True, type=int, help="block whose output it is taken from and added to")
+    contrast.add_argument("--method", choices=["mean_diff", "pca"], default="mean_diff")
+    contrast.add_argument("--normalize", choices=["none", "unit"], default="none")
+    contrast.add_argument("--template", help="put each side where '{}' stands, e.g. 'Act as if you are {}.'")
+    contrast.add_argument("--relation", help="what it encodes (default: the name)")
+    add_wait_flags(contrast)
+    contrast.set_defaults(handler=_cmd_contrast)
 
     jobs = commands.add_parser("jobs", help="show or cancel a background job")
     sub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)

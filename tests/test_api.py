@@ -22,7 +22,7 @@ from tests.conftest import LiveServer, start_server, stop_server
 
 PUBLIC_ROUTES = {
     "/complete", "/analogies", "/vectors", "/vectors/{name}", "/vectors/extract", "/vectors/finetune",
-    "/vectors/{name}/evaluate", "/vectors/{name}/export",
+    "/vectors/contrast", "/vectors/{name}/evaluate", "/vectors/{name}/export",
     "/vectors/{name}/decode", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz", "/readyz", "/metrics",
     "/openapi.json", "/docs", "/redoc",
     "/score", "/v1/models", "/v1/models/{model_id}", "/v1/completions", "/v1/chat/completions", "/tokenize",

@@ -39,8 +39,9 @@ def test_vectors_equal_a_direct_computation(model: tuple[PreTrainedModel, PreTra
     net, tokenizer = model
     adapter = adapt(net, tokenizer)
     layers = (0, 2)  # not the last block: HF's last hidden state has the final norm applied
-    vectors = contrast_vectors(adapter, tokenizer, POSITIVES, NEGATIVES,
-                               ContrastOptions(layers, method=method, batch_size=3))  # type: ignore[arg-type]
+    made = contrast_vectors(adapter, tokenizer, POSITIVES, NEGATIVES,
+                            ContrastOptions(layers, method=method, batch_size=3))  # type: ignore[arg-type]
+    vectors = made.vectors
     assert sorted(vectors) == list(layers)
     for layer in layers:
         differences = direct(net, tokenizer, POSITIVES, layer) - direct(net, tokenizer, NEGATIVES, layer)
@@ -52,6 +53,8 @@ def test_vectors_equal_a_direct_computation(model: tuple[PreTrainedModel, PreTra
             expected = (mean @ axis) * axis
             assert float(vectors[layer].double() @ mean) > 0  # it points the way the pairs differ
         torch.testing.assert_close(vectors[layer].double(), expected, rtol=1e-4, atol=1e-5)
+        agree = float(((differences @ vectors[layer].double()) > 0).double().mean())
+        assert made.separation[layer] == agree and agree > 0  # Σᵢ dᵢ · v > 0 for either method
 
 
 def test_unit_normalisation_and_identical_differences() -> None:

@@ -41,6 +41,7 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (results.EpochRecord, sdk.EpochRecord),
     (results.FinetuneMetrics, sdk.FinetuneMetrics),
     (results.FinetuneResult, sdk.FinetuneResult),
+    (results.ContrastResult, sdk.ContrastResult),
     (results.Accuracy, sdk.Accuracy),
     (server.EvaluationResult, sdk.Evaluation),
     (results.DecodedToken, sdk.DecodedToken),

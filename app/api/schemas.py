@@ -18,8 +18,10 @@ from app.fv.options import (
     DEFAULT_LR,
     DEFAULT_PATIENCE,
     LIMITS,
+    ContrastMethod,
     ExtractionOptions,
     FinetuneOptions,
+    Normalization,
 )
 from app.fv.pairs import MAX_ANSWERS, MAX_TEXT_CHARS
 from app.registry.metadata import VectorInfo, VectorMetadata, VectorSummary
@@ -27,8 +29,12 @@ from app.services.completions import ChatLine, CompletionInput
 from app.services.inputs import (
     MAX_CHOICES,
     MAX_CONTINUATIONS,
+    MAX_CONTRAST_CHARS,
+    MAX_CONTRAST_PAIRS,
     MAX_TERM_CHARS,
+    MIN_CONTRAST_PAIRS,
     AnalogyInput,
+    ContrastInput,
     EvaluationInput,
     ExtractionInput,
     FinetuneInput,
@@ -221,6 +227,38 @@ class FinetuneRequest(WithPairs):
     def to_input(self) -> FinetuneInput:
         options = FinetuneOptions(**self.model_dump(exclude={"name", "relation", "pairs", "init_vector"}))
         return FinetuneInput(self.name, self.pair_source(), options, self.init_vector)
+
+
+class ContrastPair(Strict):
+    positive: str = Field(min_length=1, max_length=MAX_CONTRAST_CHARS, description="A prompt showing the behaviour.")
+    negative: str = Field(min_length=1, max_length=MAX_CONTRAST_CHARS, description="Its contrast: the opposite.")
+
+
+class ContrastRequest(Strict):
+    name: str = Field(description="Name of the vector to create.")
+    pairs: list[ContrastPair] = Field(min_length=MIN_CONTRAST_PAIRS, max_length=MAX_CONTRAST_PAIRS,
+                                      description="Prompt pairs: the vector is what separates positive from negative.")
+    template: str | None = Field(None, max_length=MAX_CONTRAST_CHARS, description="Put each side into this text "
+                                 "where '{}' stands (once), e.g. 'Act as if you are extremely {}. Tell me a story.'")
+    layer: int = Field(ge=0, description="Block whose output the vector is taken from and added to.")
+    method: ContrastMethod = Field("mean_diff", description="'mean_diff': the mean of the paired differences "
+                                   "(CAA); 'pca': their first principal axis, scaled to the mean (repeng).")
+    normalize: Normalization = Field("none", description="'unit': norm 1 (the weight sets the size); 'none': the "
+                                     "size the activations give.")
+    relation: str | None = Field(None, max_length=64, description="What it encodes (default: the name).")
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, value: str | None) -> str | None:
+        if value is not None and value.count("{}") != 1:
+            raise ValueError("template must hold '{}' exactly once")
+        return value
+
+    def to_input(self) -> ContrastInput:
+        fill = (lambda side: side) if self.template is None else (lambda side: self.template.replace("{}", side))
+        return ContrastInput(self.name, tuple(fill(pair.positive) for pair in self.pairs),
+                             tuple(fill(pair.negative) for pair in self.pairs), self.layer, self.method,
+                             self.normalize, self.relation)
 
 
 class AnalogyRequest(Strict):

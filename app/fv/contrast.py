@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,12 +27,11 @@ from transformers import PreTrainedTokenizerBase
 
 from app.errors import InvalidInput
 from app.fv.forward import encode_left_padded, last_token_logits, model_device
+from app.fv.options import ContrastMethod, Normalization
 from app.fv.ragged import captured_block_outputs
 from app.model.adapter import ModelAdapter
 from app.model.runner import Runner, run_here
 
-ContrastMethod = Literal["mean_diff", "pca"]
-Normalization = Literal["none", "unit"]
 MIN_PAIRS = {"mean_diff": 1, "pca": 2}
 
 
@@ -99,10 +98,19 @@ def _principal_part(differences: Tensor, mean: Tensor) -> Tensor:
     return direction
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """Layer → direction ``[d_model]``, and per layer the fraction of pairs whose difference points the direction's
+    way (``d_i · v_l > 0``; measured on the pairs the vector was made from)."""
+
+    vectors: dict[int, Tensor]
+    separation: dict[int, float]
+
+
 def contrast_vectors(adapter: ModelAdapter, tokenizer: PreTrainedTokenizerBase, positives: Sequence[str],
                      negatives: Sequence[str], options: ContrastOptions, *, run: Runner[Any] = run_here,
-                     on_batch: Callable[[int, int], None] | None = None) -> dict[int, Tensor]:
-    """Layer → control direction ``[d_model]`` for prompt pairs (positives[i] against negatives[i])."""
+                     on_batch: Callable[[int, int], None] | None = None) -> Contrast:
+    """Control directions for prompt pairs (positives[i] against negatives[i]) at ``options.layers``."""
     if len(positives) != len(negatives):
         raise InvalidInput(f"{len(positives)} positive and {len(negatives)} negative prompts: they must pair up",
                            param="negatives")
@@ -121,4 +129,6 @@ def contrast_vectors(adapter: ModelAdapter, tokenizer: PreTrainedTokenizerBase, 
     neg = last_token_residuals(adapter, tokenizer, negatives, kept, batch_size=options.batch_size, run=run,
                                on_batch=lambda done, n: progress(done, n, len(positives)))
     directions = contrast_directions(pos, neg, options.method, options.normalize)
-    return {layer: directions[index] for index, layer in enumerate(kept)}
+    agree = ((pos - neg) * directions.double()).sum(-1) > 0  # [n, layers]
+    return Contrast({layer: directions[index] for index, layer in enumerate(kept)},
+                    {layer: float(agree[:, index].double().mean()) for index, layer in enumerate(kept)})

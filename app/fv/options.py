@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 InitKind = Literal["mediation", "zero", "random", "vector"]
+ContrastMethod = Literal["mean_diff", "pca"]
+Normalization = Literal["none", "unit"]
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.errors import InvalidInput
-from app.fv.options import ExtractionOptions, FinetuneOptions
+from app.fv.options import ContrastMethod, ExtractionOptions, FinetuneOptions, Normalization
 from app.fv.pairs import Pair, relation_pairs, validate_pairs
 from app.jobs.queue import Payload
 
 MAX_CONTINUATIONS = 32
 MAX_CHOICES = 32
 MAX_TERM_CHARS = 200
+MIN_CONTRAST_PAIRS = 2
+MAX_CONTRAST_PAIRS = 1000
+MAX_CONTRAST_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,29 @@ class FinetuneInput:
     def from_payload(cls, payload: Payload) -> FinetuneInput:
         return cls(payload["name"], PairSource(**payload["source"]), FinetuneOptions(**payload["options"]),
                    payload.get("init_vector"))
+
+
+@dataclass(frozen=True)
+class ContrastInput:
+    """Prompt pairs (``positives[i]`` against ``negatives[i]``, already put into any template) and how to turn the
+    difference of their residuals at ``layer`` into a control vector."""
+
+    name: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+    layer: int
+    method: ContrastMethod = "mean_diff"
+    normalize: Normalization = "none"
+    relation: str | None = None
+
+    def payload(self) -> Payload:
+        return {"name": self.name, "positives": list(self.positives), "negatives": list(self.negatives),
+                "layer": self.layer, "method": self.method, "normalize": self.normalize, "relation": self.relation}
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> ContrastInput:
+        return cls(payload["name"], tuple(payload["positives"]), tuple(payload["negatives"]), payload["layer"],
+                   payload["method"], payload["normalize"], payload.get("relation"))
 
 
 @dataclass(frozen=True)

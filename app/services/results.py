@@ -229,6 +229,24 @@ class FinetuneResult(BaseModel):
     head_means_cache: HeadMeansCache | None = Field(description="Set when the mediation FV was the start.")
 
 
+class ContrastResult(BaseModel):
+    """``result`` of a succeeded contrastive job."""
+
+    vector: str = Field(description="Name of the saved vector.")
+    layer: int
+    norm: float
+    method: Literal["mean_diff", "pca"]
+    normalize: Literal["none", "unit"]
+    n_pairs: int
+    separation: float = Field(description="Fraction of the pairs whose residual difference points the vector's way "
+                              "(on the pairs it was made from).")
+    seconds: float
+
+
+RESULT_TYPES: dict[str, type[BaseModel]] = {  # a job kind → its result model
+    "extract": ExtractResult, "finetune": FinetuneResult, "contrast": ContrastResult}
+
+
 class ErrorBody(BaseModel):
     type: str
     message: str
@@ -244,14 +262,14 @@ class JobView(BaseModel):
     """A job as every route and event shows it; ``result`` is typed by the job's ``kind``."""
 
     id: str
-    kind: Literal["extract", "finetune"]
+    kind: Literal["extract", "finetune", "contrast"]
     state: JobState
     phase: str
     progress: float = Field(ge=0.0, le=1.0)
     detail: dict[str, Any] | None = Field(
         None, description="The current phase's figures, e.g. a fine-tuning epoch's loss and hold-out accuracy."
     )
-    result: ExtractResult | FinetuneResult | None
+    result: ExtractResult | FinetuneResult | ContrastResult | None
     error: ErrorBody | None
     created: str
     updated: str
@@ -261,5 +279,6 @@ class JobView(BaseModel):
         """From a job manager snapshot (``Job.public()``), its result parsed as its kind's model."""
         result = snapshot.get("result")
         if result is not None:
-            result = (ExtractResult if snapshot["kind"] == "extract" else FinetuneResult).model_validate(result)
+            result = RESULT_TYPES[snapshot["kind"]].model_validate(result)
         return cls.model_validate({**snapshot, "result": result})
+

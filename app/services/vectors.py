@@ -1,4 +1,4 @@
-"""Extraction and fine-tuning jobs, evaluation and decoding of vectors: between the HTTP layer and app/fv.
+"""Extraction, fine-tuning and contrastive jobs, evaluation and decoding of vectors: between the HTTP layer and app/fv.
 
 Every model forward goes through the science seam (a :class:`~app.model.runner.ModelRunner`: the HF engine's
 thread, interleaved with live completions). Inputs are typed (the request models build them); results are the
@@ -8,6 +8,10 @@ pydantic models of :mod:`app.services.results`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +19,7 @@ from torch import Tensor
 
 from app.cache.head_means import MemoryHeadMeanCache, RedisHeadMeanCache
 from app.errors import InvalidInput, NotFound
+from app.fv.contrast import ContrastOptions, contrast_vectors
 from app.fv.evaluation import SETTINGS, evaluate
 from app.fv.extraction import ExtractionSpec, check_prompt_lengths, check_spec, extract
 from app.fv.finetuned import check_options, default_layer, init_spec, make_finetuned
@@ -28,9 +33,10 @@ from app.model.runner import ModelRunner, Runner, run_here
 from app.registry.names import check_name
 from app.registry.registry import VectorRegistry
 from app.registry.vector_file import StoredVector, vector_norm
-from app.services.inputs import EvaluationInput, ExtractionInput, FinetuneInput
+from app.services.inputs import ContrastInput, EvaluationInput, ExtractionInput, FinetuneInput
 from app.services.results import (
     Accuracy,
+    ContrastResult,
     DecodedToken,
     DecodedVector,
     EvaluationResult,
@@ -85,13 +91,57 @@ class VectorService:
         self.registry.check_room()
         return self.jobs.submit("finetune", job.name, _payload(job))
 
+    def start_contrast(self, job: ContrastInput) -> Job:
+        """Validate, then queue a contrastive job (202): two forwards per pair, progress per batch."""
+        self._contrast(job)
+        self.registry.check_room()
+        return self.jobs.submit("contrast", job.name, job.payload())
+
     def work_for(self, kind: str, payload: Payload) -> Work:
         """A queued job's work, validated again here (the registry may have changed since it was queued)."""
-        if kind == "extract":
-            return self._extraction(ExtractionInput.from_payload(payload))
-        if kind == "finetune":
-            return self._finetune(FinetuneInput.from_payload(payload))
-        raise InvalidInput(f"unknown job kind {kind!r}", param="kind")
+        kinds: dict[str, Callable[[Payload], Work]] = {
+            "extract": lambda data: self._extraction(ExtractionInput.from_payload(data)),
+            "finetune": lambda data: self._finetune(FinetuneInput.from_payload(data)),
+            "contrast": lambda data: self._contrast(ContrastInput.from_payload(data)),
+        }
+        if kind not in kinds:
+            raise InvalidInput(f"unknown job kind {kind!r}", param="kind")
+        return kinds[kind](payload)
+
+    def _contrast(self, job: ContrastInput) -> Work:
+        name = check_name(job.name)
+        handle = self.runner.handle
+        adapter, tokenizer = handle.adapter, handle.tokenizer
+        if not 0 <= job.layer < adapter.n_layers:
+            raise InvalidInput(f"layer {job.layer} is outside the model's 0..{adapter.n_layers - 1}", param="layer")
+        if self.max_prompt_tokens is not None:
+            for side, prompts in (("positive", job.positives), ("negative", job.negatives)):
+                for index, prompt in enumerate(prompts):
+                    if len(tokenizer(prompt).input_ids) > self.max_prompt_tokens:
+                        raise InvalidInput(f"pair {index}'s {side} prompt has more than {self.max_prompt_tokens} "
+                                           "tokens (FVSTEER_MAX_PROMPT_TOKENS)", param=f"pairs.{index}.{side}")
+        options = ContrastOptions((job.layer,), job.method, job.normalize)
+
+        def work(ctx: JobContext) -> ContrastResult:
+            started = time.perf_counter()
+            made = contrast_vectors(adapter, tokenizer, job.positives, job.negatives, options, run=self.runner.call,
+                                    on_batch=lambda done, total: ctx.report("activations", done / total))
+            ctx.check_cancelled()
+            vector, separation = made.vectors[job.layer], made.separation[job.layer]
+            outcome = ContrastResult(vector=name, layer=job.layer, norm=_stored_norm(vector), method=job.method,
+                                     normalize=job.normalize, n_pairs=len(job.positives), separation=separation,
+                                     seconds=round(time.perf_counter() - started, 3))
+            ctx.stage(outcome)
+            pairs = [{"positive": pos, "negative": neg} for pos, neg in zip(job.positives, job.negatives, strict=True)]
+            metrics = {"method": job.method, "normalize": job.normalize, "separation": separation}
+            self.registry.add(vector, {
+                "name": name, "layer": str(job.layer), "relation": job.relation or name, "method": "contrast",
+                "n_pairs": str(len(pairs)), "metrics": json.dumps(metrics), "job": ctx.job_id,
+                "dataset_sha256": hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest(),
+            })
+            return outcome
+
+        return work
 
     def _extraction(self, job: ExtractionInput) -> Work:
         name = check_name(job.name)

@@ -142,6 +142,17 @@ def _finetune_call(name: str, options: Mapping[str, Any]) -> _Call[Job]:
     return _Call("POST", "/vectors/finetune", Job.model_validate, json=body)
 
 
+def _contrast_call(name: str, pairs: Sequence[tuple[str, str]], layer: int, method: str, normalize: str,
+                   template: str | None, relation: str | None) -> _Call[Job]:
+    body: dict[str, Any] = {"name": name, "pairs": [{"positive": pos, "negative": neg} for pos, neg in pairs],
+                            "layer": layer, "method": method, "normalize": normalize}
+    if template is not None:
+        body["template"] = template
+    if relation is not None:
+        body["relation"] = relation
+    return _Call("POST", "/vectors/contrast", Job.model_validate, json=body)
+
+
 def _evaluate_call(name: str, options: Mapping[str, Any]) -> _Call[Evaluation]:
     body = _body("evaluate", _EVALUATE_FIELDS, options)
     return _Call("POST", f"/vectors/{_segment(name)}/evaluate", Evaluation.model_validate, json=body)

@@ -22,6 +22,7 @@ from fvsteer_client._calls import (
     _Call,
     _cancel_job_call,
     _complete_call,
+    _contrast_call,
     _decode_call,
     _delete_call,
     _delete_preset_call,
@@ -265,6 +266,14 @@ class Client(_BaseClient):
         """
         return self._send(_finetune_call(name, options))
 
+    def contrast(self, name: str, pairs: Sequence[tuple[str, str]], *, layer: int,
+                 method: Literal["mean_diff", "pca"] = "mean_diff", normalize: Literal["none", "unit"] = "none",
+                 template: str | None = None, relation: str | None = None) -> Job:
+        """``POST /vectors/contrast``: start a job that saves vector ``name``, the direction separating each pair's
+        positive prompt from its negative one at ``layer`` (``template``: each side goes where ``{}`` stands).
+        ``job.contrast_result`` has the vector's norm and how many pairs it separates."""
+        return self._send(_contrast_call(name, pairs, layer, method, normalize, template, relation))
+
     def evaluate(self, name: str, **options: Unpack[EvaluateOptions]) -> Evaluation:
         """``POST /vectors/{name}/evaluate``: accuracy without/with the vector, zero-shot and in context.
 
@@ -455,6 +464,12 @@ class AsyncClient(_BaseClient):
     async def finetune(self, name: str, **options: Unpack[FinetuneOptions]) -> Job:
         """See ``Client.finetune``; a pairs file is read in a worker thread."""
         return await self._send_built(_finetune_call, name, options)
+
+    async def contrast(self, name: str, pairs: Sequence[tuple[str, str]], *, layer: int,
+                       method: Literal["mean_diff", "pca"] = "mean_diff", normalize: Literal["none", "unit"] = "none",
+                       template: str | None = None, relation: str | None = None) -> Job:
+        """See ``Client.contrast``."""
+        return await self._send(_contrast_call(name, pairs, layer, method, normalize, template, relation))
 
     async def evaluate(self, name: str, **options: Unpack[EvaluateOptions]) -> Evaluation:
         """See ``Client.evaluate``; a pairs file is read in a worker thread."""

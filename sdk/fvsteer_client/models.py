@@ -216,6 +216,13 @@ class Job(_Model):
             return None
         return FinetuneResult.model_validate(self.result)
 
+    @property
+    def contrast_result(self) -> ContrastResult | None:
+        """``result`` of a succeeded contrastive job, typed (None for other jobs and before success)."""
+        if self.kind != "contrast" or self.result is None:
+            return None
+        return ContrastResult.model_validate(self.result)
+
 
 class HeadMeansCache(_Model):
     """Whether a job's head means came from the cache, and which cache."""
@@ -305,6 +312,20 @@ class FinetuneResult(_Model):
     norm: float
     metrics: FinetuneMetrics
     head_means_cache: HeadMeansCache | None = None
+
+
+class ContrastResult(_Model):
+    """``result`` of a succeeded contrastive job (``job.contrast_result``): ``separation`` is the fraction of the
+    pairs whose residual difference points the vector's way."""
+
+    vector: str
+    layer: int
+    norm: float
+    method: Literal["mean_diff", "pca"]
+    normalize: Literal["none", "unit"]
+    n_pairs: int
+    separation: float
+    seconds: float
 
 
 class Accuracy(_Model):

@@ -11,6 +11,7 @@ from app.api.disconnect import unless_disconnected
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.deps import admission, services
 from app.api.schemas import (
+    ContrastRequest,
     DecodedVector,
     ErrorEnvelope,
     EvaluateRequest,
@@ -69,6 +70,13 @@ def finetune_vector(body: FinetuneRequest, svc: Services = Depends(services)) ->
     """Start a fine-tuning job (the model frozen, the vector trained); each epoch's loss and hold-out accuracy
     appear in the job's ``detail`` and events."""
     return JobView.of(svc.vectors.start_finetune(body.to_input()).public())
+
+
+@router.post("/vectors/contrast", status_code=202, response_model=JobView, responses=JOB_RESPONSES)
+def contrast_vector(body: ContrastRequest, svc: Services = Depends(services)) -> JobView:
+    """Start a contrastive job: the control vector that separates the positive prompts from the negative ones at
+    one layer (mean difference or first principal axis of the differences), saved to the registry."""
+    return JobView.of(svc.vectors.start_contrast(body.to_input()).public())
 
 
 @router.post("/vectors/{name}/evaluate", response_model=EvaluationResult,
