@@ -318,6 +318,28 @@ def test_train_progress_reaches_the_end_and_the_vector_appears(page: tuple[Page,
     console.assert_clean()
 
 
+def test_train_a_contrast_vector(page: tuple[Page, Console], server: LiveServer) -> None:
+    page_, console = page
+    page_.click("#tab-train")
+    page_.check('input[name="method"][value="contrast"]')
+    expect(page_.locator("#contrast-options")).to_be_visible()
+    expect(page_.locator("#finetune-options")).to_be_hidden()
+    pairs = [{"positive": f"{word} yes", "negative": f"{word} no"} for word in ("a", "b", "c", "d")]
+    page_.fill("#train-pairs", json.dumps(pairs))
+    expect(page_.locator("#pairs-count")).to_have_text("4 pairs")
+    name = new_name("contrast")
+    page_.fill("#train-name", name)
+    page_.fill("#contrast-layer", "1")
+    page_.select_option("#contrast-normalize", "unit")
+    page_.fill("#contrast-template", "Say {}:")
+    page_.click("#train-start")
+    expect(page_.locator("#train-result")).to_be_visible(timeout=120_000)
+    expect(page_.locator("#train-summary")).to_contain_text("pairs differ its way")
+    stored = httpx.get(f"{server.url}/vectors/{name}").json()
+    assert (stored["method"], stored["layer"], round(stored["norm"], 5)) == ("contrast", 1, 1.0)
+    console.assert_clean()
+
+
 def test_train_cancel_ends_the_job(page: tuple[Page, Console], server: LiveServer) -> None:
     page_, console = page
     page_.click("#tab-train")

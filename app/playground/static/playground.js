@@ -769,7 +769,8 @@ function parsePairs(text) {
     return items.map((item, index) => {
       if (Array.isArray(item) && item.length === 2) return { input: String(item[0]), output: String(item[1]) };
       if (item && typeof item === "object" && "input" in item && "output" in item) return { input: String(item.input), output: String(item.output) };
-      throw new ApiError(0, `pair ${index} is neither {"input", "output"} nor [input, output]`, `pairs.${index}`);
+      if (item && typeof item === "object" && "positive" in item && "negative" in item) return { input: String(item.positive), output: String(item.negative) };
+      throw new ApiError(0, `pair ${index} is neither {"input", "output"}, {"positive", "negative"} nor [first, second]`, `pairs.${index}`);
     });
   }
   const rows = trimmed.split(/\r?\n/).filter((line) => line.trim()).map(parseCsvLine);
@@ -793,9 +794,18 @@ function trainMethod() {
   return document.querySelector('input[name="method"]:checked').value;
 }
 
+const TRAIN_PATHS = { finetune: "/vectors/finetune", extract: "/vectors/extract", contrast: "/vectors/contrast" };
+
 function trainRequest() {
   const body = { name: $("train-name").value.trim(), pairs: parsePairs($("train-pairs").value) };
-  if (trainMethod() === "finetune") {
+  if (trainMethod() === "contrast") {  // each pair: a prompt showing the behaviour, then its opposite
+    body.pairs = body.pairs.map((pair) => ({ positive: pair.input, negative: pair.output }));
+    body.layer = optionalNumber("contrast-layer") ?? 12;
+    body.method = $("contrast-method").value;
+    body.normalize = $("contrast-normalize").value;
+    const template = $("contrast-template").value.trim();
+    if (template) body.template = template;
+  } else if (trainMethod() === "finetune") {
     body.epochs = optionalNumber("train-epochs") ?? 160;
     body.patience = optionalNumber("train-patience") ?? 40;
     body.chat = $("train-chat").checked;
@@ -847,9 +857,10 @@ async function jobEnded(job) {
       drawCurve();
     }
     const metrics = result.metrics || {};
-    const acc = typeof metrics.holdout_top1_after === "number"
-      ? `hold-out top-1 ${fmt(metrics.holdout_top1_before, 2)} → ${fmt(metrics.holdout_top1_after, 2)}`
-      : `zero-shot top-1 ${fmt(metrics.sweep_zero_shot_top1, 2)} → ${fmt(metrics.sweep_zero_shot_fv_top1, 2)}`;
+    let acc;
+    if (typeof result.separation === "number") acc = `${result.method}: ${Math.round(result.separation * result.n_pairs)} of ${result.n_pairs} pairs differ its way`;
+    else if (typeof metrics.holdout_top1_after === "number") acc = `hold-out top-1 ${fmt(metrics.holdout_top1_before, 2)} → ${fmt(metrics.holdout_top1_after, 2)}`;
+    else acc = `zero-shot top-1 ${fmt(metrics.sweep_zero_shot_top1, 2)} → ${fmt(metrics.sweep_zero_shot_fv_top1, 2)}`;
     $("train-summary").textContent = `Saved vector ${result.vector} (layer ${result.layer}, norm ${fmt(result.norm, 2)}; ${acc}).`;
     $("train-use").dataset.name = result.vector;
     $("train-result").hidden = false;
@@ -885,7 +896,7 @@ async function startTraining(event) {
   drawCurve();
   try {
     const body = trainRequest();
-    const path = trainMethod() === "finetune" ? "/vectors/finetune" : "/vectors/extract";
+    const path = TRAIN_PATHS[trainMethod()];
     const job = await api(path, { method: "POST", body });
     $("train-start").disabled = true;
     $("train-cancel").disabled = false;
@@ -917,9 +928,7 @@ function setupTrain() {
   });
   for (const radio of document.querySelectorAll('input[name="method"]')) {
     radio.addEventListener("change", () => {
-      const extract = trainMethod() === "extract";
-      $("finetune-options").hidden = extract;
-      $("extract-options").hidden = !extract;
+      for (const method of Object.keys(TRAIN_PATHS)) $(`${method}-options`).hidden = method !== trainMethod();
     });
   }
   $("train-use").addEventListener("click", () => {
