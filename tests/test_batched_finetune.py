@@ -11,7 +11,7 @@ import torch
 from app.errors import InvalidInput
 from app.fv import prompts
 from app.fv.batched_finetune import encode_rows, finetune_many, last_token_logits_cached
-from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune
+from app.fv.finetune import FinetuneSpec, TrainedCheckpoint, finetune
 from app.fv.pairs import Pair
 from app.fv.prompts import Template, bos_prefix, zero_shot_prompts
 from app.model.adapter import adapt
@@ -58,7 +58,7 @@ def test_cached_padded_logits_equal_one_full_forward_per_prompt(model_type: str)
     assert not torch.allclose(unsteered, batched, atol=1e-3)  # the vectors were really added
 
 
-def assert_same_training(together: FinetuneResult, alone: FinetuneResult) -> None:
+def assert_same_training(together: TrainedCheckpoint, alone: TrainedCheckpoint) -> None:
     assert together.best_epoch == alone.best_epoch
     assert (together.n_train, together.n_holdout) == (alone.n_train, alone.n_holdout)
     assert together.holdout_before == alone.holdout_before and together.holdout_after == alone.holdout_after

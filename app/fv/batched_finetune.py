@@ -33,8 +33,8 @@ from transformers import DynamicCache
 from app.errors import InvalidInput
 from app.fv.answers import AnswerSets
 from app.fv.finetune import (
-    FinetuneResult,
     FinetuneSpec,
+    TrainedCheckpoint,
     TrainingPrompts,
     history_top1,
     patience_over,
@@ -217,7 +217,7 @@ def finetune_many(
     *,
     rows_per_forward: int = ROWS_PER_FORWARD,
     report: EpochReport = lambda epoch, epochs: None,
-) -> list[FinetuneResult]:
+) -> list[TrainedCheckpoint]:
     """Train one vector per spec from its init, all at once; result ``i`` is what ``finetune(model, specs[i],
     inits[i])`` gives, to float rounding (``chunk_size`` is not used: ``rows_per_forward`` mixes relations)."""
     adapter = model.adapter
@@ -292,7 +292,7 @@ def finetune_many(
             break
         if stopped:
             batch.stop(stopped)
-    return [FinetuneResult(best_vectors[index].cpu().clone(), best_epochs[index], histories[index], before[index][0],
+    return [TrainedCheckpoint(best_vectors[index].cpu().clone(), best_epochs[index], histories[index], before[index][0],
                            best_top1[index][0], p.n_train, p.n_holdout, before[index][1] if p.chat else None,
                            best_top1[index][1] if p.chat else None)
             for index, p in enumerate(prompts)]

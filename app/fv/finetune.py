@@ -56,7 +56,7 @@ class FinetuneSpec:
 
 
 @dataclass
-class FinetuneResult:
+class TrainedCheckpoint:
     """The checkpoint and its hold-out top-1 before and after training, on raw prompts and (``None`` without chat
     training) on chat-rendered ones."""
 
@@ -154,7 +154,7 @@ def finetune(
     *,
     run: Runner[Any] = run_here,
     report: Progress = lambda phase, fraction, detail: None,
-) -> FinetuneResult:
+) -> TrainedCheckpoint:
     """Train a vector from ``init`` (e.g. the mediation FV of the same pairs); the model's weights never change."""
     adapter = model.adapter
     if not 0 <= spec.layer < adapter.n_layers:
@@ -229,6 +229,6 @@ def finetune(
         report("training", epoch / spec.epochs, history[-1])
         if patience_over(spec, epoch, best_epoch):
             break
-    return FinetuneResult(best_vector.cpu(), best_epoch, history, before_top1[0], best_top1[0], prompts.n_train,
+    return TrainedCheckpoint(best_vector.cpu(), best_epoch, history, before_top1[0], best_top1[0], prompts.n_train,
                           prompts.n_holdout, before_top1[1] if prompts.chat else None,
                           best_top1[1] if prompts.chat else None)

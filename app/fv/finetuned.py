@@ -24,7 +24,7 @@ from app.errors import InvalidInput
 from app.fv.batched_finetune import ROWS_PER_FORWARD, finetune_many
 from app.fv.evaluation import accuracy, ranks_of_answers
 from app.fv.extraction import ExtractionSpec, extract
-from app.fv.finetune import FinetuneResult, FinetuneSpec, finetune, split_holdout
+from app.fv.finetune import FinetuneSpec, TrainedCheckpoint, finetune, split_holdout
 from app.fv.options import DEFAULT_LAYER_FRACTION, LIMITS, FinetuneOptions
 from app.fv.pairs import Pair, dataset_sha256, split_pairs
 from app.fv.prompts import DEFAULT_SHOTS, Template, bos_prefix, icl_prompts
@@ -45,7 +45,7 @@ MEDIATION_SHARE = 0.4
 class FinetunedVector:
     vector: Tensor
     layer: int
-    result: FinetuneResult
+    result: TrainedCheckpoint
     heads: list[tuple[int, int, float]]
     icl_holdout_top1: float
     seconds: dict[str, float]
