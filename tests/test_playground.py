@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, expec
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from app.api.routes.playground import ASSETS
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.faults import Faults
 from tests.test_extraction_api import new_name, user_pairs, wait_job
@@ -393,7 +394,11 @@ def test_page_is_served_with_a_same_origin_policy(server: LiveServer) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
     assert "connect-src 'self'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
-    for asset, kind in (("playground.js", "text/javascript"), ("playground.css", "text/css")):
+    static = Path(__file__).resolve().parent.parent / "app" / "playground" / "static"
+    shipped = {path.name for path in static.iterdir()}
+    assert shipped == {"index.html", *ASSETS}  # every file is served, and nothing else
+    for asset in ASSETS:
+        kind = "text/css" if asset.endswith(".css") else "text/javascript"
         answer = httpx.get(f"{server.url}/playground/{asset}")
         assert answer.status_code == 200 and answer.headers["content-type"].startswith(kind)
         assert set(re.findall(r"https?://[^\s\"']+", answer.text)) <= {SVG_NAMESPACE}  # nothing fetched elsewhere
