@@ -29,6 +29,7 @@ from app.registry.registry import VectorRegistry
 from app.registry.sync import RegistrySync, start_registry_sync
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
+from app.services.generation import GenerationService
 from app.services.presets import PresetStore
 from app.services.scoring import ScoringService
 from app.services.vectors import VectorService
@@ -180,9 +181,9 @@ class Runtime:
             if settings.backend == "vllm" and settings.role != "worker":  # a worker generates nothing
                 backend = self._start_vllm(bundle, engine)
             self._warm_up(backend)
-            completions = CompletionService(
-                backend, engine.prompts, max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s
-            )
+            generation = GenerationService(backend, max_new_tokens=settings.max_new_tokens,
+                                           timeout_s=settings.request_timeout_s)
+            completions = CompletionService(generation, engine.prompts)
             jobs = self._jobs(bundle.registry)
             vectors = VectorService(engine, bundle.registry, bundle.cache, jobs, settings.max_prompt_tokens)
             jobs.start()
@@ -197,8 +198,8 @@ class Runtime:
         analogies = AnalogyService(engine, bundle.registry, completions)
         presets = PresetStore(bundle.registry, adapter.n_layers, bundle.model.name)
         scoring = ScoringService(engine, engine.bank, engine.prompts, settings.request_timeout_s)
-        openai = OpenAIServing(backend, scoring, ModelIds(bundle.model.name, bundle.registry, presets), engine.prompts,
-                               max_new_tokens=settings.max_new_tokens, timeout_s=settings.request_timeout_s)
+        openai = OpenAIServing(generation, scoring, ModelIds(bundle.model.name, bundle.registry, presets),
+                               engine.prompts)
         self._services = Services(backend, engine, bundle.registry, completions, vectors, bundle.cache, jobs,
                                   analogies, presets, scoring, openai)
         self.state = "ready"

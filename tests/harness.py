@@ -33,6 +33,7 @@ from app.registry.registry import ModelIdentity, VectorRegistry
 from app.runtime import Runtime, Services
 from app.services.analogies import AnalogyService
 from app.services.completions import CompletionService
+from app.services.generation import GenerationService
 from app.services.presets import PresetStore
 from app.services.scoring import ScoringService
 from app.services.vectors import VectorService
@@ -162,15 +163,14 @@ def make_harness(tmp: Path, **settings: Any) -> Harness:
     registry.subscribe(bank.apply)
     backend = ScriptedBackend(bank)
     prompts = PromptEncoder(tiny_tokenizer(), 64, None)
-    completions = CompletionService(backend, prompts, max_new_tokens=config.max_new_tokens,
-                                    timeout_s=config.request_timeout_s)
+    generation = GenerationService(backend, max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)
+    completions = CompletionService(generation, prompts)
     jobs = LocalJobs(JobManager(tmp / "jobs"), name_exists=lambda name: False)
     runner = RefusingRunner()
     cache = MemoryHeadMeanCache()
     presets = PresetStore(registry, N_LAYERS, MODEL)
     scoring = ScoringService(runner, bank, prompts)
-    openai = OpenAIServing(backend, scoring, ModelIds(MODEL, registry, presets), prompts,
-                           max_new_tokens=config.max_new_tokens, timeout_s=config.request_timeout_s)
+    openai = OpenAIServing(generation, scoring, ModelIds(MODEL, registry, presets), prompts)
     services = Services(backend, runner, registry, completions, VectorService(runner, registry, cache, jobs), cache,
                         jobs, AnalogyService(runner, registry, completions), presets, scoring, openai)
     jobs.start()

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
                 "app.runtime", "app.services"},
 }
 TORCH_FREE = ["app/engine/requests.py", "app/engine/backend.py", "app/engine/stats.py", "app/services/completions.py",
-              "app/services/results.py", "app/services/inputs.py"]
+              "app/services/results.py", "app/services/inputs.py", "app/services/generation.py"]
 # Modules that check a request, and everything they import, load no torch: validation is not science.
 LOADS_NO_TORCH = ["app.api.schemas", "app.api.errors", "app.api.auth", "app.api.limits", "app.services.inputs",
                   "app.services.completions", "app.model.runner", "app.registry.control_vector"]

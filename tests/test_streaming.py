@@ -9,7 +9,6 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import fvsteer_client as fv
@@ -17,8 +16,10 @@ import httpx
 import pytest
 
 from app.api.routes.completions import _server_sent
+from app.engine.requests import GenerationRequest, SamplingParams, settle
 from app.errors import NotFound
-from app.services.completions import CompletionService, Event
+from app.services.completions import CompletionInput, CompletionService, Event, _Prepared
+from app.services.generation import GenerationService
 from app.services.results import TextPiece
 from tests.conftest import LiveServer
 from tests.test_api import assert_envelope, upload, vector_bytes
@@ -136,22 +137,26 @@ def test_cli_streams(live_server: LiveServer, capsys: pytest.CaptureFixture[str]
     assert code == 0 and streamed == whole and "tokens]" in err
 
 
-def test_a_stream_left_mid_way_leaves_no_task_pending() -> None:
-    """A client that left a stream left its piece getter pending ("Task was destroyed but it is pending!")."""
-    service = CompletionService.__new__(CompletionService)
+def test_a_stream_left_mid_way_leaves_no_task_pending_and_cancels_its_rows() -> None:
+    """A client that left a stream left its piece getter pending ("Task was destroyed but it is pending!"); its
+    rows must stop at the backend's next step too."""
 
-    async def never(prepared: object) -> list[object]:
-        await asyncio.Event().wait()
-        return []
+    class Backend:  # admits the rows and hands over one piece of the steered row; never ends them
+        model_name = "fake"
 
-    service._finish = never  # type: ignore[method-assign,assignment]
-    cancelled: list[bool] = []
-    prepared = SimpleNamespace(rows=[SimpleNamespace(cancel=lambda: cancelled.append(True))])
+        def submit(self, rows: list[GenerationRequest]) -> None:
+            for row in rows:
+                settle(row.admitted)
+            assert rows[0].on_text is not None
+            rows[0].on_text("a")
 
-    async def leave() -> set[asyncio.Task[Any]]:
-        pieces: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        pieces.put_nowait(("token", "a"))
-        stream = service._events(prepared, pieces)  # type: ignore[arg-type]
+    generation = GenerationService(Backend(), max_new_tokens=8, timeout_s=60.0)  # type: ignore[arg-type]
+    service = CompletionService(generation, None)  # type: ignore[arg-type]
+
+    async def leave() -> tuple[set[asyncio.Task[Any]], list[bool]]:
+        rows = generation.rows([([1, 2], SamplingParams(4), None), ([1, 2], SamplingParams(4), None)])
+        prepared = _Prepared(CompletionInput(prompt="x", return_baseline=True), None, rows)
+        stream = service._events(prepared, await generation.open_stream(rows))
         assert await anext(stream) == ("token", TextPiece(text="a"))
         waiting = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.01)
@@ -159,6 +164,6 @@ def test_a_stream_left_mid_way_leaves_no_task_pending() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
         await asyncio.sleep(0)
-        return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+        return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}, [r.cancelled for r in rows]
 
-    assert asyncio.run(leave()) == set() and cancelled == [True]
+    assert asyncio.run(leave()) == (set(), [True, True])

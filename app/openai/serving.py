@@ -9,15 +9,12 @@ log-probabilities are scored on the HF model (:mod:`app.services.scoring`).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
-from app.engine.backend import GenerationBackend
 from app.engine.prompt_encoder import PromptEncoder
 from app.engine.requests import BankSteering, GenerationRequest, GenerationResult, SamplingParams
 from app.errors import InvalidInput
@@ -42,7 +39,7 @@ from app.openai.protocol import (
     TopLogprob,
     UsageInfo,
 )
-from app.services.completions import await_rows
+from app.services.generation import GenerationService, RowEvent
 from app.services.results import Steering
 from app.services.scoring import ScoringService
 
@@ -61,14 +58,14 @@ class _Batch:
 
 
 class OpenAIServing:
-    def __init__(self, backend: GenerationBackend, scoring: ScoringService, models: ModelIds, prompts: PromptEncoder,
-                 *, max_new_tokens: int, timeout_s: float) -> None:
-        self.backend = backend
+    """OpenAI's wire formats over the one generation path (:mod:`app.services.generation`)."""
+
+    def __init__(self, generation: GenerationService, scoring: ScoringService, models: ModelIds,
+                 prompts: PromptEncoder) -> None:
+        self.generation = generation
         self.scoring = scoring
         self.models = models
         self.prompts = prompts
-        self.max_new_tokens = max_new_tokens
-        self.timeout_s = timeout_s
 
     # ------------------------------------------------------------------ shared
     def _steering(self, request: Sampling) -> BankSteering | None:
@@ -78,57 +75,37 @@ class OpenAIServing:
         if asked is not None and choice.steering is not None:
             raise InvalidInput(f"model {request.model!r} already steers ({choice.kind}); give steering with the base "
                                f"model {self.models.base!r}", param="steering")
-        steering = choice.steering
         if asked is not None:
-            steering = BankSteering.checked(asked.relations, scale=asked.scale, layer=asked.layer,
+            return self.generation.steering(asked.relations, scale=asked.scale, layer=asked.layer,
                                             positions=asked.positions)
-        if steering is not None:
-            self.backend.check_steering(steering)
-            if not steering.weights:
-                steering = None
-        return steering
+        if choice.steering is None:
+            return None
+        return self.generation.steering(choice.steering.weights, scale=choice.steering.scale,
+                                        layer=choice.steering.layer, positions=choice.steering.positions)
 
     def _max_tokens(self, asked: int | None, default: int) -> int:
-        tokens = default if asked is None else asked
-        if tokens > self.max_new_tokens:
-            raise InvalidInput(f"max_tokens is {tokens}; the limit is {self.max_new_tokens}", param="max_tokens")
-        return tokens
+        return self.generation.check_tokens(default if asked is None else asked, "max_tokens")
 
     def _batch(self, request: Sampling, prompts: list[list[int]], texts: list[str], max_tokens: int,
                logprobs: int | None, steering: BankSteering | None) -> _Batch:
         if len(prompts) * request.n > MAX_ROWS:
             raise InvalidInput(f"{len(prompts)} prompts × n {request.n} = {len(prompts) * request.n} choices; the "
                                f"limit is {MAX_ROWS}", param="n")
-        deadline = time.monotonic() + self.timeout_s
         stop = request.stop_strings()
-        rows = []
+        asked = []
         if max_tokens > 0:
             for ids in prompts:
                 for j in range(request.n):
                     seed = None if request.seed is None else request.seed + j
-                    params = SamplingParams(max_tokens, request.temperature, request.top_p, seed, stop, logprobs)
-                    rows.append(GenerationRequest(ids, params, steering=steering, deadline=deadline))
-        return _Batch(prompts, texts, rows, steering, request.n)
+                    asked.append((ids, SamplingParams(max_tokens, request.temperature, request.top_p, seed, stop,
+                                                      logprobs), steering))
+        return _Batch(prompts, texts, self.generation.rows(asked), steering, request.n)
 
     async def _run(self, batch: _Batch) -> list[GenerationResult | None]:
         """Each choice's result (None: nothing generated, ``max_tokens`` 0)."""
         if not batch.rows:
             return [None] * (len(batch.prompts) * batch.n)
-        self.backend.submit(batch.rows)
-        results: list[GenerationResult] = await await_rows(batch.rows, [row.future for row in batch.rows])
-        return list(results)
-
-    async def _open_stream(self, batch: _Batch) -> AsyncIterator[tuple[int, str | GenerationResult]]:
-        """Queue the rows and wait until all are admitted (refusals raise here, before any chunk), then return the
-        merged events of every choice: ``(i, text)`` pieces, then ``(i, result)`` once choice ``i`` ends."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[int, str | Future[GenerationResult]]] = asyncio.Queue()
-        for index, row in enumerate(batch.rows):
-            row.on_text = _put(loop, events, index)
-            row.future.add_done_callback(_put(loop, events, index))
-        self.backend.submit(batch.rows)
-        await await_rows(batch.rows, [row.admitted for row in batch.rows])
-        return _merged(batch.rows, events)
+        return list(await self.generation.run(batch.rows))
 
     def _steering_report(self, steering: BankSteering | None,
                          results: Sequence[GenerationResult | None]) -> Steering | None:
@@ -202,12 +179,12 @@ class OpenAIServing:
     async def completion_stream(self, request: CompletionRequest) -> AsyncIterator[str]:
         batch = self._completion_batch(request)
         echoed = await self._echo_logprobs(request, batch)
-        events = await self._open_stream(batch) if batch.rows else _nothing()
+        events = await self.generation.open_stream(batch.rows) if batch.rows else _nothing()
         return self._completion_chunks(request, batch, echoed, events)
 
     async def _completion_chunks(self, request: CompletionRequest, batch: _Batch,
                                  echoed: list[list[TokenLogprob]] | None,
-                                 events: AsyncIterator[tuple[int, str | GenerationResult]]) -> AsyncIterator[str]:
+                                 events: AsyncGenerator[RowEvent]) -> AsyncIterator[str]:
         stream_id, created = _id("cmpl"), int(time.time())
 
         def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None,
@@ -225,14 +202,16 @@ class OpenAIServing:
             for index in range(len(results)):
                 yield chunk([self._completion_choice(request, batch, echoed, index, None).model_copy(
                     update={"text": ""})])
-        async for index, item in events:
-            if isinstance(item, str):
-                yield chunk([CompletionChoice(index=index, text=item, finish_reason=None)])
-                continue
-            results[index] = item
-            final = self._completion_choice(request, batch, echoed, index, item)
-            # the text came in pieces; the logprobs and the receipt come here
-            yield chunk([final.model_copy(update={"text": ""})], steering=self._steering_report(batch.steering, [item]))
+        async with aclosing(events):  # the client went away: the choices still running are cancelled
+            async for index, item in events:
+                if isinstance(item, str):
+                    yield chunk([CompletionChoice(index=index, text=item, finish_reason=None)])
+                    continue
+                results[index] = item
+                final = self._completion_choice(request, batch, echoed, index, item)
+                # the text came in pieces; the logprobs and the receipt come here
+                yield chunk([final.model_copy(update={"text": ""})],
+                            steering=self._steering_report(batch.steering, [item]))
         if request.stream_options is not None and request.stream_options.include_usage:
             yield chunk([], _usage(batch, results))
         yield "data: [DONE]\n\n"
@@ -241,7 +220,8 @@ class OpenAIServing:
     def _chat_batch(self, request: ChatCompletionRequest) -> _Batch:
         request.refuse_unsupported()
         steering = self._steering(request)
-        max_tokens = self._max_tokens(request.max_completion_tokens or request.max_tokens, self.max_new_tokens)
+        max_tokens = self._max_tokens(request.max_completion_tokens or request.max_tokens,
+                                      self.generation.max_new_tokens)
         text = self.prompts.render_chat(request.conversation())
         ids = self.prompts.check_ids(self.prompts.tokenize(text), max_tokens, param="messages")
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
@@ -275,11 +255,11 @@ class OpenAIServing:
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[str]:
         batch = self._chat_batch(request)
-        events = await self._open_stream(batch)
+        events = await self.generation.open_stream(batch.rows)
         return self._chat_chunks(request, batch, events)
 
     async def _chat_chunks(self, request: ChatCompletionRequest, batch: _Batch,
-                           events: AsyncIterator[tuple[int, str | GenerationResult]]) -> AsyncIterator[str]:
+                           events: AsyncGenerator[RowEvent]) -> AsyncIterator[str]:
         stream_id, created = _id("chatcmpl"), int(time.time())
 
         def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None,
@@ -291,14 +271,15 @@ class OpenAIServing:
         results: list[GenerationResult | None] = [None] * len(batch.rows)
         for index in range(len(batch.rows)):
             yield chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-        async for index, item in events:
-            if isinstance(item, str):
-                yield chunk([ChatChunkChoice(index=index, delta=Delta(content=item))])
-                continue
-            results[index] = item
-            yield chunk([ChatChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason,
-                                         logprobs=self._chat_logprobs(request, item.logprobs or ()))],
-                        steering=self._steering_report(batch.steering, [item]))
+        async with aclosing(events):  # the client went away: the choices still running are cancelled
+            async for index, item in events:
+                if isinstance(item, str):
+                    yield chunk([ChatChunkChoice(index=index, delta=Delta(content=item))])
+                    continue
+                results[index] = item
+                yield chunk([ChatChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason,
+                                             logprobs=self._chat_logprobs(request, item.logprobs or ()))],
+                            steering=self._steering_report(batch.steering, [item]))
         if request.stream_options is not None and request.stream_options.include_usage:
             yield chunk([], _usage(batch, results))
         yield "data: [DONE]\n\n"
@@ -319,33 +300,6 @@ def _usage(batch: _Batch, results: Sequence[GenerationResult | None]) -> UsageIn
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _put(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[Any], index: int) -> Callable[[Any], None]:
-    """A callback for the backend's thread: hand ``(index, value)`` to the event loop, in call order (the last
-    text piece of a row is always handed over before its future's result)."""
-    def put(value: Any) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (index, value))
-
-    return put
-
-
-async def _merged(rows: list[GenerationRequest],
-                  events: asyncio.Queue[tuple[int, str | Future[GenerationResult]]]
-                  ) -> AsyncIterator[tuple[int, str | GenerationResult]]:
-    remaining = len(rows)
-    try:
-        while remaining:
-            index, item = await events.get()
-            if isinstance(item, str):
-                yield index, item
-                continue
-            remaining -= 1
-            yield index, item.result()  # a failed row raises here: the stream ends with an error chunk
-    finally:
-        for row in rows:  # the client went away, or a row failed: free the others at the backend's next step
-            if not row.future.done():
-                row.cancel()
-
-
-async def _nothing() -> AsyncIterator[tuple[int, str | GenerationResult]]:
+async def _nothing() -> AsyncGenerator[RowEvent]:
     return
     yield  # an async generator that yields nothing
