@@ -430,9 +430,12 @@ def targets_lines(data: dict[str, Any]) -> list[str]:
     rows = list(data.get("chat", {}).values())
     if rows:
         gap = intervals.paired_difference([row["raw_steered"] for row in rows], [row["chat_steered"] for row in rows])
+        shipped = len(shipped_relations())
+        verdict = (verdict_text(gap["mean"] >= -CHAT_GAP_TARGET) if len(rows) == shipped
+                   else f"not judged: {len(rows)} of {shipped} relations measured so far")
         lines.append(f"| chat turn with the vector within {CHAT_GAP_TARGET:.2f} of the raw prompt's, bank mean | "
                      f"{gap['mean']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}] | {gap['n']} relations | "
-                     f"{verdict_text(gap['mean'] >= -CHAT_GAP_TARGET)} |")
+                     f"{verdict} |")
     else:
         lines.append(f"| chat turn with the vector within {CHAT_GAP_TARGET:.2f} of the raw prompt's, bank mean | – | "
                      "– | not measured yet |")
@@ -659,10 +662,14 @@ def chat_lines(rows: dict[str, dict[str, Any]], types: dict[str, str]) -> list[s
     gap = intervals.paired_difference([row["raw_steered"] for row in everything],
                                  [row["chat_steered"] for row in everything])
     met = gap["mean"] >= -CHAT_GAP_TARGET
+    shipped = len(shipped_relations())
+    verdict = ("met" if met else "missed") if len(everything) == shipped else (
+        f"not judged yet: measured for {len(everything)} of the {shipped} relations so far; the part resumes where "
+        "it stopped (`--parts chat`)")
     untrained = sum(not row.get("trained_on_chat") for row in everything)
     lines += ["", f"Chat − raw with the vector, over {gap['n']} relations: **{gap['mean']:+.3f}** (95 % paired "
               f"bootstrap interval {gap['low']:+.3f} to {gap['high']:+.3f}); target: within "
-              f"{CHAT_GAP_TARGET:.2f} of the raw figure — **{'met' if met else 'missed'}**."
+              f"{CHAT_GAP_TARGET:.2f} of the raw figure — **{verdict}**."
               + (f" {untrained} of these vectors were trained on raw prompts only." if untrained else ""), ""]
     return lines
 

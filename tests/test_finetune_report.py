@@ -99,6 +99,14 @@ def test_a_partial_relations_part_says_so(tmp_path: Path) -> None:
     assert "| antonym | lexicography | 10 | 0.00 | 0.30 (12) | **0.80** | 0.80 | 5 / 0 (0.062) |" in text
 
 
+def test_a_partial_chat_part_is_not_judged() -> None:
+    row = {"raw": 0.5, "raw_steered": 0.9, "chat": 0.4, "chat_steered": 0.2, "trained_on_chat": True, "n": 10}
+    text = "\n".join(section({"chat": {"antonym": row}}, "m", {}))
+    shipped = len(shipped_relations())
+    assert f"| 1 relations | not judged: 1 of {shipped} relations measured so far |" in text
+    assert f"not judged yet: measured for 1 of the {shipped} relations so far" in text and "missed" not in text
+
+
 def choices(fallback: float, alpha_gain: float) -> dict[str, Any]:
     ensemble = [{"alpha": alpha, "in_bank": 0.8 + gain, "without_own": 0.6 + gain}
                 for alpha, gain in ((0.0, 0.0), (0.5, alpha_gain))]
