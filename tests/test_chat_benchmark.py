@@ -59,8 +59,10 @@ def test_report_pools_chat_rows_and_says_whether_the_gap_target_is_met() -> None
         return {"n": 10, "vector": "x", "trained_on_chat": True, "raw": 0.1, "raw_steered": raw, "chat": 0.0,
                 "chat_steered": chat_steered}
 
-    close = chat_lines({"antonym": row(0.9, 0.85), "synonym": row(0.6, 0.6)}, {"antonym": "lexical"})
+    close = chat_lines({"antonym": row(0.9, 0.85), "synonym": row(0.6, 0.6)}, {"antonym": "lexical"}, bank_size=2)
     text = "\n".join(close)
     assert "| **all** | 2 | 0.10 | 0.75 | 0.00 | 0.72 |" in text and "**-0.025**" in text and "**met**" in text
-    far = "\n".join(chat_lines({"antonym": row(0.9, 0.3), "synonym": row(0.6, 0.4)}, {}))
+    far = "\n".join(chat_lines({"antonym": row(0.9, 0.3), "synonym": row(0.6, 0.4)}, {}, bank_size=2))
     assert "**missed**" in far
+    partial = "\n".join(chat_lines({"antonym": row(0.9, 0.3), "synonym": row(0.6, 0.4)}, {}, bank_size=3))
+    assert "not judged yet: measured for 2 of the 3 relations so far" in partial and "missed" not in partial
