@@ -91,7 +91,7 @@ class VectorBank:
             table = self._tables.get(layer)
             return 0 if table is None else int(table.shape[0])
 
-    def put(self, name: str, layer: int, vector: Tensor) -> None:
+    def put(self, name: str, layer: int, vector: Tensor, digest: str | None = None) -> None:
         """Add (or replace) a vector; its layer's table is reallocated only when it has no free row."""
         if not 0 <= layer < self.n_layers:
             raise InvalidInput(f"layer {layer} is outside the model's 0..{self.n_layers - 1}", param="layer")
@@ -112,7 +112,7 @@ class VectorBank:
             assert table is not None
             row = free.pop()
             table[row] = vector.detach().to(self.device, torch.float32)
-            self._slots[name] = _Slot(layer, row, vector_digest(vector))
+            self._slots[name] = _Slot(layer, row, digest or vector_digest(vector))
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -131,12 +131,12 @@ class VectorBank:
             for name in set(self._slots) - set(wanted):
                 self._remove(name)
         for stored in wanted.values():
-            self.put(stored.name, stored.layer, stored.vector)
+            self.put(stored.name, stored.layer, stored.vector, stored.meta.digest)
 
     def apply(self, change: RegistryChange) -> None:
         """A registry listener: mirror a save, a deletion or a reload."""
         if change.kind == "saved" and change.stored is not None:
-            self.put(change.stored.name, change.stored.layer, change.stored.vector)
+            self.put(change.stored.name, change.stored.layer, change.stored.vector, change.stored.meta.digest)
         elif change.kind == "deleted" and change.name is not None:
             self.remove(change.name)
         elif change.kind == "reloaded":
@@ -164,6 +164,6 @@ class VectorBank:
                     raise NotFound(f"no vector named {name[:80]!r} for model {self.model_name}",
                                    param=f"relations.{name}")
                 target = slot.layer if steering.layer is None else steering.layer
-                values = self._tables[slot.layer][slot.row].clone()
-                parts.append((target, AppliedVector(name, slot.digest, steering.scale * weight), values))
-        return compose(parts, steering.positions)
+                parts.append((target, AppliedVector(name, slot.digest, steering.scale * weight),
+                              self._tables[slot.layer][slot.row]))
+            return compose(parts, steering.positions)  # under the lock: the rows cannot change while summed

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import torch
-from fvsteer_vllm.bank import vector_digest
 from fvsteer_vllm.spec import XARG, Entry, SteeringSpec
 from fvsteer_vllm.state import failure_path
 
@@ -73,8 +72,7 @@ class _Keyed:
 
     @classmethod
     def of(cls, stored: StoredVector) -> _Keyed:
-        vector = stored.vector.detach().to("cpu", torch.float32)
-        return cls(vector_digest(vector), stored.layer, vector)
+        return cls(stored.meta.digest, stored.layer, stored.vector.detach().to("cpu", torch.float32))
 
 
 @dataclass
